@@ -1,0 +1,139 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::schema_check::SchemaReport;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The input field an [`Error::InvalidInput`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Field {
+    /// `document_id`
+    DocumentId,
+    /// `client_id`
+    ClientId,
+    /// `connection_id`
+    ConnectionId,
+    /// `clock`
+    Clock,
+    /// `state`
+    State,
+}
+
+impl Field {
+    /// The field's name as it appears in the API and in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::DocumentId => "document_id",
+            Field::ClientId => "client_id",
+            Field::ConnectionId => "connection_id",
+            Field::Clock => "clock",
+            Field::State => "state",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidReason {
+    /// The id is the empty string.
+    #[error("must not be empty")]
+    Empty,
+    /// The id is longer than the limit, in bytes of UTF-8.
+    #[error("is {len} bytes long; the limit is {max} bytes")]
+    TooLong {
+        /// Length found, in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The text contains U+0000, which PostgreSQL's `text` and `jsonb` cannot store.
+    #[error("contains a NUL character (U+0000), which PostgreSQL cannot store")]
+    ContainsNul,
+    /// The clock is below zero.
+    #[error("must be >= 0, got {0}")]
+    Negative(i64),
+    /// The state's JSON text is larger than the configured limit.
+    #[error("is {size} bytes of JSON; the limit is {max} bytes")]
+    TooLarge {
+        /// Size found, in bytes of compact JSON.
+        size: usize,
+        /// The configured limit, in bytes.
+        max: usize,
+    },
+    /// The state nests arrays/objects deeper than the limit.
+    #[error("nests deeper than {max} levels")]
+    TooDeep {
+        /// The limit, in levels.
+        max: usize,
+    },
+}
+
+/// Every failure of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An input was refused before reaching storage; nothing was written.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// Which field.
+        field: Field,
+        /// Why.
+        reason: InvalidReason,
+    },
+    /// The database schema is not what this version of the crate expects.
+    #[error(
+        "the awareness table does not match this version of synckit-awareness: {0}; \
+         run the migrations (`synckit-awareness migrate`, `diesel migration run`, \
+         or `PostgresAwarenessStore::migrate`)"
+    )]
+    SchemaMismatch(SchemaReport),
+    /// No pooled connection became free within the pool's connection timeout.
+    #[error(
+        "timed out after {0:?} waiting for a PostgreSQL connection from the pool; \
+         raise the pool size or the connection timeout, or look for slow queries"
+    )]
+    PoolTimeout(Duration),
+    /// A connection to PostgreSQL could not be opened or was lost.
+    #[error("cannot reach PostgreSQL: {0}")]
+    Connection(String),
+    /// PostgreSQL answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// Applying or reading migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The settings are invalid.
+    #[error("invalid awareness configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: Field, reason: InvalidReason) -> Self {
+        Error::InvalidInput { field, reason }
+    }
+
+    /// True when the failure is about reaching the database (pool timeout, lost or refused
+    /// connection): retrying later can succeed without changing the input.
+    pub fn is_connection_error(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as DieselError};
+        match self {
+            Error::PoolTimeout(_) | Error::Connection(_) => true,
+            Error::Database(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => {
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The in-memory store: one process, no persistence.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+
+use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::error::{Field, Result};
+use crate::store::{AwarenessStore, StoreOptions};
+use crate::validate::{check_id, check_update};
+
+/// An [`AwarenessStore`] in process memory; the default provider. Cheap to clone: clones share
+/// the same entries.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryAwarenessStore {
+    inner: Arc<RwLock<Entries>>,
+    options: StoreOptions,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// document -> client -> entry; BTreeMap keeps `get_all` ordered by client id for free.
+    documents: HashMap<String, BTreeMap<String, Stored>>,
+    /// connection -> (document, client) it owns, so a disconnect does not scan every entry.
+    by_connection: HashMap<String, HashSet<(String, String)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    connection_id: String,
+    state: Option<Value>,
+    clock: i64,
+    last_seen: DateTime<Utc>,
+}
+
+impl Stored {
+    fn to_entry(&self, document_id: &str, client_id: &str) -> AwarenessEntry {
+        AwarenessEntry {
+            document_id: document_id.to_owned(),
+            client_id: client_id.to_owned(),
+            connection_id: self.connection_id.clone(),
+            state: self.state.clone(),
+            clock: self.clock,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+impl MemoryAwarenessStore {
+    /// An empty store with default options (30 s timeout, 64 KiB states).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store with the given options.
+    pub fn with_options(options: StoreOptions) -> Self {
+        Self {
+            inner: Arc::default(),
+            options,
+        }
+    }
+
+    /// Another handle on the same entries with other options (a second server with another
+    /// timeout, or a test looking at the same data with a short timeout).
+    pub fn view_with_options(&self, options: StoreOptions) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            options,
+        }
+    }
+
+    /// Number of stored entries, expired and tombstones included.
+    pub fn len(&self) -> usize {
+        self.read(|e| e.documents.values().map(BTreeMap::len).sum())
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Entries) -> T) -> T {
+        // A panic while holding the lock cannot leave Entries half-updated in a way that breaks
+        // the contract (each mutation is a single map operation), so a poisoned lock is usable.
+        f(&self.inner.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Entries) -> T) -> T {
+        f(&mut self.inner.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn expiry_cutoff(&self) -> DateTime<Utc> {
+        let timeout = TimeDelta::from_std(self.options.timeout).unwrap_or(TimeDelta::MAX);
+        Utc::now()
+            .checked_sub_signed(timeout)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// Removes every expired entry, handing each to `keep`.
+    fn remove_expired(&self, mut keep: impl FnMut(&str, &str, Stored)) {
+        let cutoff = self.expiry_cutoff();
+        self.write(|entries| {
+            let Entries {
+                documents,
+                by_connection,
+            } = entries;
+            documents.retain(|document_id, clients| {
+                clients.retain(|client_id, stored| {
+                    if stored.last_seen > cutoff {
+                        return true;
+                    }
+                    unlink(by_connection, &stored.connection_id, document_id, client_id);
+                    keep(document_id, client_id, stored.clone());
+                    false
+                });
+                !clients.is_empty()
+            });
+        });
+    }
+}
+
+fn unlink(
+    by_connection: &mut HashMap<String, HashSet<(String, String)>>,
+    connection_id: &str,
+    document_id: &str,
+    client_id: &str,
+) {
+    if let Some(keys) = by_connection.get_mut(connection_id) {
+        keys.remove(&(document_id.to_owned(), client_id.to_owned()));
+        if keys.is_empty() {
+            by_connection.remove(connection_id);
+        }
+    }
+}
+
+/// The contract's rule 1, for a live existing entry.
+fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
+    update.clock > existing.clock
+        || (update.clock == existing.clock && update.state.is_none() && existing.state.is_some())
+}
+
+#[async_trait]
+impl AwarenessStore for MemoryAwarenessStore {
+    async fn get(&self, document_id: &str, client_id: &str) -> Result<Option<AwarenessEntry>> {
+        check_id(Field::DocumentId, document_id)?;
+        check_id(Field::ClientId, client_id)?;
+        let cutoff = self.expiry_cutoff();
+        Ok(self.read(|e| {
+            e.documents
+                .get(document_id)
+                .and_then(|clients| clients.get(client_id))
+                .filter(|s| s.last_seen > cutoff)
+                .map(|s| s.to_entry(document_id, client_id))
+        }))
+    }
+
+    async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>> {
+        check_id(Field::DocumentId, document_id)?;
+        let cutoff = self.expiry_cutoff();
+        Ok(self.read(|e| {
+            e.documents
+                .get(document_id)
+                .map(|clients| {
+                    clients
+                        .iter()
+                        .filter(|(_, s)| s.state.is_some() && s.last_seen > cutoff)
+                        .map(|(client_id, s)| s.to_entry(document_id, client_id))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        check_update(update, self.options.max_state_bytes)?;
+        let cutoff = self.expiry_cutoff();
+        Ok(self.write(|entries| {
+            let clients = entries
+                .documents
+                .entry(update.document_id.clone())
+                .or_default();
+            let previous_connection = match clients.get(&update.client_id) {
+                Some(existing) if existing.last_seen > cutoff && !wins(update, existing) => {
+                    return SetOutcome::Stale;
+                }
+                Some(existing) => Some(existing.connection_id.clone()),
+                None => None,
+            };
+            clients.insert(
+                update.client_id.clone(),
+                Stored {
+                    connection_id: update.connection_id.clone(),
+                    state: update.state.clone(),
+                    clock: update.clock,
+                    last_seen: Utc::now(),
+                },
+            );
+            if previous_connection.as_deref() != Some(update.connection_id.as_str()) {
+                if let Some(previous) = previous_connection {
+                    unlink(
+                        &mut entries.by_connection,
+                        &previous,
+                        &update.document_id,
+                        &update.client_id,
+                    );
+                }
+                entries
+                    .by_connection
+                    .entry(update.connection_id.clone())
+                    .or_default()
+                    .insert((update.document_id.clone(), update.client_id.clone()));
+            }
+            SetOutcome::Applied
+        }))
+    }
+
+    async fn remove(&self, document_id: &str, client_id: &str) -> Result<bool> {
+        check_id(Field::DocumentId, document_id)?;
+        check_id(Field::ClientId, client_id)?;
+        Ok(self.write(|entries| {
+            let Some(clients) = entries.documents.get_mut(document_id) else {
+                return false;
+            };
+            let Some(removed) = clients.remove(client_id) else {
+                return false;
+            };
+            if clients.is_empty() {
+                entries.documents.remove(document_id);
+            }
+            unlink(
+                &mut entries.by_connection,
+                &removed.connection_id,
+                document_id,
+                client_id,
+            );
+            true
+        }))
+    }
+
+    async fn remove_all_for_connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Vec<AwarenessEntry>> {
+        check_id(Field::ConnectionId, connection_id)?;
+        let cutoff = self.expiry_cutoff();
+        let mut removed = self.write(|entries| {
+            let keys = entries
+                .by_connection
+                .remove(connection_id)
+                .unwrap_or_default();
+            let mut removed = Vec::new();
+            for (document_id, client_id) in keys {
+                let Some(clients) = entries.documents.get_mut(&document_id) else {
+                    continue;
+                };
+                if let Some(stored) = clients.remove(&client_id) {
+                    if stored.last_seen > cutoff {
+                        removed.push(stored.to_entry(&document_id, &client_id));
+                    }
+                }
+                if clients.is_empty() {
+                    entries.documents.remove(&document_id);
+                }
+            }
+            removed
+        });
+        removed.sort_by(|a, b| {
+            (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id))
+        });
+        Ok(removed)
+    }
+
+    async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let cutoff = self.expiry_cutoff();
+        let mut expired: Vec<AwarenessEntry> = self.read(|e| {
+            e.documents
+                .iter()
+                .flat_map(|(document_id, clients)| {
+                    clients
+                        .iter()
+                        .filter(|(_, s)| s.last_seen <= cutoff)
+                        .map(move |(client_id, s)| s.to_entry(document_id, client_id))
+                })
+                .collect()
+        });
+        expired.sort_by(|a, b| {
+            (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id))
+        });
+        Ok(expired)
+    }
+
+    async fn prune_expired(&self) -> Result<u64> {
+        let mut count = 0u64;
+        self.remove_expired(|_, _, _| count += 1);
+        Ok(count)
+    }
+
+    async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut taken = Vec::new();
+        self.remove_expired(|document_id, client_id, stored| {
+            taken.push(stored.to_entry(document_id, client_id));
+        });
+        Ok(taken)
+    }
+
+    fn options(&self) -> StoreOptions {
+        self.options
+    }
+}

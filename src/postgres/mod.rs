@@ -1,0 +1,8 @@
+//! The PostgreSQL store and what it needs: pool set-up, SQL, error mapping.
+
+mod options;
+pub(crate) mod sql;
+mod store;
+
+pub use options::PostgresOptions;
+pub use store::{PgPool, PostgresAwarenessStore};

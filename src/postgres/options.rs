@@ -1,0 +1,31 @@
+//! Options of the PostgreSQL store.
+
+use std::time::Duration;
+
+use crate::store::StoreOptions;
+
+/// Options of [`PostgresAwarenessStore::connect`](crate::PostgresAwarenessStore::connect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// Expiry timeout and input limits.
+    pub store: StoreOptions,
+    /// Most connections the pool opens.
+    pub pool_size: u32,
+    /// How long a call waits for a free pooled connection before failing with
+    /// [`Error::PoolTimeout`](crate::Error::PoolTimeout).
+    pub connect_timeout: Duration,
+    /// Check the table against the expected schema when connecting, and fail fast when it
+    /// differs ([`Error::SchemaMismatch`](crate::Error::SchemaMismatch)).
+    pub validate_on_start: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            store: StoreOptions::default(),
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            validate_on_start: true,
+        }
+    }
+}

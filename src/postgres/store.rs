@@ -1,0 +1,248 @@
+//! [`PostgresAwarenessStore`]: the contract on one table, one statement per operation.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use diesel::pg::data_types::PgInterval;
+use diesel::prelude::*;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, PoolError};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::EmbeddedMigrations;
+
+use super::options::PostgresOptions;
+use super::sql;
+use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::error::{Error, Field, Result};
+use crate::migrations::{run_migrations, MigrationReport};
+use crate::schema::awareness_entries::dsl::*;
+use crate::secret::redact;
+use crate::schema_check::{validate_schema, SchemaReport};
+use crate::store::{AwarenessStore, StoreOptions};
+use crate::validate::{check_id, check_update};
+
+/// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// An [`AwarenessStore`] on PostgreSQL: entries survive restarts, can be inspected with SQL and
+/// are shared by every server using the same database.
+///
+/// Each operation is one statement; `set` is one conditional upsert, so ordering holds under
+/// any concurrency without an explicit transaction. Expiry uses the database's clock.
+#[derive(Clone)]
+pub struct PostgresAwarenessStore {
+    pool: PgPool,
+    options: StoreOptions,
+    timeout: PgInterval,
+}
+
+impl fmt::Debug for PostgresAwarenessStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The pool's manager holds the connection URL (and its password): never print it.
+        let pool_state = self.pool.state();
+        f.debug_struct("PostgresAwarenessStore")
+            .field("options", &self.options)
+            .field("connections", &pool_state.connections)
+            .field("idle_connections", &pool_state.idle_connections)
+            .finish()
+    }
+}
+
+impl PostgresAwarenessStore {
+    /// A store on an existing pool (the host application's own, for example). Does not check
+    /// the schema; call [`ensure_schema`](Self::ensure_schema) for that.
+    pub fn from_pool(pool: PgPool, options: StoreOptions) -> Self {
+        let timeout = interval(options.timeout);
+        Self {
+            pool,
+            options,
+            timeout,
+        }
+    }
+
+    /// Builds a pool for `database_url` and a store on it. With
+    /// [`validate_on_start`](PostgresOptions::validate_on_start), fails fast when the database
+    /// cannot be reached or its schema differs from the expected one.
+    pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
+        if options.pool_size == 0 {
+            return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+        let pool = Pool::builder()
+            .max_size(options.pool_size)
+            .connection_timeout(options.connect_timeout)
+            .build(manager)
+            .await
+            .map_err(pool_error_to_error)?;
+        let store = Self::from_pool(pool, options.store);
+        if options.validate_on_start {
+            store.ensure_schema().await?;
+        }
+        Ok(store)
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies this crate's pending migrations, then `extra` (the host application's), under
+    /// a PostgreSQL advisory lock; see [`run_migrations`].
+    pub async fn migrate(
+        &self,
+        extra: &'static [&'static EmbeddedMigrations],
+    ) -> Result<MigrationReport> {
+        let conn = self
+            .pool
+            .dedicated_connection()
+            .await
+            .map_err(pool_error_to_error)?;
+        run_migrations(conn, extra).await
+    }
+
+    /// Compares the database with the schema this crate expects.
+    pub async fn validate_schema(&self) -> Result<SchemaReport> {
+        let mut conn = self.conn().await?;
+        validate_schema(&mut conn).await
+    }
+
+    /// Like [`validate_schema`](Self::validate_schema), but any difference is an
+    /// [`Error::SchemaMismatch`] whose message says to run the migrations.
+    pub async fn ensure_schema(&self) -> Result<()> {
+        let report = self.validate_schema().await?;
+        if report.is_ok() {
+            Ok(())
+        } else {
+            Err(Error::SchemaMismatch(report))
+        }
+    }
+
+    async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
+        self.pool.get().await.map_err(|e| match e {
+            RunError::User(e) => pool_error_to_error(e),
+            RunError::TimedOut => Error::PoolTimeout(self.pool.config().connection_timeout),
+        })
+    }
+}
+
+fn pool_error_to_error(e: PoolError) -> Error {
+    match e {
+        PoolError::ConnectionError(e) => Error::Connection(redact(&e.to_string())),
+        PoolError::QueryError(e) => Error::Database(e),
+    }
+}
+
+fn interval(timeout: std::time::Duration) -> PgInterval {
+    PgInterval::from_microseconds(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn sort_by_key(entries: &mut [AwarenessEntry]) {
+    entries.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+}
+
+#[async_trait]
+impl AwarenessStore for PostgresAwarenessStore {
+    async fn get(&self, doc: &str, client: &str) -> Result<Option<AwarenessEntry>> {
+        check_id(Field::DocumentId, doc)?;
+        check_id(Field::ClientId, client)?;
+        let mut conn = self.conn().await?;
+        Ok(awareness_entries
+            .find((doc, client))
+            .filter(last_seen.gt(sql::cutoff(self.timeout)))
+            .select(AwarenessEntry::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    async fn get_all(&self, doc: &str) -> Result<Vec<AwarenessEntry>> {
+        check_id(Field::DocumentId, doc)?;
+        let mut conn = self.conn().await?;
+        // Primary-key range scan on document_id; rows arrive already in client_id order.
+        Ok(awareness_entries
+            .filter(document_id.eq(doc))
+            .filter(state.is_not_null())
+            .filter(last_seen.gt(sql::cutoff(self.timeout)))
+            .order(client_id.asc())
+            .select(AwarenessEntry::as_select())
+            .load(&mut conn)
+            .await?)
+    }
+
+    async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        check_update(update, self.options.max_state_bytes)?;
+        let mut conn = self.conn().await?;
+        let rows = sql::set(update, self.timeout).execute(&mut conn).await?;
+        Ok(if rows == 0 {
+            SetOutcome::Stale
+        } else {
+            SetOutcome::Applied
+        })
+    }
+
+    async fn remove(&self, doc: &str, client: &str) -> Result<bool> {
+        check_id(Field::DocumentId, doc)?;
+        check_id(Field::ClientId, client)?;
+        let mut conn = self.conn().await?;
+        let rows = diesel::delete(awareness_entries.find((doc, client)))
+            .execute(&mut conn)
+            .await?;
+        Ok(rows > 0)
+    }
+
+    async fn remove_all_for_connection(&self, conn_id: &str) -> Result<Vec<AwarenessEntry>> {
+        check_id(Field::ConnectionId, conn_id)?;
+        let mut conn = self.conn().await?;
+        // Uses awareness_entries_connection_id_idx. Expired rows are deleted too (they are
+        // garbage) but not returned: expired entries are absent for every read.
+        let removed: Vec<(AwarenessEntry, bool)> =
+            diesel::delete(awareness_entries.filter(connection_id.eq(conn_id)))
+                .returning((
+                    AwarenessEntry::as_returning(),
+                    last_seen.gt(sql::cutoff(self.timeout)),
+                ))
+                .get_results(&mut conn)
+                .await?;
+        let mut live: Vec<AwarenessEntry> = removed
+            .into_iter()
+            .filter_map(|(entry, live)| live.then_some(entry))
+            .collect();
+        sort_by_key(&mut live);
+        Ok(live)
+    }
+
+    async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        // A deliberate sequential scan: an index on last_seen would make every heartbeat a
+        // non-HOT update (see the migration's comments).
+        Ok(awareness_entries
+            .filter(last_seen.le(sql::cutoff(self.timeout)))
+            .order((document_id.asc(), client_id.asc()))
+            .select(AwarenessEntry::as_select())
+            .load(&mut conn)
+            .await?)
+    }
+
+    async fn prune_expired(&self) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let rows = diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
+            .execute(&mut conn)
+            .await?;
+        Ok(rows as u64)
+    }
+
+    async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        let mut taken: Vec<AwarenessEntry> =
+            diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
+                .returning(AwarenessEntry::as_returning())
+                .get_results(&mut conn)
+                .await?;
+        sort_by_key(&mut taken);
+        Ok(taken)
+    }
+
+    fn options(&self) -> StoreOptions {
+        self.options
+    }
+}
