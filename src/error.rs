@@ -128,12 +128,14 @@ impl Error {
     /// connection): retrying later can succeed without changing the input.
     pub fn is_connection_error(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error as DieselError};
-        match self {
-            Error::PoolTimeout(_) | Error::Connection(_) => true,
-            Error::Database(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => {
-                true
-            }
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::PoolTimeout(_)
+                | Error::Connection(_)
+                | Error::Database(DieselError::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection,
+                    _
+                ))
+        )
     }
 }

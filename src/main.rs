@@ -22,7 +22,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(other) => {
-            eprintln!("synckit-awareness: unknown command {other:?} (not implemented yet); see --help");
+            eprintln!(
+                "synckit-awareness: unknown command {other:?} (not implemented yet); see --help"
+            );
             ExitCode::from(2)
         }
     }

@@ -240,10 +240,7 @@ impl AwarenessStore for MemoryAwarenessStore {
         }))
     }
 
-    async fn remove_all_for_connection(
-        &self,
-        connection_id: &str,
-    ) -> Result<Vec<AwarenessEntry>> {
+    async fn remove_all_for_connection(&self, connection_id: &str) -> Result<Vec<AwarenessEntry>> {
         check_id(Field::ConnectionId, connection_id)?;
         let cutoff = self.expiry_cutoff();
         let mut removed = self.write(|entries| {
@@ -267,9 +264,7 @@ impl AwarenessStore for MemoryAwarenessStore {
             }
             removed
         });
-        removed.sort_by(|a, b| {
-            (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id))
-        });
+        removed.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
         Ok(removed)
     }
 
@@ -286,9 +281,7 @@ impl AwarenessStore for MemoryAwarenessStore {
                 })
                 .collect()
         });
-        expired.sort_by(|a, b| {
-            (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id))
-        });
+        expired.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
         Ok(expired)
     }
 

@@ -97,7 +97,8 @@ fn migrate(
     extra: &[&EmbeddedMigrations],
     dry_run: bool,
 ) -> Result<MigrationReport> {
-    let migration_error = |e: Box<dyn std::error::Error + Send + Sync>| Error::Migration(e.to_string());
+    let migration_error =
+        |e: Box<dyn std::error::Error + Send + Sync>| Error::Migration(e.to_string());
     let mut applied_before: Vec<String> = harness
         .applied_migrations()
         .map_err(migration_error)?

@@ -41,7 +41,10 @@ impl Pruner {
                 match store.take_expired().await {
                     Ok(expired) => {
                         if !expired.is_empty() {
-                            tracing::debug!(count = expired.len(), "pruned expired awareness entries");
+                            tracing::debug!(
+                                count = expired.len(),
+                                "pruned expired awareness entries"
+                            );
                         }
                         expired.into_iter().for_each(&mut on_expired);
                     }

@@ -189,7 +189,9 @@ impl AwarenessSettings {
                 )));
             }
             if self.postgres.pool_size == 0 {
-                return Err(Error::Config("postgres.pool_size must be at least 1".into()));
+                return Err(Error::Config(
+                    "postgres.pool_size must be at least 1".into(),
+                ));
             }
         }
         Ok(())
@@ -236,9 +238,10 @@ fn parse<T: FromStr>(key: &str, value: &str) -> Result<T>
 where
     T::Err: fmt::Display,
 {
-    value.trim().parse().map_err(|e| {
-        Error::Config(format!("{ENV_PREFIX}{key}={value:?} is not valid: {e}"))
-    })
+    value
+        .trim()
+        .parse()
+        .map_err(|e| Error::Config(format!("{ENV_PREFIX}{key}={value:?} is not valid: {e}")))
 }
 
 #[cfg(test)]
@@ -259,7 +262,10 @@ mod tests {
         assert_eq!(s.provider, Provider::Postgresql);
         assert_eq!(s.timeout_ms, 15000);
         assert_eq!(s.postgres.pool_size, 3);
-        assert_eq!(s.postgres.url.as_ref().unwrap().expose(), "postgres://u:hunter2@h/db");
+        assert_eq!(
+            s.postgres.url.as_ref().unwrap().expose(),
+            "postgres://u:hunter2@h/db"
+        );
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
         assert_eq!(s.store_options().timeout, Duration::from_secs(15));

@@ -86,8 +86,7 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
     /// reconnected elsewhere is untouched). Returns the removed entries that were not expired,
     /// tombstones included, so a server can broadcast a leave for each
     /// ([`AwarenessEntry::leave_update`]).
-    async fn remove_all_for_connection(&self, connection_id: &str)
-        -> Result<Vec<AwarenessEntry>>;
+    async fn remove_all_for_connection(&self, connection_id: &str) -> Result<Vec<AwarenessEntry>>;
 
     /// Every expired entry, across documents, without removing any.
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>>;

@@ -152,7 +152,13 @@ mod tests {
         assert!(check_update(&update(None), 0).is_ok());
         let (field, r) = reason(check_update(&update(Some(json!("x".repeat(100)))), 100));
         assert_eq!(field, Field::State);
-        assert_eq!(r, InvalidReason::TooLarge { size: 102, max: 100 });
+        assert_eq!(
+            r,
+            InvalidReason::TooLarge {
+                size: 102,
+                max: 100
+            }
+        );
         assert_eq!(
             reason(check_update(&update(Some(json!({"a\0": 1}))), 100)).1,
             InvalidReason::ContainsNul

@@ -12,7 +12,13 @@ use synckit_awareness::{
     AwarenessStore, AwarenessUpdate, Error, Field, InvalidReason, Pruner, SetOutcome,
 };
 
-fn up(doc: &str, client: &str, conn: &str, clock: i64, state: serde_json::Value) -> AwarenessUpdate {
+fn up(
+    doc: &str,
+    client: &str,
+    conn: &str,
+    clock: i64,
+    state: serde_json::Value,
+) -> AwarenessUpdate {
     AwarenessUpdate::new(doc, client, conn, clock, Some(state))
 }
 
@@ -30,26 +36,48 @@ async fn clock_of(store: &Arc<dyn AwarenessStore>, doc: &str, client: &str) -> O
 
 async fn higher_clock_applies(s: Stores) {
     let st = &s.long;
-    assert_eq!(set(st, up("d", "c", "k1", 1, json!({"x": 1}))).await, SetOutcome::Applied);
-    assert_eq!(set(st, up("d", "c", "k2", 5, json!({"x": 5}))).await, SetOutcome::Applied);
+    assert_eq!(
+        set(st, up("d", "c", "k1", 1, json!({"x": 1}))).await,
+        SetOutcome::Applied
+    );
+    assert_eq!(
+        set(st, up("d", "c", "k2", 5, json!({"x": 5}))).await,
+        SetOutcome::Applied
+    );
     let e = st.get("d", "c").await.unwrap().unwrap();
-    assert_eq!((e.clock, e.state, e.connection_id.as_str()), (5, Some(json!({"x": 5})), "k2"));
+    assert_eq!(
+        (e.clock, e.state, e.connection_id.as_str()),
+        (5, Some(json!({"x": 5})), "k2")
+    );
 }
 
 async fn lower_and_equal_clocks_are_stale(s: Stores) {
     let st = &s.long;
     set(st, up("d", "c", "k", 5, json!("five"))).await;
-    assert_eq!(set(st, up("d", "c", "k2", 4, json!("four"))).await, SetOutcome::Stale);
-    assert_eq!(set(st, up("d", "c", "k2", 5, json!("again"))).await, SetOutcome::Stale);
+    assert_eq!(
+        set(st, up("d", "c", "k2", 4, json!("four"))).await,
+        SetOutcome::Stale
+    );
+    assert_eq!(
+        set(st, up("d", "c", "k2", 5, json!("again"))).await,
+        SetOutcome::Stale
+    );
     let e = st.get("d", "c").await.unwrap().unwrap();
-    assert_eq!((e.clock, e.state, e.connection_id.as_str()), (5, Some(json!("five")), "k"));
+    assert_eq!(
+        (e.clock, e.state, e.connection_id.as_str()),
+        (5, Some(json!("five")), "k")
+    );
 }
 
 async fn equal_clock_leave_removes_live_state(s: Stores) {
     let st = &s.long;
     set(st, up("d", "c", "k", 3, json!({"cursor": 1}))).await;
     assert_eq!(set(st, leave("d", "c", "k", 3)).await, SetOutcome::Applied);
-    let e = st.get("d", "c").await.unwrap().expect("tombstone is returned by get");
+    let e = st
+        .get("d", "c")
+        .await
+        .unwrap()
+        .expect("tombstone is returned by get");
     assert!(e.is_tombstone());
     assert_eq!((e.clock, e.state), (3, None));
     // A second equal-clock leave finds no live state to remove.
@@ -60,12 +88,21 @@ async fn tombstone_blocks_older_update(s: Stores) {
     let st = &s.long;
     set(st, up("d", "c", "k", 7, json!(1))).await;
     set(st, leave("d", "c", "k", 8)).await;
-    assert_eq!(set(st, up("d", "c", "k", 6, json!("late"))).await, SetOutcome::Stale);
-    assert_eq!(set(st, up("d", "c", "k", 8, json!("same"))).await, SetOutcome::Stale);
+    assert_eq!(
+        set(st, up("d", "c", "k", 6, json!("late"))).await,
+        SetOutcome::Stale
+    );
+    assert_eq!(
+        set(st, up("d", "c", "k", 8, json!("same"))).await,
+        SetOutcome::Stale
+    );
     assert!(st.get_all("d").await.unwrap().is_empty());
     assert_eq!(clock_of(st, "d", "c").await, Some(8));
     // A newer clock brings the client back.
-    assert_eq!(set(st, up("d", "c", "k", 9, json!("back"))).await, SetOutcome::Applied);
+    assert_eq!(
+        set(st, up("d", "c", "k", 9, json!("back"))).await,
+        SetOutcome::Applied
+    );
     assert_eq!(st.get_all("d").await.unwrap().len(), 1);
 }
 
@@ -75,23 +112,39 @@ async fn expired_entry_accepts_any_clock(s: Stores) {
     tokio::time::sleep(PAST_SHORT).await;
     // Expired for the short view: absent for reads, and any clock applies.
     assert_eq!(s.short.get("d", "c").await.unwrap(), None);
-    assert_eq!(set(&s.short, up("d", "c", "k2", 1, json!("new"))).await, SetOutcome::Applied);
-    assert_eq!(set(&s.short, up("d", "t", "k2", 0, json!("revived"))).await, SetOutcome::Applied);
+    assert_eq!(
+        set(&s.short, up("d", "c", "k2", 1, json!("new"))).await,
+        SetOutcome::Applied
+    );
+    assert_eq!(
+        set(&s.short, up("d", "t", "k2", 0, json!("revived"))).await,
+        SetOutcome::Applied
+    );
     let e = s.short.get("d", "c").await.unwrap().unwrap();
-    assert_eq!((e.clock, e.state, e.connection_id.as_str()), (1, Some(json!("new")), "k2"));
+    assert_eq!(
+        (e.clock, e.state, e.connection_id.as_str()),
+        (1, Some(json!("new")), "k2")
+    );
 }
 
 async fn applying_refreshes_last_seen(s: Stores) {
     set(&s.long, up("d", "c", "k", 1, json!(1))).await;
     let first = s.long.get("d", "c").await.unwrap().unwrap().last_seen;
     tokio::time::sleep(PAST_SHORT).await;
-    assert_eq!(s.short.get("d", "c").await.unwrap(), None, "expired for the short view");
+    assert_eq!(
+        s.short.get("d", "c").await.unwrap(),
+        None,
+        "expired for the short view"
+    );
     set(&s.long, up("d", "c", "k", 2, json!(2))).await;
     let second = s.short.get("d", "c").await.unwrap().expect("fresh again");
     assert!(second.last_seen > first);
     // A stale update does not refresh last_seen.
     tokio::time::sleep(PAST_SHORT).await;
-    assert_eq!(set(&s.long, up("d", "c", "k", 1, json!(1))).await, SetOutcome::Stale);
+    assert_eq!(
+        set(&s.long, up("d", "c", "k", 1, json!(1))).await,
+        SetOutcome::Stale
+    );
     assert_eq!(s.short.get("d", "c").await.unwrap(), None);
 }
 
@@ -102,7 +155,13 @@ async fn get_all_returns_live_entries_in_client_order(s: Stores) {
     }
     set(st, leave("d", "a2", "k", 6)).await; // tombstone: excluded
     set(st, up("other", "x", "k", 1, json!(0))).await; // another document
-    let clients: Vec<String> = st.get_all("d").await.unwrap().into_iter().map(|e| e.client_id).collect();
+    let clients: Vec<String> = st
+        .get_all("d")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.client_id)
+        .collect();
     // Byte order: uppercase before lowercase, multi-byte UTF-8 last.
     assert_eq!(clients, ["B", "Z", "a", "b", "é"]);
     assert!(st.get_all("empty-doc").await.unwrap().is_empty());
@@ -112,7 +171,14 @@ async fn get_all_and_get_skip_expired_entries(s: Stores) {
     set(&s.long, up("d", "old", "k", 1, json!(1))).await;
     tokio::time::sleep(PAST_SHORT).await;
     set(&s.long, up("d", "new", "k", 1, json!(2))).await;
-    let live: Vec<String> = s.short.get_all("d").await.unwrap().into_iter().map(|e| e.client_id).collect();
+    let live: Vec<String> = s
+        .short
+        .get_all("d")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.client_id)
+        .collect();
     assert_eq!(live, ["new"]);
     assert!(s.short.get("d", "old").await.unwrap().is_none());
     assert!(s.long.get("d", "old").await.unwrap().is_some());
@@ -122,7 +188,10 @@ async fn get_all_and_get_skip_expired_entries(s: Stores) {
 async fn documents_are_kept_apart(s: Stores) {
     let st = &s.long;
     set(st, up("d1", "c", "k", 5, json!("one"))).await;
-    assert_eq!(set(st, up("d2", "c", "k", 1, json!("two"))).await, SetOutcome::Applied);
+    assert_eq!(
+        set(st, up("d2", "c", "k", 1, json!("two"))).await,
+        SetOutcome::Applied
+    );
     assert_eq!(clock_of(st, "d1", "c").await, Some(5));
     assert_eq!(clock_of(st, "d2", "c").await, Some(1));
     assert!(st.remove("d1", "c").await.unwrap());
@@ -137,10 +206,16 @@ async fn remove_says_whether_an_entry_was_there(s: Stores) {
     set(st, leave("d", "t", "k", 1)).await;
     assert!(st.remove("d", "c").await.unwrap());
     assert!(!st.remove("d", "c").await.unwrap());
-    assert!(st.remove("d", "t").await.unwrap(), "tombstones are removable");
+    assert!(
+        st.remove("d", "t").await.unwrap(),
+        "tombstones are removable"
+    );
     assert!(!st.remove("nope", "c").await.unwrap());
     // After a remove the client may start again from any clock.
-    assert_eq!(set(st, up("d", "c", "k", 0, json!(0))).await, SetOutcome::Applied);
+    assert_eq!(
+        set(st, up("d", "c", "k", 0, json!(0))).await,
+        SetOutcome::Applied
+    );
 }
 
 async fn remove_all_for_connection_takes_only_owned_entries(s: Stores) {
@@ -168,11 +243,28 @@ async fn remove_all_for_connection_takes_only_owned_entries(s: Stores) {
     );
     let leave = removed[0].leave_update();
     assert_eq!((leave.clock, leave.state), (2, None));
-    let left: Vec<String> = st.get_all("d1").await.unwrap().into_iter().map(|e| e.client_id).collect();
+    let left: Vec<String> = st
+        .get_all("d1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.client_id)
+        .collect();
     assert_eq!(left, ["b", "c"]);
-    assert!(st.get("d1", "t").await.unwrap().is_none(), "tombstone removed too");
-    assert!(st.remove_all_for_connection("conn1").await.unwrap().is_empty());
-    assert!(st.remove_all_for_connection("never").await.unwrap().is_empty());
+    assert!(
+        st.get("d1", "t").await.unwrap().is_none(),
+        "tombstone removed too"
+    );
+    assert!(st
+        .remove_all_for_connection("conn1")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(st
+        .remove_all_for_connection("never")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn remove_all_for_connection_deletes_but_hides_expired(s: Stores) {
@@ -182,7 +274,10 @@ async fn remove_all_for_connection_deletes_but_hides_expired(s: Stores) {
     let removed = s.short.remove_all_for_connection("conn").await.unwrap();
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].client_id, "new");
-    assert!(s.long.get("d", "old").await.unwrap().is_none(), "expired entry deleted as well");
+    assert!(
+        s.long.get("d", "old").await.unwrap().is_none(),
+        "expired entry deleted as well"
+    );
 }
 
 async fn expired_entries_are_listed_then_pruned(s: Stores) {
@@ -192,9 +287,16 @@ async fn expired_entries_are_listed_then_pruned(s: Stores) {
     set(&s.long, up("d1", "fresh", "k", 1, json!(1))).await;
 
     let expired = s.short.get_expired().await.unwrap();
-    let keys: Vec<(&str, &str)> = expired.iter().map(|e| (e.document_id.as_str(), e.client_id.as_str())).collect();
+    let keys: Vec<(&str, &str)> = expired
+        .iter()
+        .map(|e| (e.document_id.as_str(), e.client_id.as_str()))
+        .collect();
     assert_eq!(keys, [("d1", "a"), ("d2", "b")]);
-    assert_eq!(s.short.get_expired().await.unwrap().len(), 2, "get_expired removes nothing");
+    assert_eq!(
+        s.short.get_expired().await.unwrap().len(),
+        2,
+        "get_expired removes nothing"
+    );
     assert!(s.long.get_expired().await.unwrap().is_empty());
 
     assert_eq!(s.short.prune_expired().await.unwrap(), 2);
@@ -220,9 +322,13 @@ async fn pruner_hands_over_expired_entries_and_stops(s: Stores) {
     set(&s.long, up("d", "a", "k", 1, json!(1))).await;
     set(&s.long, up("d", "b", "k", 1, json!(1))).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let pruner = Pruner::spawn(s.short.clone(), std::time::Duration::from_millis(100), move |e| {
-        let _ = tx.send(e);
-    });
+    let pruner = Pruner::spawn(
+        s.short.clone(),
+        std::time::Duration::from_millis(100),
+        move |e| {
+            let _ = tx.send(e);
+        },
+    );
     let mut got = Vec::new();
     while got.len() < 2 {
         let e = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
@@ -248,33 +354,92 @@ async fn bad_input_is_refused_and_changes_nothing(s: Stores) {
     let st = &s.long;
     set(st, up("d", "c", "k", 1, json!("keep"))).await;
     let cases: Vec<(AwarenessUpdate, Field, InvalidReason)> = vec![
-        (up("", "c", "k", 2, json!(1)), Field::DocumentId, InvalidReason::Empty),
-        (up("d", "", "k", 2, json!(1)), Field::ClientId, InvalidReason::Empty),
-        (up("d", "c", "", 2, json!(1)), Field::ConnectionId, InvalidReason::Empty),
-        (up(&"x".repeat(257), "c", "k", 2, json!(1)), Field::DocumentId, InvalidReason::TooLong { len: 257, max: 256 }),
-        (up("d", "c\0", "k", 2, json!(1)), Field::ClientId, InvalidReason::ContainsNul),
-        (up("d", "c", "k", -1, json!(1)), Field::Clock, InvalidReason::Negative(-1)),
-        (up("d", "c", "k", 2, json!({"s": "a\u{0}b"})), Field::State, InvalidReason::ContainsNul),
-        (up("d", "c", "k", 2, json!("x".repeat(70_000))), Field::State, InvalidReason::TooLarge { size: 70_002, max: 65_536 }),
+        (
+            up("", "c", "k", 2, json!(1)),
+            Field::DocumentId,
+            InvalidReason::Empty,
+        ),
+        (
+            up("d", "", "k", 2, json!(1)),
+            Field::ClientId,
+            InvalidReason::Empty,
+        ),
+        (
+            up("d", "c", "", 2, json!(1)),
+            Field::ConnectionId,
+            InvalidReason::Empty,
+        ),
+        (
+            up(&"x".repeat(257), "c", "k", 2, json!(1)),
+            Field::DocumentId,
+            InvalidReason::TooLong { len: 257, max: 256 },
+        ),
+        (
+            up("d", "c\0", "k", 2, json!(1)),
+            Field::ClientId,
+            InvalidReason::ContainsNul,
+        ),
+        (
+            up("d", "c", "k", -1, json!(1)),
+            Field::Clock,
+            InvalidReason::Negative(-1),
+        ),
+        (
+            up("d", "c", "k", 2, json!({"s": "a\u{0}b"})),
+            Field::State,
+            InvalidReason::ContainsNul,
+        ),
+        (
+            up("d", "c", "k", 2, json!("x".repeat(70_000))),
+            Field::State,
+            InvalidReason::TooLarge {
+                size: 70_002,
+                max: 65_536,
+            },
+        ),
     ];
     for (update, want_field, want_reason) in cases {
         match st.set(&update).await {
             Err(Error::InvalidInput { field, reason }) => {
                 assert_eq!((field, &reason), (want_field, &want_reason));
                 let msg = Error::InvalidInput { field, reason }.to_string();
-                assert!(msg.contains(want_field.as_str()), "message names the field: {msg}");
+                assert!(
+                    msg.contains(want_field.as_str()),
+                    "message names the field: {msg}"
+                );
             }
             other => panic!("{update:?}: expected InvalidInput, got {other:?}"),
         }
-        match st.set_many(&[up("d", "ok", "k", 1, json!(1)), update]).await {
+        match st
+            .set_many(&[up("d", "ok", "k", 1, json!(1)), update])
+            .await
+        {
             Err(Error::InvalidInput { .. }) => {}
             other => panic!("set_many: expected InvalidInput, got {other:?}"),
         }
     }
-    assert!(matches!(st.get("", "c").await, Err(Error::InvalidInput { field: Field::DocumentId, .. })));
-    assert!(matches!(st.get_all("a\0").await, Err(Error::InvalidInput { .. })));
-    assert!(matches!(st.remove("d", "").await, Err(Error::InvalidInput { field: Field::ClientId, .. })));
-    assert!(matches!(st.remove_all_for_connection("").await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        st.get("", "c").await,
+        Err(Error::InvalidInput {
+            field: Field::DocumentId,
+            ..
+        })
+    ));
+    assert!(matches!(
+        st.get_all("a\0").await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        st.remove("d", "").await,
+        Err(Error::InvalidInput {
+            field: Field::ClientId,
+            ..
+        })
+    ));
+    assert!(matches!(
+        st.remove_all_for_connection("").await,
+        Err(Error::InvalidInput { .. })
+    ));
     let all = st.get_all("d").await.unwrap();
     assert_eq!(all.len(), 1, "nothing written: {all:?}");
     assert_eq!((all[0].clock, &all[0].state), (1, &Some(json!("keep"))));
@@ -290,9 +455,19 @@ async fn odd_but_valid_ids_round_trip(s: Stores) {
     ];
     for (i, id) in ids.iter().enumerate() {
         let state = json!({ "name": id, "nested": [id, { "k": id }] });
-        assert_eq!(set(st, up(id, id, id, i as i64, state.clone())).await, SetOutcome::Applied);
+        assert_eq!(
+            set(st, up(id, id, id, i as i64, state.clone())).await,
+            SetOutcome::Applied
+        );
         let e = st.get(id, id).await.unwrap().unwrap();
-        assert_eq!((e.document_id.as_str(), e.client_id.as_str(), e.connection_id.as_str()), (*id, *id, *id));
+        assert_eq!(
+            (
+                e.document_id.as_str(),
+                e.client_id.as_str(),
+                e.connection_id.as_str()
+            ),
+            (*id, *id, *id)
+        );
         assert_eq!(e.state, Some(state));
         assert_eq!(st.remove_all_for_connection(id).await.unwrap().len(), 1);
     }
@@ -315,7 +490,10 @@ async fn set_many_applies_in_order(s: Stores) {
     use SetOutcome::{Applied as A, Stale as S};
     assert_eq!(outcomes, [A, S, A, S, A, A]);
     assert_eq!(st.get("d", "a").await.unwrap().unwrap().state, None);
-    assert_eq!(st.get("d", "x").await.unwrap().unwrap().state, Some(json!("x6")));
+    assert_eq!(
+        st.get("d", "x").await.unwrap().unwrap().state,
+        Some(json!("x6"))
+    );
     assert!(st.set_many(&[]).await.unwrap().is_empty());
 }
 
@@ -331,7 +509,13 @@ async fn racing_sets_end_at_the_highest_clock(s: Stores) {
             let mut outcomes = Vec::new();
             for i in 0..PER_TASK {
                 let clock = ((t * PER_TASK + i) * 7919) % (TASKS * PER_TASK);
-                let update = up("race", "c", &format!("conn{t}"), clock, json!({ "clock": clock }));
+                let update = up(
+                    "race",
+                    "c",
+                    &format!("conn{t}"),
+                    clock,
+                    json!({ "clock": clock }),
+                );
                 outcomes.push((clock, st.set(&update).await));
             }
             outcomes

@@ -78,3 +78,29 @@ pub(crate) fn set<'a>(
                     .and(state.is_not_null())),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_is_one_conditional_upsert() {
+        let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);
+        let sql =
+            diesel::debug_query::<Pg, _>(&set(&update, PgInterval::from_microseconds(30_000_000)))
+                .to_string();
+        let sql = sql.split(" -- binds").next().unwrap_or_default();
+        assert_eq!(
+            sql,
+            "INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \
+             \"state\", \"clock_value\", \"last_seen\") VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP) \
+             ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
+             \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
+             \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
+             WHERE (((\"awareness_entries\".\"last_seen\" <= (now() - $6)) \
+             OR (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) \
+             OR (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") \
+             AND (excluded.\"state\" IS NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL)))"
+        );
+    }
+}

@@ -16,8 +16,8 @@ use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Field, Result};
 use crate::migrations::{run_migrations, MigrationReport};
 use crate::schema::awareness_entries::dsl::*;
-use crate::secret::redact;
 use crate::schema_check::{validate_schema, SchemaReport};
+use crate::secret::redact;
 use crate::store::{AwarenessStore, StoreOptions};
 use crate::validate::{check_id, check_update};
 
@@ -225,9 +225,10 @@ impl AwarenessStore for PostgresAwarenessStore {
 
     async fn prune_expired(&self) -> Result<u64> {
         let mut conn = self.conn().await?;
-        let rows = diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
-            .execute(&mut conn)
-            .await?;
+        let rows =
+            diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
+                .execute(&mut conn)
+                .await?;
         Ok(rows as u64)
     }
 

@@ -153,7 +153,10 @@ async fn template() -> &'static str {
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read migrations dir").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("read migrations dir")
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             out.extend(walk(&path));

@@ -1,0 +1,57 @@
+# synckit-awareness — every workflow goes through these targets.
+#
+# DATABASE_URL: a PostgreSQL server where this role may CREATE DATABASE; each test gets its own
+# database. Unset: the tests start PostgreSQL 17 with testcontainers (needs Docker).
+
+CARGO ?= cargo
+SCHEMA_DB ?= synckit_schema_check
+PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
+TEST_CONTAINER_LABEL := synckit-awareness-tests
+
+.PHONY: test check fmt lint doc schema-check demo install clean-test-containers help
+
+help:
+	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
+	@echo "make test          all tests (DATABASE_URL, else testcontainers)"
+	@echo "make check         fmt --check, clippy -D warnings, doc"
+	@echo "make schema-check  schema.rs equals diesel print-schema after the migrations"
+	@echo "make install       cargo install --path ."
+
+test:
+	$(CARGO) test --all-targets ; status=$$? ; \
+	  $(MAKE) --no-print-directory clean-test-containers ; \
+	  [ $$status -eq 0 ] && $(CARGO) test --doc
+
+check: fmt lint doc
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+# Applies the migrations with diesel CLI to a scratch database, regenerates the schema with
+# `diesel print-schema`, and fails when it differs from the committed schema.rs. Also checks
+# that every migration reverts (`diesel migration redo --all`).
+schema-check:
+	@command -v diesel >/dev/null || { echo "diesel CLI missing: cargo install diesel_cli --no-default-features --features postgres"; exit 2; }
+	@url=$$(echo "$(PG_ADMIN_URL)" | sed -E 's#(://[^/]*)/[^?]*#\1/$(SCHEMA_DB)#'); \
+	psql "$(PG_ADMIN_URL)" -qc "DROP DATABASE IF EXISTS $(SCHEMA_DB) WITH (FORCE)" -c "CREATE DATABASE $(SCHEMA_DB)" && \
+	diesel migration run --database-url "$$url" && \
+	diesel migration redo --all --database-url "$$url" && \
+	diesel print-schema --database-url "$$url" > target/schema.generated.rs && \
+	psql "$(PG_ADMIN_URL)" -qc "DROP DATABASE $(SCHEMA_DB) WITH (FORCE)" && \
+	diff -u schema.rs target/schema.generated.rs && echo "schema.rs matches the migrations"
+
+demo:
+	$(CARGO) run --quiet --example quickstart
+
+install:
+	$(CARGO) install --path .
+
+clean-test-containers:
+	@ids=$$(docker ps -aq --filter label=$(TEST_CONTAINER_LABEL) 2>/dev/null); \
+	  [ -z "$$ids" ] || docker rm -f $$ids >/dev/null

@@ -1,0 +1,252 @@
+//! PostgreSQL-only behaviour: migrations (embedded and diesel's table), the schema validator,
+//! start-up checks, settings-built stores and connection errors.
+
+mod common;
+
+use common::TestDb;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::AsyncPgConnection;
+use diesel_migrations::MigrationHarness;
+use serde_json::json;
+use synckit_awareness::{
+    run_migrations, run_migrations_at, AwarenessSettings, AwarenessUpdate, Error,
+    PostgresAwarenessStore, PostgresOptions, Provider, SchemaDifference, SetOutcome, MIGRATIONS,
+};
+
+fn version() -> String {
+    let dir = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .min()
+        .unwrap();
+    dir.split('_').next().unwrap().replace('-', "")
+}
+
+async fn revert_all(db: &TestDb) {
+    let conn = db.conn().await;
+    tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
+        harness.revert_all_migrations(MIGRATIONS).expect("revert");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_go_up_down_and_up_again() {
+    let db = TestDb::empty().await;
+    let report = run_migrations_at(&db.url, &[]).await.unwrap();
+    assert!(report.already_applied.is_empty());
+    assert_eq!(report.applied, [version()]);
+    let store = db.store(common::options(common::LONG)).await;
+    store
+        .ensure_schema()
+        .await
+        .expect("migrated schema validates");
+    assert_eq!(
+        db.scalar("SELECT count(*) AS n FROM __diesel_schema_migrations")
+            .await,
+        1,
+        "recorded in diesel's own table, so `diesel migration run` agrees"
+    );
+
+    // Idempotent.
+    let again = run_migrations_at(&db.url, &[]).await.unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(again.already_applied, [version()]);
+
+    revert_all(&db).await;
+    let report = store.validate_schema().await.unwrap();
+    assert_eq!(report.differences, [SchemaDifference::MissingTable]);
+    assert!(matches!(
+        store.ensure_schema().await,
+        Err(Error::SchemaMismatch(_))
+    ));
+
+    let report = store.migrate(&[]).await.unwrap();
+    assert_eq!(report.applied, [version()]);
+    store.ensure_schema().await.unwrap();
+    let update = AwarenessUpdate::new("d", "c", "k", 1, Some(json!(1)));
+    assert_eq!(
+        synckit_awareness::AwarenessStore::set(&store, &update)
+            .await
+            .unwrap(),
+        SetOutcome::Applied
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_runners_apply_each_migration_once() {
+    let db = TestDb::empty().await;
+    let runs = (0..4).map(|_| {
+        let url = db.url.clone();
+        tokio::spawn(async move { run_migrations_at(&url, &[]).await })
+    });
+    let mut applied = 0;
+    for run in runs {
+        let report = run.await.unwrap().expect("every runner succeeds");
+        applied += report.applied.len();
+    }
+    assert_eq!(applied, 1, "exactly one runner applied the migration");
+    assert_eq!(
+        db.scalar("SELECT count(*) AS n FROM __diesel_schema_migrations")
+            .await,
+        1
+    );
+    db.store(common::options(common::LONG))
+        .await
+        .ensure_schema()
+        .await
+        .unwrap();
+}
+
+static HOST_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("tests/fixtures/host_migrations");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_migrations_run_after_ours() {
+    static EXTRA: [&diesel_migrations::EmbeddedMigrations; 1] = [&HOST_MIGRATIONS];
+    let db = TestDb::empty().await;
+    let report = run_migrations(db.conn().await, &EXTRA).await.unwrap();
+    assert_eq!(report.applied, [version(), "29990101000000".to_string()]);
+    assert_eq!(
+        db.scalar("SELECT count(*) AS n FROM host_documents").await,
+        0
+    );
+    let again = run_migrations(db.conn().await, &EXTRA).await.unwrap();
+    assert!(again.applied.is_empty());
+}
+
+async fn differences_after(sql: &str) -> Vec<String> {
+    let db = TestDb::migrated().await;
+    let store = db.store(common::options(common::LONG)).await;
+    db.exec(sql).await;
+    store
+        .validate_schema()
+        .await
+        .unwrap()
+        .differences
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validator_names_each_difference() {
+    assert_eq!(
+        differences_after("ALTER TABLE awareness_entries DROP COLUMN connection_id").await,
+        [
+            "column connection_id is missing",
+            "index awareness_entries_connection_id_idx on (connection_id) is missing (remove_all_for_connection)"
+        ]
+    );
+    assert_eq!(
+        differences_after("ALTER TABLE awareness_entries ALTER COLUMN state TYPE json").await,
+        ["column state has type json, expected jsonb"]
+    );
+    assert_eq!(
+        differences_after("ALTER TABLE awareness_entries ALTER COLUMN clock_value TYPE integer")
+            .await,
+        ["column clock_value has type int4, expected int8"]
+    );
+    assert_eq!(
+        differences_after("DROP INDEX awareness_entries_connection_id_idx").await,
+        ["index awareness_entries_connection_id_idx on (connection_id) is missing (remove_all_for_connection)"]
+    );
+    assert_eq!(
+        differences_after(
+            "ALTER TABLE awareness_entries ALTER COLUMN last_seen DROP NOT NULL, \
+             ALTER COLUMN state SET NOT NULL, ADD COLUMN extra int"
+        )
+        .await,
+        [
+            "column state is NOT NULL, expected nullable",
+            "column last_seen is nullable, expected NOT NULL",
+            "unexpected column extra"
+        ]
+    );
+    assert_eq!(
+        differences_after(
+            "ALTER TABLE awareness_entries DROP CONSTRAINT awareness_entries_pkey, \
+             ALTER COLUMN client_id TYPE text COLLATE \"default\""
+        )
+        .await,
+        [
+            "column client_id has collation default, expected \"C\"",
+            "primary key is (), expected (document_id, client_id)"
+        ]
+    );
+    assert_eq!(
+        differences_after("DROP TABLE awareness_entries").await,
+        ["table awareness_entries is missing"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_fails_fast_on_an_unmigrated_database() {
+    let db = TestDb::empty().await;
+    let err = PostgresAwarenessStore::connect(&db.url, PostgresOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SchemaMismatch(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("table awareness_entries is missing"),
+        "{message}"
+    );
+    assert!(message.contains("run the migrations"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_database_is_a_connection_error() {
+    let options = PostgresOptions {
+        connect_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    // Port 1 on loopback refuses connections.
+    let err = PostgresAwarenessStore::connect("postgres://u:hunter2@127.0.0.1:1/db", options)
+        .await
+        .unwrap_err();
+    assert!(err.is_connection_error(), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_build_either_provider() {
+    let db = TestDb::empty().await;
+    let settings = AwarenessSettings::from_lookup(|key| match key {
+        "SYNCKIT__AWARENESS__PROVIDER" => Some("postgres".into()),
+        "SYNCKIT__AWARENESS__POSTGRES__URL" => Some(db.url.clone()),
+        "SYNCKIT__AWARENESS__POSTGRES__MIGRATE_ON_START" => Some("true".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(settings.provider, Provider::Postgresql);
+    let store = settings.build().await.unwrap();
+    assert!(format!("{store:?}").starts_with("PostgresAwarenessStore"));
+    let update = AwarenessUpdate::new("d", "c", "k", 1, Some(json!({"x": 1})));
+    assert_eq!(store.set(&update).await.unwrap(), SetOutcome::Applied);
+    assert_eq!(
+        db.scalar("SELECT count(*) AS n FROM awareness_entries")
+            .await,
+        1
+    );
+
+    let memory = AwarenessSettings::default().build().await.unwrap();
+    assert!(format!("{memory:?}").starts_with("MemoryAwarenessStore"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_rejects_rows_that_break_the_input_rules() {
+    // The CHECK constraints hold even for rows written by other tools.
+    let db = TestDb::migrated().await;
+    let mut conn = db.conn().await;
+    for sql in [
+        "INSERT INTO awareness_entries VALUES ('', 'c', 'k', NULL, 1, now())",
+        "INSERT INTO awareness_entries VALUES ('d', 'c', 'k', NULL, -1, now())",
+    ] {
+        let result = diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, sql).await;
+        assert!(result.is_err(), "{sql} should be refused");
+    }
+}
