@@ -222,6 +222,7 @@ impl AwarenessSettings {
             pool_size: self.postgres.pool_size,
             connect_timeout: Duration::from_millis(self.postgres.connect_timeout_ms),
             validate_on_start: false,
+            ..PostgresOptions::default()
         };
         let store = PostgresAwarenessStore::connect(url.expose(), options).await?;
         if self.postgres.migrate_on_start {

@@ -17,6 +17,12 @@ pub struct PostgresOptions {
     /// Check the table against the expected schema when connecting, and fail fast when it
     /// differs ([`Error::SchemaMismatch`](crate::Error::SchemaMismatch)).
     pub validate_on_start: bool,
+    /// PostgreSQL `statement_timeout` for the store's connections; `None` keeps the server's.
+    pub statement_timeout: Option<Duration>,
+    /// PostgreSQL `synchronous_commit` for the store's connections. `false` (`off`) lets a
+    /// commit return before its WAL reaches disk: a crash can lose the last fraction of a
+    /// second of awareness writes, never consistency.
+    pub synchronous_commit: bool,
 }
 
 impl Default for PostgresOptions {
@@ -26,6 +32,8 @@ impl Default for PostgresOptions {
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
             validate_on_start: true,
+            statement_timeout: Some(Duration::from_secs(10)),
+            synchronous_commit: true,
         }
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use diesel::pg::data_types::PgInterval;
 use diesel::prelude::*;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, PoolError};
+use diesel_async::pooled_connection::PoolError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
@@ -64,16 +64,7 @@ impl PostgresAwarenessStore {
     /// [`validate_on_start`](PostgresOptions::validate_on_start), fails fast when the database
     /// cannot be reached or its schema differs from the expected one.
     pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
-        if options.pool_size == 0 {
-            return Err(Error::Config("pool_size must be at least 1".into()));
-        }
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
-        let pool = Pool::builder()
-            .max_size(options.pool_size)
-            .connection_timeout(options.connect_timeout)
-            .build(manager)
-            .await
-            .map_err(pool_error_to_error)?;
+        let pool = super::connect::build_pool(database_url, &options).await?;
         let store = Self::from_pool(pool, options.store);
         if options.validate_on_start {
             store.ensure_schema().await?;
