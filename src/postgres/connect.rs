@@ -46,13 +46,13 @@ pub(crate) async fn build_pool(
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| establish(url.to_owned(), session.clone()).boxed());
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
-    Ok(Pool::builder()
+    Pool::builder()
         .max_size(options.pool_size)
         .connection_timeout(options.connect_timeout)
         .test_on_check_out(false)
         .build(manager)
         .await
-        .map_err(|e| Error::Connection(redact(&e.to_string())))?)
+        .map_err(|e| Error::Connection(redact(&e.to_string())))
 }
 
 async fn establish(url: String, session: String) -> ConnectionResult<AsyncPgConnection> {
