@@ -28,6 +28,7 @@ pub use migrations::{
     pending_migrations, run_migrations, run_migrations_at, MigrationReport, MIGRATIONS,
     MIGRATION_LOCK_KEY,
 };
+pub use postgres::{DocumentActivity, InspectedEntry, StoreStats};
 pub use postgres::{PgPool, PostgresAwarenessStore, PostgresOptions};
 pub use pruner::Pruner;
 pub use schema_check::{

@@ -33,7 +33,7 @@ pub type PgPool = Pool<AsyncPgConnection>;
 pub struct PostgresAwarenessStore {
     pool: PgPool,
     options: StoreOptions,
-    timeout: PgInterval,
+    pub(super) timeout: PgInterval,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
@@ -108,7 +108,7 @@ impl PostgresAwarenessStore {
         }
     }
 
-    async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
+    pub(super) async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
         self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error_to_error(e),
             RunError::TimedOut => Error::PoolTimeout(self.pool.config().connection_timeout),

@@ -1,0 +1,196 @@
+//! Read-only inspection for operators' tools (the `synckit-awareness` CLI among them): what a
+//! document holds including tombstones and expired entries, and how the table is doing.
+//!
+//! These are inherent methods, not part of [`AwarenessStore`](crate::AwarenessStore): they
+//! expose storage details (expired rows that every read hides, table statistics) that only
+//! PostgreSQL has. Each is one statement and uses the database's clock, like the store.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Interval, Nullable, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+
+use super::sql::cutoff;
+use super::store::PostgresAwarenessStore;
+use crate::entry::AwarenessEntry;
+use crate::error::{Field, Result};
+use crate::validate::check_id;
+
+/// One stored entry as an operator sees it: also tombstones and expired entries, with how long
+/// ago it was written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InspectedEntry {
+    /// The stored row.
+    #[serde(flatten)]
+    pub entry: AwarenessEntry,
+    /// True when `last_seen + timeout <= now`: every read treats the entry as absent, and
+    /// the next prune deletes it.
+    pub expired: bool,
+    /// How long ago `last_seen` was, by the database's clock (zero when it is in the future,
+    /// as for a row written after this statement began).
+    #[serde(skip)]
+    pub age: Duration,
+}
+
+/// Counts and table health of the awareness table, from one statement
+/// ([`PostgresAwarenessStore::inspect_stats`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+pub struct StoreStats {
+    /// Every stored row: `live + tombstones + expired`.
+    #[diesel(sql_type = BigInt)]
+    pub total: i64,
+    /// Entries that reads return as present: not expired, not tombstones.
+    #[diesel(sql_type = BigInt)]
+    pub live: i64,
+    /// Tombstones (clients that left) that are not expired.
+    #[diesel(sql_type = BigInt)]
+    pub tombstones: i64,
+    /// Expired entries (tombstones included) waiting to be pruned.
+    #[diesel(sql_type = BigInt)]
+    pub expired: i64,
+    /// Documents with at least one stored row.
+    #[diesel(sql_type = BigInt)]
+    pub documents: i64,
+    /// Documents with at least one live entry.
+    #[diesel(sql_type = BigInt)]
+    pub active_documents: i64,
+    /// Size of the table (heap, TOAST, free-space and visibility maps), in bytes.
+    #[diesel(sql_type = BigInt)]
+    pub table_bytes: i64,
+    /// Size of all its indexes, in bytes.
+    #[diesel(sql_type = BigInt)]
+    pub index_bytes: i64,
+    /// Rows updated since the statistics were reset (`pg_stat_user_tables.n_tup_upd`).
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub updates: Option<i64>,
+    /// Of those, heap-only (HOT) updates, which touch no index (`n_tup_hot_upd`).
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub hot_updates: Option<i64>,
+    /// Dead row versions not yet vacuumed (`n_dead_tup`).
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub dead_tuples: Option<i64>,
+    /// When autovacuum last processed the table; `None` if never.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_autovacuum: Option<DateTime<Utc>>,
+}
+
+impl StoreStats {
+    /// Share of updates that were HOT, from 0.0 to 1.0; `None` before the first update.
+    ///
+    /// Heartbeats only rewrite `last_seen`, `state` and `clock_value`, none of them indexed,
+    /// so this should stay near 1.0; a low ratio means pages are full (see the migration's
+    /// `fillfactor`) or someone added an index on a column heartbeats write.
+    pub fn hot_update_ratio(&self) -> Option<f64> {
+        match (self.updates, self.hot_updates) {
+            (Some(updates), Some(hot)) if updates > 0 => Some(hot as f64 / updates as f64),
+            _ => None,
+        }
+    }
+}
+
+/// How many entries one document holds ([`PostgresAwarenessStore::inspect_busiest_documents`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+pub struct DocumentActivity {
+    /// The document.
+    #[diesel(sql_type = Text)]
+    pub document_id: String,
+    /// Its live entries (present clients).
+    #[diesel(sql_type = BigInt)]
+    pub live: i64,
+    /// All its stored rows, tombstones and expired ones included.
+    #[diesel(sql_type = BigInt)]
+    pub total: i64,
+}
+
+impl PostgresAwarenessStore {
+    /// The entries of `document_id`, ordered by `client_id`, each with whether it is expired
+    /// and its age. Without `include_hidden`, only live entries (what
+    /// [`get_all`](crate::AwarenessStore::get_all) returns); with it, tombstones and expired
+    /// entries too.
+    pub async fn inspect_document(
+        &self,
+        document: &str,
+        include_hidden: bool,
+    ) -> Result<Vec<InspectedEntry>> {
+        // Imported here only: the column names would clash with the row structs' fields.
+        use crate::schema::awareness_entries::dsl::*;
+        check_id(Field::DocumentId, document)?;
+        let mut conn = self.conn().await?;
+        let cut = cutoff(self.timeout);
+        let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> = awareness_entries
+            .filter(document_id.eq(document))
+            .filter(
+                include_hidden
+                    .into_sql::<Bool>()
+                    .or(state.is_not_null().and(last_seen.gt(cut))),
+            )
+            .order(client_id.asc())
+            // now() is the statement's clock, so every age is measured from the same instant.
+            .select((
+                AwarenessEntry::as_select(),
+                last_seen.le(cut),
+                sql::<Timestamptz>("now()"),
+            ))
+            .load(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(entry, expired, now)| InspectedEntry {
+                age: (now - entry.last_seen).to_std().unwrap_or(Duration::ZERO),
+                entry,
+                expired,
+            })
+            .collect())
+    }
+
+    /// Entry counts (total, live, tombstones, expired, documents), table and index size, and
+    /// the table's `pg_stat_user_tables` figures.
+    ///
+    /// Counting scans the whole table (there is deliberately no index on `last_seen`): meant
+    /// for an operator's occasional look, not for a request path. PostgreSQL publishes
+    /// `pg_stat_user_tables` counters with a delay of up to a second or so.
+    pub async fn inspect_stats(&self) -> Result<StoreStats> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "WITH counts AS ( \
+               SELECT count(*) AS total, \
+                 count(*) FILTER (WHERE last_seen > now() - $1 AND state IS NOT NULL) AS live, \
+                 count(*) FILTER (WHERE last_seen > now() - $1 AND state IS NULL) AS tombstones, \
+                 count(*) FILTER (WHERE last_seen <= now() - $1) AS expired, \
+                 count(DISTINCT document_id) AS documents, \
+                 count(DISTINCT document_id) \
+                   FILTER (WHERE last_seen > now() - $1 AND state IS NOT NULL) AS active_documents \
+               FROM awareness_entries), \
+             rel AS (SELECT 'awareness_entries'::regclass AS oid) \
+             SELECT c.*, pg_table_size(rel.oid) AS table_bytes, \
+               pg_indexes_size(rel.oid) AS index_bytes, \
+               s.n_tup_upd AS updates, s.n_tup_hot_upd AS hot_updates, \
+               s.n_dead_tup AS dead_tuples, s.last_autovacuum \
+             FROM counts c CROSS JOIN rel \
+             LEFT JOIN pg_stat_user_tables s ON s.relid = rel.oid",
+        )
+        .bind::<Interval, _>(self.timeout)
+        .get_result(&mut conn)
+        .await?)
+    }
+
+    /// The `limit` documents with the most live entries (ties: more stored rows, then by id).
+    pub async fn inspect_busiest_documents(&self, limit: u32) -> Result<Vec<DocumentActivity>> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "SELECT document_id, \
+               count(*) FILTER (WHERE last_seen > now() - $1 AND state IS NOT NULL) AS live, \
+               count(*) AS total \
+             FROM awareness_entries GROUP BY document_id \
+             ORDER BY live DESC, total DESC, document_id LIMIT $2",
+        )
+        .bind::<Interval, _>(self.timeout)
+        .bind::<BigInt, _>(i64::from(limit))
+        .load(&mut conn)
+        .await?)
+    }
+}
