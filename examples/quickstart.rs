@@ -82,6 +82,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\nalice moves her cursor (clock 2): {:?}",
         store.set(&moved).await?
     );
+    let bob_moved = AwarenessUpdate::new(
+        "doc-design",
+        "bob",
+        "ws-2",
+        2,
+        Some(json!({"user": "bob", "color": "#2196f3", "cursor": {"x": 40, "y": 300}})),
+    );
+    println!(
+        "bob moves his cursor (clock 2): {:?}",
+        store.set(&bob_moved).await?
+    );
     let late = AwarenessUpdate::new(
         "doc-design",
         "alice",
@@ -93,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "a delayed older update (clock 1) arrives: {:?}",
         store.set(&late).await?
     );
-    show(&store, "cursor moved, stale update rejected").await?;
+    show(&store, "cursors moved, stale update rejected").await?;
 
     let removed = store.remove_all_for_connection("ws-1").await?;
     println!("\nconnection ws-1 dropped; leaves to broadcast:");
@@ -106,13 +117,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     show(&store, "after ws-1 disconnected").await?;
 
-    // bob keeps sending heartbeats; carol goes silent and times out.
-    for clock in 2..=4 {
+    // bob keeps sending heartbeats (his state again, next clock); carol goes silent.
+    for clock in 3..=5 {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        store
-            .set(&join("doc-design", "bob", "ws-2", clock, "#2196f3"))
-            .await?;
+        let heartbeat = AwarenessUpdate {
+            clock,
+            ..bob_moved.clone()
+        };
+        store.set(&heartbeat).await?;
     }
+    show(
+        &store,
+        "carol was silent longer than the 1.5 s timeout: absent from reads, stored until pruned",
+    )
+    .await?;
     let expired = store.take_expired().await?;
     println!("\npruned {} timed-out client(s):", expired.len());
     for e in &expired {
