@@ -105,6 +105,14 @@ async fn migrate_on_an_empty_database_then_check_passes() {
         .stdout(predicate::str::contains(
             "table awareness_entries is missing",
         ));
+    cli(&db.url)
+        .arg("stats")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not exist"))
+        .stderr(predicate::str::contains(
+            "hint: run `synckit-awareness migrate`",
+        ));
 
     cli(&db.url)
         .arg("migrate")

@@ -26,6 +26,11 @@ impl Failure {
         Self::new(UNUSABLE, message.into(), hint)
     }
 
+    /// Something went wrong after connecting: exit code 1.
+    pub(crate) fn problem(message: impl Into<String>) -> Self {
+        Self::new(PROBLEM, message.into(), None)
+    }
+
     /// The database cannot be reached: exit code 2, with the connection hint.
     pub(crate) fn connection(message: impl Into<String>) -> Self {
         Self::new(UNUSABLE, message.into(), Some(CONNECTION_HINT))
@@ -65,7 +70,7 @@ impl From<Error> for Failure {
                 message,
                 Some("run `synckit-awareness migrate`, then `synckit-awareness check`"),
             ),
-            _ => Self::new(PROBLEM, message, None),
+            _ => Self::problem(message),
         }
     }
 }

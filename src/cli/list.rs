@@ -33,7 +33,7 @@ pub(crate) async fn run(
                 age_ms: u64::try_from(inspected.age.as_millis()).unwrap_or(u64::MAX),
             };
             let text = serde_json::to_string(&line)
-                .map_err(|e| Failure::usage(format!("cannot encode an entry: {e}"), None))?;
+                .map_err(|e| Failure::problem(format!("cannot encode an entry: {e}")))?;
             println!("{text}");
         }
         return Ok(ExitCode::SUCCESS);

@@ -114,9 +114,7 @@ pub(crate) fn main() -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            return Failure::usage(format!("cannot start the async runtime: {e}"), None).report()
-        }
+        Err(e) => return Failure::problem(format!("cannot start the async runtime: {e}")).report(),
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,

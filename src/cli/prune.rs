@@ -17,8 +17,8 @@ pub(crate) async fn run(target: &Target, every: Option<Duration>) -> Result<Exit
 
     // Listen before announcing, so a supervisor that signals right after the first line
     // is heard rather than killing the process mid-statement.
-    let mut stop = Stop::listen()
-        .map_err(|e| Failure::usage(format!("cannot listen for signals: {e}"), None))?;
+    let mut stop =
+        Stop::listen().map_err(|e| Failure::problem(format!("cannot listen for signals: {e}")))?;
     println!(
         "pruning entries expired for {} every {}; stop with Ctrl-C or SIGTERM",
         humantime::format_duration(target.timeout()),

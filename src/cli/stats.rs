@@ -32,7 +32,7 @@ pub(crate) async fn run(target: &Target, json: bool) -> Result<ExitCode, Failure
             busiest_documents: &busiest,
         };
         let text = serde_json::to_string(&out)
-            .map_err(|e| Failure::usage(format!("cannot encode the statistics: {e}"), None))?;
+            .map_err(|e| Failure::problem(format!("cannot encode the statistics: {e}")))?;
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
