@@ -504,3 +504,40 @@ async fn prune_every_runs_until_sigterm_and_stops_cleanly() {
     reader.join().unwrap();
     assert_eq!(status.code(), Some(0), "saw {seen:?}");
 }
+
+/// The library calls behind `list`: without hidden entries they return exactly what the
+/// store's reads return, so the CLI never disagrees with a server on who is present.
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_document_agrees_with_get_all() {
+    let db = TestDb::migrated().await;
+    populate(&db).await;
+    let store = db.store(options(std::time::Duration::from_secs(30))).await;
+    for doc in ["doc-1", "doc-2", "doc-none"] {
+        let listed: Vec<_> = store
+            .inspect_document(doc, false)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.entry)
+            .collect();
+        assert_eq!(listed, store.get_all(doc).await.unwrap(), "{doc}");
+    }
+    let all = store.inspect_document("doc-1", true).await.unwrap();
+    let expired: Vec<&str> = all
+        .iter()
+        .filter(|i| i.expired)
+        .map(|i| i.entry.client_id.as_str())
+        .collect();
+    assert_eq!(expired, ["dave"]);
+    let stale: Vec<String> = store
+        .get_expired()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.client_id)
+        .collect();
+    assert_eq!(stale, ["dave", "frank"]);
+    assert!(all
+        .iter()
+        .all(|i| i.age < std::time::Duration::from_secs(2 * 3600)));
+}
