@@ -29,7 +29,10 @@ pub use migrations::{
     pending_migrations, run_migrations, run_migrations_at, MigrationReport, MIGRATIONS,
     MIGRATION_LOCK_KEY,
 };
-pub use postgres::{PgPool, PostgresAwarenessStore, PostgresOptions};
+pub use postgres::{
+    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent, PgPool,
+    PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
+};
 pub use pruner::Pruner;
 pub use schema_check::{
     expected_columns, expected_indexes, expected_primary_key, validate_schema, ExpectedColumn,
