@@ -1,11 +1,11 @@
 //! Error handling, limits, framing and property tests for the awareness codec.
 
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
 use synckit_awareness::y_protocols::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,
     AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits, Field, MAX_SAFE_INTEGER,
 };
-use proptest::prelude::*;
-use serde_json::{json, Map, Value};
 
 fn decode(bytes: &[u8]) -> Result<Vec<AwarenessClientUpdate>, CodecError> {
     decode_awareness_update(bytes, &DecodeLimits::default())

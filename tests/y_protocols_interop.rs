@@ -7,11 +7,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use serde_json::{json, Value};
 use synckit_awareness::y_protocols::{
     decode_awareness_update, encode_awareness_update, AwarenessClientUpdate, CodecError,
     DecodeLimits, MAX_SAFE_INTEGER,
 };
-use serde_json::{json, Value};
 
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

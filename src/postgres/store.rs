@@ -185,7 +185,8 @@ impl AwarenessStore for PostgresAwarenessStore {
             .execute(&mut conn)
             .await?;
         if rows > 0 {
-            self.feed.publish(ChangeKind::Remove, doc, vec![client.to_owned()]);
+            self.feed
+                .publish(ChangeKind::Remove, doc, vec![client.to_owned()]);
         }
         Ok(rows > 0)
     }

@@ -91,7 +91,16 @@ mod tests {
         assert_eq!(y_client_id("0"), Some(0));
         assert_eq!(y_client_id("3417823"), Some(3_417_823));
         assert_eq!(y_client_id("9007199254740991"), Some(MAX_SAFE_INTEGER));
-        for not_an_id in ["9007199254740992", "007", "+1", "-1", "", "1.0", "abc", " 1"] {
+        for not_an_id in [
+            "9007199254740992",
+            "007",
+            "+1",
+            "-1",
+            "",
+            "1.0",
+            "abc",
+            " 1",
+        ] {
             assert_eq!(y_client_id(not_an_id), None, "{not_an_id:?}");
         }
     }

@@ -72,7 +72,11 @@ impl Batch {
             done: Vec::new(),
         };
         for group in self.groups {
-            let prefix = format!("[{},{},[", json(group.kind.as_str()), json(&group.document_id));
+            let prefix = format!(
+                "[{},{},[",
+                json(group.kind.as_str()),
+                json(&group.document_id)
+            );
             let mut chunk: Vec<String> = Vec::new();
             let mut chunk_bytes = 0;
             for client in &group.client_ids {
@@ -190,7 +194,9 @@ mod tests {
         let payloads = batch.into_payloads("me", &mut 7);
         assert_eq!(
             payloads,
-            [r#"{"o":"me","s":7,"e":[["set","d",["a","b"]],["set","e",["a"]],["remove","d",["a"]],["set","d",["a"]]]}"#]
+            [
+                r#"{"o":"me","s":7,"e":[["set","d",["a","b"]],["set","e",["a"]],["remove","d",["a"]],["set","d",["a"]]]}"#
+            ]
         );
         let changes = parse(&payloads[0]).expect("ours");
         assert_eq!(changes.len(), 4);
