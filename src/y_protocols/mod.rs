@@ -13,6 +13,9 @@
 //!
 //! where `varString` is a varUint byte length followed by UTF-8 and the JSON text `null` means
 //! the client left.
+//!
+//! [`apply_awareness_update`] and [`encode_awareness_state`] connect the codec to an
+//! [`AwarenessStore`](crate::AwarenessStore): clientIDs become decimal `client_id` text.
 
 mod apply;
 mod codec;
