@@ -61,9 +61,10 @@ async fn main() -> Res<()> {
 
     let mut admin = AsyncPgConnection::establish(&admin_url).await?;
     admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {DB} WITH (FORCE); CREATE DATABASE {DB}"
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DB}"))
         .await?;
     let url = replace_database(&admin_url, DB);
     synckit_awareness::run_migrations_at(&url, &[]).await?;
@@ -255,8 +256,12 @@ async fn latency(
             let plain = store.clone();
             let url = String::new();
             while !stop.load(Ordering::Relaxed) {
-                let _ =
-                    throughput(Mode::FeedOn, &plain, &store, &url, Duration::from_secs(1)).await;
+                if let Err(e) =
+                    throughput(Mode::FeedOn, &plain, &store, &url, Duration::from_secs(1)).await
+                {
+                    eprintln!("load failed: {e}");
+                    return;
+                }
             }
         })
     });
@@ -274,7 +279,7 @@ async fn latency(
                         "probe",
                         client.clone(),
                         "conn",
-                        1,
+                        now_micros(), // above the previous run's clocks
                         Some(json!(n)),
                     ))
                     .await?;
@@ -287,15 +292,17 @@ async fn latency(
     };
     let mut samples = Vec::with_capacity(probes);
     while samples.len() < probes {
-        let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(10), events.next()).await
-        else {
-            println!(
-                "  {label}: timed out waiting for events ({} received)",
-                samples.len()
-            );
-            break;
+        let event = match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Err(format!("{label}: the stream ended").into()),
+            Err(_) => {
+                return Err(format!("{label}: no event for 10 s ({} so far)", samples.len()).into())
+            }
         };
         let arrived = Instant::now();
+        if event == FeedEvent::Resync {
+            println!("  {label}: Resync after {} samples", samples.len());
+        }
         if let FeedEvent::Change(change) = event {
             for client in change.client_ids {
                 // The event can beat `set`'s return to the map (0 latency then counts as such).

@@ -237,7 +237,8 @@ async fn the_listener_survives_a_terminated_connection() {
     let terminated = db
         .scalar(
             "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+             WHERE datname = current_database() \
+             AND application_name = 'synckit-awareness-listener'",
         )
         .await;
     assert_eq!(terminated, 1, "the listener's backend");

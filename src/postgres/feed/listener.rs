@@ -17,6 +17,8 @@ use crate::secret::redact;
 /// How long the listener waits without a notification before checking its connection with a
 /// query: a connection lost without a TCP reset would otherwise go unnoticed.
 const CHECK_IDLE_CONNECTION: Duration = Duration::from_secs(15);
+/// `application_name` of the listener's connection.
+pub(crate) const LISTENER_APPLICATION_NAME: &str = "synckit-awareness-listener";
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
@@ -68,9 +70,13 @@ async fn listen(pool: &PgPool, channel: &str) -> Result<AsyncPgConnection> {
         .dedicated_connection()
         .await
         .map_err(|e| Error::Connection(redact(&e.to_string())))?;
-    // Quoted: pg_notify takes the channel name verbatim, LISTEN would fold it to lower case.
-    conn.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
-        .await?;
+    // The application name makes the listener easy to find in pg_stat_activity. The channel is
+    // quoted: pg_notify takes the name verbatim, LISTEN would fold it to lower case.
+    conn.batch_execute(&format!(
+        "SET application_name = '{LISTENER_APPLICATION_NAME}'; LISTEN \"{}\"",
+        channel.replace('"', "\"\"")
+    ))
+    .await?;
     Ok(conn)
 }
 
