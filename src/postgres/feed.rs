@@ -322,12 +322,12 @@ async fn publish_loop(
         for attempt in 1..=2 {
             match notify(&pool, &options.channel, &payloads).await {
                 Ok(()) => break,
-                Err(e) => tracing::warn!(
+                Err(e) if attempt == 2 => tracing::warn!(
                     error = %e,
-                    attempt,
                     payloads = payloads.len(),
-                    "awareness change feed: NOTIFY failed; these changes are not published"
+                    "awareness change feed: NOTIFY failed twice; these changes are not published"
                 ),
+                Err(_) => {}
             }
         }
     }
