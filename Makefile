@@ -17,7 +17,14 @@ help:
 	@echo "make schema-check  schema.rs equals diesel print-schema after the migrations"
 	@echo "make install       cargo install --path ."
 
-test:
+# The y-protocols interop test runs the real npm packages pinned in tests/js/package-lock.json;
+# `npm ci` reinstalls them only when node_modules is missing or older than the lock file.
+tests/js/node_modules/.installed: tests/js/package-lock.json tests/js/package.json
+	@command -v npm >/dev/null || { echo "npm missing: install Node.js >= 18 with npm (the y-protocols interop test needs it)"; exit 2; }
+	npm ci --prefix tests/js --no-audit --no-fund
+	@touch $@
+
+test: tests/js/node_modules/.installed
 	$(CARGO) test --all-targets ; status=$$? ; \
 	  $(MAKE) --no-print-directory clean-test-containers ; \
 	  [ $$status -eq 0 ] && $(CARGO) test --doc

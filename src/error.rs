@@ -117,6 +117,10 @@ pub enum Error {
     /// The settings are invalid.
     #[error("invalid awareness configuration: {0}")]
     Config(String),
+    /// A y-protocols awareness update or message is malformed or exceeds the decode limits;
+    /// nothing was applied.
+    #[error("malformed y-protocols awareness data: {0}")]
+    Codec(#[from] crate::y_protocols::CodecError),
 }
 
 impl Error {

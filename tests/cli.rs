@@ -174,7 +174,7 @@ async fn list_shows_live_entries_as_a_table_and_as_json_lines() {
     );
     assert!(lines[1].contains("s ago"), "{text}");
     assert!(
-        lines[1].ends_with(r#"{"cursor":17,"user":"alice"}"#),
+        lines[1].ends_with(r#"{"user":"alice","cursor":17}"#),
         "{text}"
     );
     assert!(lines[2].starts_with("bob     ws-2        1"), "{text}");

@@ -1,11 +1,16 @@
 //! The PostgreSQL store and what it needs: pool set-up, SQL, error mapping.
 
 mod connect;
+mod feed;
 mod inspect;
 mod options;
 pub(crate) mod sql;
 mod store;
 
+pub use feed::{
+    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent,
+    DEFAULT_CHANNEL,
+};
 pub use inspect::{DocumentActivity, InspectedEntry, StoreStats};
 pub use options::PostgresOptions;
 pub use store::{PgPool, PostgresAwarenessStore};

@@ -10,6 +10,7 @@ use diesel_async::pooled_connection::PoolError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
+use super::feed::ChangeKind;
 use super::options::PostgresOptions;
 use super::sql;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
@@ -34,6 +35,7 @@ pub struct PostgresAwarenessStore {
     pool: PgPool,
     options: StoreOptions,
     pub(super) timeout: PgInterval,
+    pub(super) feed: super::feed::Feed,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
@@ -57,6 +59,7 @@ impl PostgresAwarenessStore {
             pool,
             options,
             timeout,
+            feed: Default::default(),
         }
     }
 
@@ -164,6 +167,9 @@ impl AwarenessStore for PostgresAwarenessStore {
         check_update(update, self.options.max_state_bytes)?;
         let mut conn = self.conn().await?;
         let rows = sql::set(update, self.timeout).execute(&mut conn).await?;
+        if rows > 0 {
+            self.feed.publish_update(update);
+        }
         Ok(if rows == 0 {
             SetOutcome::Stale
         } else {
@@ -178,6 +184,10 @@ impl AwarenessStore for PostgresAwarenessStore {
         let rows = diesel::delete(awareness_entries.find((doc, client)))
             .execute(&mut conn)
             .await?;
+        if rows > 0 {
+            self.feed
+                .publish(ChangeKind::Remove, doc, vec![client.to_owned()]);
+        }
         Ok(rows > 0)
     }
 
@@ -199,6 +209,7 @@ impl AwarenessStore for PostgresAwarenessStore {
             .filter_map(|(entry, live)| live.then_some(entry))
             .collect();
         sort_by_key(&mut live);
+        self.feed.publish_entries(ChangeKind::Remove, &live);
         Ok(live)
     }
 
@@ -215,6 +226,9 @@ impl AwarenessStore for PostgresAwarenessStore {
     }
 
     async fn prune_expired(&self) -> Result<u64> {
+        if self.feed.is_publishing() {
+            return Ok(self.take_expired().await?.len() as u64); // needs the keys to publish
+        }
         let mut conn = self.conn().await?;
         let rows =
             diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
@@ -231,6 +245,7 @@ impl AwarenessStore for PostgresAwarenessStore {
                 .get_results(&mut conn)
                 .await?;
         sort_by_key(&mut taken);
+        self.feed.publish_entries(ChangeKind::Expire, &taken);
         Ok(taken)
     }
 

@@ -1,0 +1,144 @@
+//! The listener: one dedicated connection per store that runs `LISTEN`, fans notifications out
+//! to subscribers, and reconnects when the connection is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::{payload, ChangeFeedOptions, ChangeFilter, ChangeStream, FeedEvent};
+use crate::error::{Error, Result};
+use crate::postgres::store::PgPool;
+use crate::secret::redact;
+
+/// How long the listener waits without a notification before checking its connection with a
+/// query: a connection lost without a TCP reset would otherwise go unnoticed.
+const CHECK_IDLE_CONNECTION: Duration = Duration::from_secs(15);
+/// `application_name` of the listener's connection.
+pub(crate) const LISTENER_APPLICATION_NAME: &str = "synckit-awareness-listener";
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+pub(super) struct Listener {
+    events: broadcast::Sender<Arc<FeedEvent>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // The store is gone: close the connection; the subscribers' streams end.
+        self.task.abort();
+    }
+}
+
+impl Listener {
+    /// Connects and runs `LISTEN` before returning, so no change published afterwards is
+    /// missed; a first connection failure is the caller's error.
+    pub(super) async fn start(pool: PgPool, options: &ChangeFeedOptions) -> Result<Self> {
+        let conn = listen(&pool, &options.channel).await?;
+        let (events, _) = broadcast::channel(options.capacity);
+        let task = tokio::spawn(run(pool, options.channel.clone(), conn, events.clone()));
+        Ok(Self { events, task })
+    }
+
+    pub(super) fn stream(&self, filter: ChangeFilter, own_origin: String) -> ChangeStream {
+        let receiver = self.events.subscribe();
+        futures_util::stream::unfold(
+            (receiver, filter, own_origin),
+            |(mut receiver, filter, own_origin)| async move {
+                loop {
+                    let event = match receiver.recv().await {
+                        Ok(event) if filter.accepts(&event, &own_origin) => (*event).clone(),
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => FeedEvent::Resync,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    };
+                    return Some((event, (receiver, filter, own_origin)));
+                }
+            },
+        )
+        .boxed()
+    }
+}
+
+/// A dedicated connection (outside the pool: it is held for good) listening on `channel`.
+async fn listen(pool: &PgPool, channel: &str) -> Result<AsyncPgConnection> {
+    let mut conn = pool
+        .dedicated_connection()
+        .await
+        .map_err(|e| Error::Connection(redact(&e.to_string())))?;
+    // The application name makes the listener easy to find in pg_stat_activity. The channel is
+    // quoted: pg_notify takes the name verbatim, LISTEN would fold it to lower case.
+    conn.batch_execute(&format!(
+        "SET application_name = '{LISTENER_APPLICATION_NAME}'; LISTEN \"{}\"",
+        channel.replace('"', "\"\"")
+    ))
+    .await?;
+    Ok(conn)
+}
+
+async fn run(
+    pool: PgPool,
+    channel: String,
+    mut conn: AsyncPgConnection,
+    events: broadcast::Sender<Arc<FeedEvent>>,
+) {
+    loop {
+        forward(&mut conn, &channel, &events).await;
+        tracing::warn!(%channel, "awareness change feed: listener connection lost; reconnecting");
+        let mut delay = FIRST_RETRY;
+        conn = loop {
+            tokio::time::sleep(delay).await;
+            match listen(&pool, &channel).await {
+                Ok(conn) => break conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?delay, "awareness change feed: cannot reconnect");
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        };
+        // Listening again: whatever subscribers re-read from now on is not older than the
+        // events that follow.
+        let _ = events.send(Arc::new(FeedEvent::Resync));
+    }
+}
+
+/// Forwards notifications until the connection fails.
+async fn forward(
+    conn: &mut AsyncPgConnection,
+    channel: &str,
+    events: &broadcast::Sender<Arc<FeedEvent>>,
+) {
+    loop {
+        let next = {
+            let mut notifications = std::pin::pin!(conn.notifications_stream());
+            tokio::time::timeout(CHECK_IDLE_CONNECTION, notifications.next()).await
+        };
+        match next {
+            Ok(Some(Ok(notification))) if notification.channel == channel => {
+                match payload::parse(&notification.payload) {
+                    Some(changes) => {
+                        for change in changes {
+                            // No subscriber at the moment is not an error.
+                            let _ = events.send(Arc::new(FeedEvent::Change(change)));
+                        }
+                    }
+                    None => tracing::warn!(
+                        %channel,
+                        "awareness change feed: ignoring a notification that is not ours"
+                    ),
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return,
+            Err(_idle) => {
+                if conn.batch_execute("SELECT 1").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Bridges y-protocols awareness updates and an [`AwarenessStore`]: what a y-websocket server
+//! does with an incoming awareness message, and what it sends a newly joined client.
+
+use super::codec::{
+    decode_awareness_update, encode_awareness_update, AwarenessClientUpdate, DecodeLimits,
+};
+use super::varint::MAX_SAFE_INTEGER;
+use crate::entry::{AwarenessUpdate, SetOutcome};
+use crate::error::Result;
+use crate::store::AwarenessStore;
+
+/// Decodes a y-protocols awareness update (the payload of a y-websocket awareness message) and
+/// applies it to `document_id` through one [`AwarenessStore::set_many`] call, as written by
+/// `connection_id`.
+///
+/// Each y-protocols `clientID` becomes the `client_id` text in decimal (`"3417823"`), its
+/// clock the entry's `i64` clock, and the JSON `null` state a leave. Both fit: the codec refuses
+/// values above 2^53-1 (JavaScript's `Number.MAX_SAFE_INTEGER`).
+///
+/// Returns one `(clientID, outcome)` per client in the update, in wire order. Malformed input
+/// (truncated varints, lengths past the end, invalid UTF-8 or JSON, more clients or larger
+/// states than `limits` allow) fails with [`Error::Codec`](crate::Error::Codec), and an update
+/// the store refuses (a NUL in a state, say) with
+/// [`Error::InvalidInput`](crate::Error::InvalidInput); in both cases nothing is applied.
+pub async fn apply_awareness_update(
+    store: &dyn AwarenessStore,
+    document_id: &str,
+    connection_id: &str,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Vec<(u64, SetOutcome)>> {
+    let clients = decode_awareness_update(bytes, limits)?;
+    let updates: Vec<AwarenessUpdate> = clients
+        .iter()
+        .map(|client| AwarenessUpdate {
+            document_id: document_id.to_owned(),
+            client_id: client.client_id.to_string(),
+            connection_id: connection_id.to_owned(),
+            // The codec refuses anything above 2^53-1, so this never saturates.
+            clock: i64::try_from(client.clock).unwrap_or(i64::MAX),
+            state: client.state.clone(),
+        })
+        .collect();
+    let outcomes = store.set_many(&updates).await?;
+    Ok(clients.iter().map(|c| c.client_id).zip(outcomes).collect())
+}
+
+/// Encodes the live entries of `document_id` (not expired, not tombstones) as one y-protocols
+/// awareness update, ordered by `client_id`: what a server sends a client that just joined.
+///
+/// Entries a JavaScript peer cannot represent are **skipped**, not an error: a `client_id` that
+/// is not the canonical decimal form of an integer ≤ 2^53-1 (a SyncKit client's string id
+/// sharing the document, for example), or a clock above 2^53-1. Failing instead would let one
+/// non-Yjs participant stop every Yjs client from joining the document.
+pub async fn encode_awareness_state(
+    store: &dyn AwarenessStore,
+    document_id: &str,
+) -> Result<Vec<u8>> {
+    let entries = store.get_all(document_id).await?;
+    let clients: Vec<AwarenessClientUpdate> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let client_id = y_client_id(&entry.client_id)?;
+            let clock = u64::try_from(entry.clock)
+                .ok()
+                .filter(|c| *c <= MAX_SAFE_INTEGER)?;
+            Some(AwarenessClientUpdate {
+                client_id,
+                clock,
+                state: entry.state,
+            })
+        })
+        .collect();
+    // Every id and clock was range-checked above, so encoding cannot fail; `?` keeps it typed.
+    Ok(encode_awareness_update(&clients)?)
+}
+
+/// The y-protocols clientID a `client_id` text stands for: only the canonical decimal form
+/// (no sign, no leading zeros) of an integer ≤ 2^53-1, so that the mapping is one-to-one.
+fn y_client_id(client_id: &str) -> Option<u64> {
+    let id: u64 = client_id.parse().ok()?;
+    (id <= MAX_SAFE_INTEGER && id.to_string() == client_id).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_safe_integers_are_y_client_ids() {
+        assert_eq!(y_client_id("0"), Some(0));
+        assert_eq!(y_client_id("3417823"), Some(3_417_823));
+        assert_eq!(y_client_id("9007199254740991"), Some(MAX_SAFE_INTEGER));
+        for not_an_id in [
+            "9007199254740992",
+            "007",
+            "+1",
+            "-1",
+            "",
+            "1.0",
+            "abc",
+            " 1",
+        ] {
+            assert_eq!(y_client_id(not_an_id), None, "{not_an_id:?}");
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Awareness update encoding/decoding and y-websocket message framing.
+
+use serde_json::{Map, Number, Value};
+
+use super::varint::{write_var_bytes, write_var_uint, Reader, MAX_SAFE_INTEGER};
+
+/// y-websocket message type of a sync message (not handled by this codec).
+pub const MESSAGE_SYNC: u64 = 0;
+/// y-websocket message type of an awareness message: `varUint(1) varUint8Array(update)`.
+pub const MESSAGE_AWARENESS: u64 = 1;
+/// y-websocket message type of an auth message (not handled by this codec).
+pub const MESSAGE_AUTH: u64 = 2;
+/// y-websocket message type of a query-awareness message: just `varUint(3)`.
+pub const MESSAGE_QUERY_AWARENESS: u64 = 3;
+
+/// The part of the wire format an error refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// The leading varUint holding the number of client entries in an awareness update.
+    ClientCount,
+    /// A client's `clientID` varUint.
+    ClientId,
+    /// A client's `clock` varUint.
+    Clock,
+    /// The varUint byte length of a client's JSON state string.
+    StateLength,
+    /// The UTF-8 bytes of a client's JSON state string.
+    State,
+    /// The leading varUint message type of a y-websocket message.
+    MessageType,
+    /// The varUint byte length of the awareness update inside an awareness message.
+    UpdateLength,
+    /// The awareness update bytes inside an awareness message.
+    Update,
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Field::ClientCount => "client count",
+            Field::ClientId => "clientID",
+            Field::Clock => "clock",
+            Field::StateLength => "state length",
+            Field::State => "state",
+            Field::MessageType => "message type",
+            Field::UpdateLength => "awareness update length",
+            Field::Update => "awareness update",
+        })
+    }
+}
+
+/// Everything that can go wrong while encoding or decoding awareness data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The input ended in the middle of a varUint.
+    #[error("input truncated while reading {field} varUint")]
+    Truncated {
+        /// The varUint being read.
+        field: Field,
+    },
+    /// A varUint exceeded 2^53-1 (`Number.MAX_SAFE_INTEGER`) or was longer than 8 bytes.
+    #[error("{field} varUint exceeds 2^53-1 (Number.MAX_SAFE_INTEGER) or is longer than 8 bytes")]
+    VarIntOverflow {
+        /// The varUint being read.
+        field: Field,
+    },
+    /// A length prefix pointed past the end of the input.
+    #[error("{field} declares {length} bytes but only {remaining} bytes remain")]
+    LengthOutOfBounds {
+        /// The length-prefixed data being read.
+        field: Field,
+        /// The declared length.
+        length: u64,
+        /// Bytes actually left in the input.
+        remaining: usize,
+    },
+    /// A client's state string is not valid UTF-8.
+    #[error("state of client {client_id} is not valid UTF-8 (valid up to byte {valid_up_to})")]
+    InvalidUtf8 {
+        /// The client whose state failed to decode.
+        client_id: u64,
+        /// Length of the valid UTF-8 prefix.
+        valid_up_to: usize,
+    },
+    /// A client's state string is not valid JSON (or not representable by serde_json).
+    #[error("state of client {client_id} is not valid JSON: {message}")]
+    InvalidJson {
+        /// The client whose state failed to parse.
+        client_id: u64,
+        /// The serde_json error message.
+        message: String,
+    },
+    /// The update declares more clients than [`DecodeLimits::max_clients`].
+    #[error("awareness update declares {count} clients, more than the limit of {max}")]
+    TooManyClients {
+        /// The declared client count.
+        count: u64,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A client's state string is longer than [`DecodeLimits::max_state_bytes`].
+    #[error("state of client {client_id} is {length} bytes, more than the limit of {max} bytes")]
+    StateTooLarge {
+        /// The client whose state is too large.
+        client_id: u64,
+        /// The declared state length in bytes.
+        length: u64,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A value to encode does not fit in a JS safe integer (2^53-1).
+    #[error("{field} {value} exceeds 2^53-1 (Number.MAX_SAFE_INTEGER) and cannot be read by JS")]
+    ValueOutOfRange {
+        /// The field holding the value.
+        field: Field,
+        /// The offending value.
+        value: u64,
+    },
+    /// Bytes were left after the last expected item.
+    #[error("{count} trailing bytes after the end of the message at offset {offset}")]
+    TrailingBytes {
+        /// Offset of the first unexpected byte.
+        offset: usize,
+        /// Number of unexpected bytes.
+        count: usize,
+    },
+    /// A y-websocket message type other than awareness (1) or query-awareness (3).
+    #[error(
+        "unsupported y-websocket message type {0} (expected 1 = awareness or 3 = query awareness)"
+    )]
+    UnsupportedMessageType(u64),
+}
+
+/// One client's entry in an awareness update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwarenessClientUpdate {
+    /// The client's id (`doc.clientID` in Yjs); at most 2^53-1.
+    pub client_id: u64,
+    /// The client's logical clock; at most 2^53-1.
+    pub clock: u64,
+    /// The client's state, or `None` when the client left (JSON `null` on the wire).
+    ///
+    /// `Some(Value::Null)` is encoded exactly like `None` and therefore decodes as `None`.
+    pub state: Option<Value>,
+}
+
+/// Resource limits applied by [`decode_awareness_update`] to untrusted input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Maximum number of client entries in one update (default 1024).
+    pub max_clients: usize,
+    /// Maximum byte length of one client's JSON state string (default 64 KiB).
+    pub max_state_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_clients: 1024,
+            max_state_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A y-websocket message handled by this codec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwarenessMessage {
+    /// `messageAwareness` (1): carries a raw awareness update payload, to be decoded with
+    /// [`decode_awareness_update`].
+    Update(Vec<u8>),
+    /// `messageQueryAwareness` (3): asks the peer to send its full awareness state.
+    Query,
+}
+
+fn check_safe(field: Field, value: u64) -> Result<u64, CodecError> {
+    if value > MAX_SAFE_INTEGER {
+        Err(CodecError::ValueOutOfRange { field, value })
+    } else {
+        Ok(value)
+    }
+}
+
+/// Encodes an awareness update exactly like y-protocols' `encodeAwarenessUpdate`.
+///
+/// Each state is serialized the way `JSON.stringify` would serialize the same JS value: compact,
+/// same string escaping, JS number formatting (`1.0` -> `1`, `1e21` -> `1e+21`, `-0` -> `0`) and
+/// object keys in the map's iteration order (enable serde_json's `preserve_order` feature to keep
+/// insertion order, as JS does).
+///
+/// Fails with [`CodecError::ValueOutOfRange`] if a client id or clock exceeds 2^53-1.
+pub fn encode_awareness_update(clients: &[AwarenessClientUpdate]) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    write_var_uint(&mut out, clients.len() as u64);
+    let mut json = String::new();
+    for client in clients {
+        write_var_uint(&mut out, check_safe(Field::ClientId, client.client_id)?);
+        write_var_uint(&mut out, check_safe(Field::Clock, client.clock)?);
+        json.clear();
+        match &client.state {
+            Some(state) => write_js_json(&mut json, state),
+            None => json.push_str("null"),
+        }
+        write_var_bytes(&mut out, json.as_bytes());
+    }
+    Ok(out)
+}
+
+/// Decodes an awareness update produced by y-protocols' `encodeAwarenessUpdate`.
+///
+/// The input is untrusted: every length is bounds-checked, the client count is checked against
+/// `limits` before anything is allocated, and trailing bytes are rejected. This never panics.
+pub fn decode_awareness_update(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Vec<AwarenessClientUpdate>, CodecError> {
+    let mut reader = Reader::new(bytes);
+    let count = reader.read_var_uint(Field::ClientCount)?;
+    let count = match usize::try_from(count) {
+        Ok(n) if n <= limits.max_clients => n,
+        _ => {
+            return Err(CodecError::TooManyClients {
+                count,
+                max: limits.max_clients,
+            })
+        }
+    };
+    // Each entry takes at least 4 bytes (id, clock, length, one JSON byte), so never reserve
+    // more than the input could possibly hold.
+    let mut clients = Vec::with_capacity(count.min(reader.remaining() / 4));
+    for _ in 0..count {
+        let client_id = reader.read_var_uint(Field::ClientId)?;
+        let clock = reader.read_var_uint(Field::Clock)?;
+        let length = reader.read_var_uint(Field::StateLength)?;
+        if usize::try_from(length).map_or(true, |len| len > limits.max_state_bytes) {
+            return Err(CodecError::StateTooLarge {
+                client_id,
+                length,
+                max: limits.max_state_bytes,
+            });
+        }
+        let raw = reader.read_exact(length, Field::State)?;
+        let text = std::str::from_utf8(raw).map_err(|e| CodecError::InvalidUtf8 {
+            client_id,
+            valid_up_to: e.valid_up_to(),
+        })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| CodecError::InvalidJson {
+            client_id,
+            message: e.to_string(),
+        })?;
+        let state = match value {
+            Value::Null => None,
+            other => Some(other),
+        };
+        clients.push(AwarenessClientUpdate {
+            client_id,
+            clock,
+            state,
+        });
+    }
+    ensure_consumed(&reader)?;
+    Ok(clients)
+}
+
+/// Frames a message the way y-websocket does: `varUint(1) varUint8Array(update)` for
+/// [`AwarenessMessage::Update`] and `varUint(3)` for [`AwarenessMessage::Query`].
+pub fn encode_message(message: &AwarenessMessage) -> Vec<u8> {
+    let mut out = Vec::new();
+    match message {
+        AwarenessMessage::Update(update) => {
+            out.reserve(update.len() + 9);
+            write_var_uint(&mut out, MESSAGE_AWARENESS);
+            write_var_bytes(&mut out, update);
+        }
+        AwarenessMessage::Query => write_var_uint(&mut out, MESSAGE_QUERY_AWARENESS),
+    }
+    out
+}
+
+/// Parses a y-websocket awareness (1) or query-awareness (3) message.
+///
+/// The awareness payload is returned undecoded; other message types yield
+/// [`CodecError::UnsupportedMessageType`] and bytes after the message yield
+/// [`CodecError::TrailingBytes`].
+pub fn decode_message(bytes: &[u8]) -> Result<AwarenessMessage, CodecError> {
+    let mut reader = Reader::new(bytes);
+    let message = match reader.read_var_uint(Field::MessageType)? {
+        MESSAGE_AWARENESS => {
+            let update = reader.read_var_bytes(Field::UpdateLength, Field::Update)?;
+            AwarenessMessage::Update(update.to_vec())
+        }
+        MESSAGE_QUERY_AWARENESS => AwarenessMessage::Query,
+        other => return Err(CodecError::UnsupportedMessageType(other)),
+    };
+    ensure_consumed(&reader)?;
+    Ok(message)
+}
+
+fn ensure_consumed(reader: &Reader<'_>) -> Result<(), CodecError> {
+    match reader.remaining() {
+        0 => Ok(()),
+        count => Err(CodecError::TrailingBytes {
+            offset: reader.position(),
+            count,
+        }),
+    }
+}
+
+/// Serializes `value` byte-for-byte like `JSON.stringify` serializes the equivalent JS value.
+fn write_js_json(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => write_js_number(out, n),
+        Value::String(s) => write_js_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_js_json(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => write_js_object(out, map),
+    }
+}
+
+fn write_js_object(out: &mut String, map: &Map<String, Value>) {
+    out.push('{');
+    for (i, (key, item)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_js_string(out, key);
+        out.push(':');
+        write_js_json(out, item);
+    }
+    out.push('}');
+}
+
+/// `JSON.stringify` string quoting (ES2019 well-formed variant). Rust strings cannot hold lone
+/// surrogates, so the `\udXXX` escape JS uses for them never arises here.
+fn write_js_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let b = c as u32 as usize;
+                out.push_str("\\u00");
+                out.push(char::from(HEX[b >> 4]));
+                out.push(char::from(HEX[b & 0xf]));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn write_js_number(out: &mut String, n: &Number) {
+    use std::fmt::Write;
+    // Integers are written exactly. JS would round integers beyond 2^53 to the nearest double;
+    // we keep the exact digits (JSON.parse then rounds them, as it would for its own output).
+    if let Some(u) = n.as_u64() {
+        let _ = write!(out, "{u}");
+    } else if let Some(i) = n.as_i64() {
+        let _ = write!(out, "{i}");
+    } else if let Some(f) = n.as_f64() {
+        write_js_f64(out, f);
+    } else {
+        out.push_str("null");
+    }
+}
+
+/// Formats a double like ECMAScript `Number::toString` (which `JSON.stringify` uses).
+///
+/// Rust's `{:e}` yields the shortest round-tripping digits; only the layout differs from JS.
+fn write_js_f64(out: &mut String, f: f64) {
+    if !f.is_finite() {
+        // JSON.stringify(NaN / Infinity) === "null"; serde_json numbers cannot hold these.
+        out.push_str("null");
+        return;
+    }
+    if f == 0.0 {
+        // Covers -0: JSON.stringify(-0) === "0".
+        out.push('0');
+        return;
+    }
+    if f < 0.0 {
+        out.push('-');
+    }
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let Ok(exponent) = exponent.parse::<i64>() else {
+        out.push_str(&sci);
+        return;
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let k = digits.len() as i64; // number of significant digits
+    let n = exponent + 1; // position of the decimal point relative to the digits
+    if k <= n && n <= 21 {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', (n - k) as usize));
+    } else if 0 < n && n <= 21 {
+        let (int, frac) = digits.split_at(n as usize);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else if -6 < n && n <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-n) as usize));
+        out.push_str(&digits);
+    } else {
+        let (first, rest) = digits.split_at(1);
+        out.push_str(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
+        }
+        out.push('e');
+        out.push(if n > 0 { '+' } else { '-' });
+        out.push_str(&(n - 1).abs().to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn js(value: Value) -> String {
+        let mut out = String::new();
+        write_js_json(&mut out, &value);
+        out
+    }
+
+    #[test]
+    fn js_number_layout() {
+        let cases: &[(f64, &str)] = &[
+            (1.0, "1"),
+            (-0.0, "0"),
+            (1.5, "1.5"),
+            (-0.25, "-0.25"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e21, "1e+21"),
+            (1e20, "100000000000000000000"),
+            (123456789.125, "123456789.125"),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-7"),
+            (1.5e-7, "1.5e-7"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (2f64.powi(70), "1.1805916207174113e+21"),
+        ];
+        for (f, expected) in cases {
+            assert_eq!(js(json!(f)), *expected, "formatting {f:?}");
+        }
+    }
+
+    #[test]
+    fn js_string_escapes() {
+        assert_eq!(
+            js(json!(
+                "a\"b\\c\u{8}\u{c}\n\r\t\u{0}\u{1f}\u{7f}\u{2028}/é😀"
+            )),
+            "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0000\\u001f\u{7f}\u{2028}/é😀\""
+        );
+    }
+
+    #[test]
+    fn wire_example() {
+        let bytes = encode_awareness_update(&[AwarenessClientUpdate {
+            client_id: 300,
+            clock: 2,
+            state: Some(json!({"a": 1})),
+        }])
+        .expect("encodable");
+        assert_eq!(bytes, b"\x01\xac\x02\x02\x07{\"a\":1}");
+    }
+}
