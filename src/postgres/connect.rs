@@ -5,7 +5,7 @@ use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use super::options::PostgresOptions;
@@ -56,7 +56,7 @@ pub(crate) async fn build_pool(
 }
 
 async fn establish(url: String, session: String) -> ConnectionResult<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(&url).await?;
+    let mut conn = super::tls::connect(&url).await?;
     if !session.is_empty() {
         conn.batch_execute(&session)
             .await

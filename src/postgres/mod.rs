@@ -4,6 +4,7 @@ mod connect;
 mod options;
 pub(crate) mod sql;
 mod store;
+pub(crate) mod tls;
 
 pub use options::PostgresOptions;
 pub use store::{PgPool, PostgresAwarenessStore};

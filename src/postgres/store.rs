@@ -19,6 +19,7 @@ use crate::schema::awareness_entries::dsl::*;
 use crate::schema_check::{validate_schema, SchemaReport};
 use crate::secret::redact;
 use crate::store::{AwarenessStore, StoreOptions};
+use crate::trace::Op;
 use crate::validate::{check_id, check_update};
 
 /// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
@@ -133,55 +134,72 @@ fn sort_by_key(entries: &mut [AwarenessEntry]) {
 
 #[async_trait]
 impl AwarenessStore for PostgresAwarenessStore {
+    #[tracing::instrument(name = "awareness.get", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get(&self, doc: &str, client: &str) -> Result<Option<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, doc)?;
         check_id(Field::ClientId, client)?;
         let mut conn = self.conn().await?;
-        Ok(awareness_entries
+        let found = awareness_entries
             .find((doc, client))
             .filter(last_seen.gt(sql::cutoff(self.timeout)))
             .select(AwarenessEntry::as_select())
             .first(&mut conn)
             .await
-            .optional()?)
+            .optional()?;
+        op.done(if found.is_some() { "found" } else { "absent" });
+        Ok(found)
     }
 
+    #[tracing::instrument(name = "awareness.get_all", level = "debug", skip_all, fields(store = "postgres", document_id = doc, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_all(&self, doc: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, doc)?;
         let mut conn = self.conn().await?;
         // Primary-key range scan on document_id; rows arrive already in client_id order.
-        Ok(awareness_entries
+        let live = awareness_entries
             .filter(document_id.eq(doc))
             .filter(state.is_not_null())
             .filter(last_seen.gt(sql::cutoff(self.timeout)))
             .order(client_id.asc())
             .select(AwarenessEntry::as_select())
             .load(&mut conn)
-            .await?)
+            .await?;
+        op.rows(live.len());
+        Ok(live)
     }
 
+    #[tracing::instrument(name = "awareness.set", level = "debug", skip_all, fields(store = "postgres", document_id = update.document_id, client_id = update.client_id, clock = update.clock, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        let mut op = Op::start();
         check_update(update, self.options.max_state_bytes)?;
         let mut conn = self.conn().await?;
         let rows = sql::set(update, self.timeout).execute(&mut conn).await?;
-        Ok(if rows == 0 {
+        let outcome = if rows == 0 {
             SetOutcome::Stale
         } else {
             SetOutcome::Applied
-        })
+        };
+        op.done(if rows == 0 { "stale" } else { "applied" });
+        Ok(outcome)
     }
 
+    #[tracing::instrument(name = "awareness.remove", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove(&self, doc: &str, client: &str) -> Result<bool> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, doc)?;
         check_id(Field::ClientId, client)?;
         let mut conn = self.conn().await?;
         let rows = diesel::delete(awareness_entries.find((doc, client)))
             .execute(&mut conn)
             .await?;
+        op.done(if rows > 0 { "removed" } else { "absent" });
         Ok(rows > 0)
     }
 
+    #[tracing::instrument(name = "awareness.remove_all_for_connection", level = "debug", skip_all, fields(store = "postgres", connection_id = conn_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove_all_for_connection(&self, conn_id: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::ConnectionId, conn_id)?;
         let mut conn = self.conn().await?;
         // Uses awareness_entries_connection_id_idx. Expired rows are deleted too (they are
@@ -199,31 +217,41 @@ impl AwarenessStore for PostgresAwarenessStore {
             .filter_map(|(entry, live)| live.then_some(entry))
             .collect();
         sort_by_key(&mut live);
+        op.rows(live.len());
         Ok(live)
     }
 
+    #[tracing::instrument(name = "awareness.get_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         let mut conn = self.conn().await?;
         // A deliberate sequential scan: an index on last_seen would make every heartbeat a
         // non-HOT update (see the migration's comments).
-        Ok(awareness_entries
+        let expired = awareness_entries
             .filter(last_seen.le(sql::cutoff(self.timeout)))
             .order((document_id.asc(), client_id.asc()))
             .select(AwarenessEntry::as_select())
             .load(&mut conn)
-            .await?)
+            .await?;
+        op.rows(expired.len());
+        Ok(expired)
     }
 
+    #[tracing::instrument(name = "awareness.prune_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn prune_expired(&self) -> Result<u64> {
+        let mut op = Op::start();
         let mut conn = self.conn().await?;
         let rows =
             diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
                 .execute(&mut conn)
                 .await?;
+        op.rows(rows);
         Ok(rows as u64)
     }
 
+    #[tracing::instrument(name = "awareness.take_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         let mut conn = self.conn().await?;
         let mut taken: Vec<AwarenessEntry> =
             diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
@@ -231,6 +259,7 @@ impl AwarenessStore for PostgresAwarenessStore {
                 .get_results(&mut conn)
                 .await?;
         sort_by_key(&mut taken);
+        op.rows(taken.len());
         Ok(taken)
     }
 
