@@ -10,6 +10,7 @@ use diesel_async::pooled_connection::PoolError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
+use super::connect::ConnectErrors;
 use super::options::PostgresOptions;
 use super::sql;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
@@ -35,6 +36,7 @@ pub struct PostgresAwarenessStore {
     pool: PgPool,
     options: StoreOptions,
     timeout: PgInterval,
+    connect_errors: ConnectErrors,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
@@ -58,6 +60,7 @@ impl PostgresAwarenessStore {
             pool,
             options,
             timeout,
+            connect_errors: ConnectErrors::default(),
         }
     }
 
@@ -65,8 +68,11 @@ impl PostgresAwarenessStore {
     /// [`validate_on_start`](PostgresOptions::validate_on_start), fails fast when the database
     /// cannot be reached or its schema differs from the expected one.
     pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
-        let pool = super::connect::build_pool(database_url, &options).await?;
-        let store = Self::from_pool(pool, options.store);
+        let (pool, connect_errors) = super::connect::build_pool(database_url, &options).await?;
+        let store = Self {
+            connect_errors,
+            ..Self::from_pool(pool, options.store)
+        };
         if options.validate_on_start {
             store.ensure_schema().await?;
         }
@@ -110,9 +116,14 @@ impl PostgresAwarenessStore {
     }
 
     async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
+        let started = std::time::Instant::now();
         self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error_to_error(e),
-            RunError::TimedOut => Error::PoolTimeout(self.pool.config().connection_timeout),
+            // Waiting ended because no connection could be opened, not because all were busy.
+            RunError::TimedOut => match self.connect_errors.since(started) {
+                Some(reason) => Error::Connection(reason),
+                None => Error::PoolTimeout(self.pool.config().connection_timeout),
+            },
         })
     }
 }

@@ -210,8 +210,24 @@ where
     S: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
 {
     let (client, connection) =
-        connected.map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        connected.map_err(|e| ConnectionError::BadConnection(with_sources(&e)))?;
     AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
+/// tokio-postgres puts the useful part ("invalid peer certificate: UnknownIssuer") in the
+/// error's source; keep the whole chain.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// `sslmode=prefer|require` without `sslrootcert`: encryption against passive eavesdropping,
