@@ -22,7 +22,10 @@ impl Op {
     /// Starts timing the current span, if anything listens to it.
     pub(crate) fn start() -> Self {
         let span = Span::current();
-        let started = (!span.is_disabled()).then(Instant::now);
+        // When the operation's own span is disabled, the current span may be a caller's;
+        // time only our own (the one declaring `elapsed_us`).
+        let ours = !span.is_disabled() && span.field("elapsed_us").is_some();
+        let started = ours.then(Instant::now);
         Self {
             span,
             started,

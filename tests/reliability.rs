@@ -5,15 +5,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{memory_stores, postgres_stores, Stores, TestDb};
 use diesel_async::SimpleAsyncConnection;
 use serde_json::{json, Value};
 use synckit_awareness::{
-    AwarenessSettings, AwarenessStore, AwarenessUpdate, DatabaseUrl, Error, Field, InvalidReason,
-    PostgresAwarenessStore, PostgresOptions, SetOutcome, MAX_STATE_DEPTH,
+    AwarenessStore, AwarenessUpdate, Error, Field, InvalidReason, PostgresAwarenessStore,
+    PostgresOptions, SetOutcome, MAX_STATE_DEPTH,
 };
 use tokio::task::JoinSet;
 
@@ -417,76 +417,12 @@ async fn hostile_input_postgres() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Least privilege and secrets
+// Least privilege (secrets and tracing: tests/secrets.rs)
 
-/// A login role with only SELECT/INSERT/UPDATE/DELETE on the awareness table of `db`; dropped
-/// (with its grants) when this value is dropped.
-struct AppRole {
-    name: String,
-    password: String,
-    url: String,
-    db_url: String,
-}
+#[path = "support/roles.rs"]
+mod roles;
 
-impl AppRole {
-    async fn create(db: &TestDb) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("synckit_app_{}_{nanos}", std::process::id());
-        let password = format!("Pw{nanos}xQz9Secret");
-        db.exec(&format!(
-            "CREATE ROLE {name} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE;
-             REVOKE ALL ON DATABASE {db_name} FROM PUBLIC;
-             GRANT CONNECT ON DATABASE {db_name} TO {name};
-             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-             GRANT USAGE ON SCHEMA public TO {name};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON awareness_entries TO {name};",
-            db_name = db.name
-        ))
-        .await;
-        let url = with_user(&db.url, &name, &password);
-        Self {
-            name,
-            password,
-            url,
-            db_url: db.url.clone(),
-        }
-    }
-}
-
-impl Drop for AppRole {
-    fn drop(&mut self) {
-        let (name, db_url) = (self.name.clone(), self.db_url.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                use diesel_async::AsyncConnection;
-                let mut conn = diesel_async::AsyncPgConnection::establish(&db_url).await.ok()?;
-                conn.batch_execute(&format!(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}';
-                     DROP OWNED BY {name}; DROP ROLE {name};"
-                ))
-                .await
-                .ok()
-            })
-        })
-        .join();
-    }
-}
-
-/// `url` with its user and password replaced.
-fn with_user(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("URL form");
-    let rest = match rest.split_once('@') {
-        Some((_, host)) if !host.contains('@') => host,
-        _ => rest,
-    };
-    format!("{scheme}://{user}:{password}@{rest}")
-}
+use roles::AppRole;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_runs_with_only_dml_rights_on_its_table() {
@@ -535,127 +471,4 @@ async fn store_runs_with_only_dml_rights_on_its_table() {
             "{ddl} must be refused"
         );
     }
-}
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("buffer")).into_owned()
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn passwords_never_reach_debug_display_errors_or_traces() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // current_thread runtime: every task of this test, the pool's included, logs here.
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let db = TestDb::migrated().await;
-    let role = AppRole::create(&db).await;
-    let password = role.password.clone();
-    let mut texts = Vec::new();
-
-    // Settings: Debug, Display, serialization.
-    let settings: AwarenessSettings = serde_json::from_value(json!({
-        "provider": "postgres",
-        "postgres": { "url": role.url },
-    }))
-    .unwrap();
-    texts.push(format!("{settings:?}"));
-    texts.push(serde_json::to_string(&settings).unwrap());
-    let url = DatabaseUrl::new(role.url.clone());
-    texts.push(format!("{url} {url:?}"));
-
-    // Errors: an unreachable server, a bad URL, a bad sslrootcert, all with the password in it.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let quick = PostgresOptions {
-        connect_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
-    for bad in [
-        format!("postgres://app:{password}@127.0.0.1:{closed_port}/x"),
-        format!("postgres://app:{password}@127.0.0.1:notaport/x"),
-        format!("postgres://app:{password}@localhost/x?sslmode=verify-full&sslrootcert=/no/ca.pem"),
-        format!("host=127.0.0.1 port={closed_port} user=app password={password}"),
-    ] {
-        let err = PostgresAwarenessStore::connect(&bad, quick)
-            .await
-            .expect_err("cannot connect");
-        assert!(
-            err.is_connection_error() || matches!(err, Error::Connection(_)),
-            "{err:?}"
-        );
-        texts.push(format!("{err} {err:?}"));
-    }
-    let err = synckit_awareness::run_migrations_at(
-        &format!("postgres://app:{password}@127.0.0.1:{closed_port}/x"),
-        &[],
-    )
-    .await
-    .expect_err("cannot migrate");
-    texts.push(format!("{err} {err:?}"));
-
-    // Store operations through the role, traced; the state carries a marker that must not be
-    // traced either.
-    let store = PostgresAwarenessStore::connect(&role.url, PostgresOptions::default())
-        .await
-        .expect("store");
-    texts.push(format!("{store:?}"));
-    let marker = "STATE-CONTENTS-MUST-NOT-BE-TRACED";
-    let update = AwarenessUpdate::new("traced-doc", "traced-client", "k", 3, Some(json!(marker)));
-    assert_eq!(store.set(&update).await.unwrap(), SetOutcome::Applied);
-    assert_eq!(store.set(&update).await.unwrap(), SetOutcome::Stale);
-    store.get("traced-doc", "traced-client").await.unwrap();
-    store.get_all("traced-doc").await.unwrap();
-
-    let traced = captured.text();
-    for text in texts.iter().chain([&traced]) {
-        assert!(!text.contains(&password), "password leaked into: {text}");
-    }
-    assert!(
-        !traced.contains(marker),
-        "state contents leaked into traces: {traced}"
-    );
-    // One span per operation, with ids, outcome and duration.
-    let set_spans: Vec<&str> = traced
-        .lines()
-        .filter(|l| l.contains("awareness.set") && l.contains("close"))
-        .collect();
-    assert_eq!(set_spans.len(), 2, "{traced}");
-    for (line, outcome) in set_spans.iter().zip(["applied", "stale"]) {
-        for want in [
-            "document_id=\"traced-doc\"".to_string(),
-            "client_id=\"traced-client\"".to_string(),
-            "clock=3".to_string(),
-            format!("outcome=\"{outcome}\""),
-            "elapsed_us=".to_string(),
-        ] {
-            assert!(line.contains(&want), "{want} missing in {line}");
-        }
-    }
-    assert!(traced.contains("awareness.get"), "{traced}");
-    assert!(traced.contains("outcome=\"found\""), "{traced}");
 }
