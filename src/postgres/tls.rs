@@ -8,6 +8,7 @@
 //! | `sslmode`     | encrypted                      | certificate checked                        |
 //! |---------------|--------------------------------|--------------------------------------------|
 //! | `disable`     | no                             | —                                          |
+//! | `allow`       | as `prefer`                    | no                                         |
 //! | `prefer` (default) | when the server offers TLS | no (as libpq, unless `sslrootcert` is set) |
 //! | `require`     | yes, else the connection fails | no (as libpq, unless `sslrootcert` is set) |
 //! | `verify-ca`   | yes                            | chain to a trusted root                    |
@@ -103,6 +104,8 @@ impl TlsTarget {
                 format!("{base}?{}", kept.join("&"))
             }
         } else {
+            // Key-value form, split on whitespace: a quoted value keeps its words, though runs
+            // of spaces inside quotes collapse to one.
             let mut kept = Vec::new();
             for token in url.split_whitespace() {
                 let (key, value) = token.split_once('=').unwrap_or((token, ""));
