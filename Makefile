@@ -8,11 +8,12 @@ SCHEMA_DB ?= synckit_schema_check
 PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_CONTAINER_LABEL := synckit-awareness-tests
 
-.PHONY: test check fmt lint doc schema-check demo install clean-test-containers help
+.PHONY: test test-faults check fmt lint doc schema-check demo install clean-test-containers help
 
 help:
 	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
 	@echo "make test          all tests (DATABASE_URL, else testcontainers)"
+	@echo "make test-faults   PostgreSQL crash-restart and killed backends under load (needs initdb/pg_ctl)"
 	@echo "make check         fmt --check, clippy -D warnings, doc"
 	@echo "make schema-check  schema.rs equals diesel print-schema after the migrations"
 	@echo "make install       cargo install --path ."
@@ -28,6 +29,12 @@ test: tests/js/node_modules/.installed
 	$(CARGO) test --all-targets ; status=$$? ; \
 	  $(MAKE) --no-print-directory clean-test-containers ; \
 	  [ $$status -eq 0 ] && $(CARGO) test --doc
+
+# The fault tests are #[ignore]d in `make test` (they restart servers); here they run alone,
+# one at a time, printing the recovery times they measure.
+test-faults:
+	$(CARGO) test --test faults -- --ignored --nocapture --test-threads=1 ; status=$$? ; \
+	  $(MAKE) --no-print-directory clean-test-containers ; exit $$status
 
 check: fmt lint doc
 

@@ -129,17 +129,24 @@ impl Error {
     }
 
     /// True when the failure is about reaching the database (pool timeout, lost or refused
-    /// connection): retrying later can succeed without changing the input.
+    /// connection, server shutting down or restarting): retrying later can succeed without
+    /// changing the input.
     pub fn is_connection_error(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error as DieselError};
-        matches!(
-            self,
-            Error::PoolTimeout(_)
-                | Error::Connection(_)
-                | Error::Database(DieselError::DatabaseError(
-                    DatabaseErrorKind::ClosedConnection,
-                    _
-                ))
-        )
+        match self {
+            Error::PoolTimeout(_) | Error::Connection(_) => true,
+            Error::Database(DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )) => true,
+            // SQLSTATE 57P01-57P03 (admin/crash shutdown, cannot connect now) reach diesel as
+            // `Unknown` without their code; their server messages are the only sign left.
+            Error::Database(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)) => {
+                let message = info.message();
+                message.starts_with("terminating connection")
+                    || message.starts_with("the database system is")
+            }
+            _ => false,
+        }
     }
 }

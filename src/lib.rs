@@ -12,6 +12,7 @@ mod schema_check;
 mod secret;
 mod settings;
 mod store;
+mod trace;
 mod validate;
 pub mod y_protocols;
 

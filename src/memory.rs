@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Field, Result};
 use crate::store::{AwarenessStore, StoreOptions};
+use crate::trace::Op;
 use crate::validate::{check_id, check_update};
 
 /// An [`AwarenessStore`] in process memory; the default provider. Cheap to clone: clones share
@@ -144,23 +145,29 @@ fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
 
 #[async_trait]
 impl AwarenessStore for MemoryAwarenessStore {
+    #[tracing::instrument(name = "awareness.get", level = "debug", skip_all, fields(store = "memory", document_id, client_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get(&self, document_id: &str, client_id: &str) -> Result<Option<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, document_id)?;
         check_id(Field::ClientId, client_id)?;
         let cutoff = self.expiry_cutoff();
-        Ok(self.read(|e| {
+        let found = self.read(|e| {
             e.documents
                 .get(document_id)
                 .and_then(|clients| clients.get(client_id))
                 .filter(|s| s.last_seen > cutoff)
                 .map(|s| s.to_entry(document_id, client_id))
-        }))
+        });
+        op.done(if found.is_some() { "found" } else { "absent" });
+        Ok(found)
     }
 
+    #[tracing::instrument(name = "awareness.get_all", level = "debug", skip_all, fields(store = "memory", document_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, document_id)?;
         let cutoff = self.expiry_cutoff();
-        Ok(self.read(|e| {
+        let live: Vec<AwarenessEntry> = self.read(|e| {
             e.documents
                 .get(document_id)
                 .map(|clients| {
@@ -171,13 +178,17 @@ impl AwarenessStore for MemoryAwarenessStore {
                         .collect()
                 })
                 .unwrap_or_default()
-        }))
+        });
+        op.rows(live.len());
+        Ok(live)
     }
 
+    #[tracing::instrument(name = "awareness.set", level = "debug", skip_all, fields(store = "memory", document_id = update.document_id, client_id = update.client_id, clock = update.clock, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        let mut op = Op::start();
         check_update(update, self.options.max_state_bytes)?;
         let cutoff = self.expiry_cutoff();
-        Ok(self.write(|entries| {
+        let outcome = self.write(|entries| {
             let clients = entries
                 .documents
                 .entry(update.document_id.clone())
@@ -214,13 +225,21 @@ impl AwarenessStore for MemoryAwarenessStore {
                     .insert((update.document_id.clone(), update.client_id.clone()));
             }
             SetOutcome::Applied
-        }))
+        });
+        op.done(if outcome.is_applied() {
+            "applied"
+        } else {
+            "stale"
+        });
+        Ok(outcome)
     }
 
+    #[tracing::instrument(name = "awareness.remove", level = "debug", skip_all, fields(store = "memory", document_id, client_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove(&self, document_id: &str, client_id: &str) -> Result<bool> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, document_id)?;
         check_id(Field::ClientId, client_id)?;
-        Ok(self.write(|entries| {
+        let removed = self.write(|entries| {
             let Some(clients) = entries.documents.get_mut(document_id) else {
                 return false;
             };
@@ -237,10 +256,14 @@ impl AwarenessStore for MemoryAwarenessStore {
                 client_id,
             );
             true
-        }))
+        });
+        op.done(if removed { "removed" } else { "absent" });
+        Ok(removed)
     }
 
+    #[tracing::instrument(name = "awareness.remove_all_for_connection", level = "debug", skip_all, fields(store = "memory", connection_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove_all_for_connection(&self, connection_id: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::ConnectionId, connection_id)?;
         let cutoff = self.expiry_cutoff();
         let mut removed = self.write(|entries| {
@@ -265,10 +288,13 @@ impl AwarenessStore for MemoryAwarenessStore {
             removed
         });
         removed.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+        op.rows(removed.len());
         Ok(removed)
     }
 
+    #[tracing::instrument(name = "awareness.get_expired", level = "debug", skip_all, fields(store = "memory", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         let cutoff = self.expiry_cutoff();
         let mut expired: Vec<AwarenessEntry> = self.read(|e| {
             e.documents
@@ -282,20 +308,27 @@ impl AwarenessStore for MemoryAwarenessStore {
                 .collect()
         });
         expired.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+        op.rows(expired.len());
         Ok(expired)
     }
 
+    #[tracing::instrument(name = "awareness.prune_expired", level = "debug", skip_all, fields(store = "memory", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn prune_expired(&self) -> Result<u64> {
-        let mut count = 0u64;
+        let mut op = Op::start();
+        let mut count = 0usize;
         self.remove_expired(|_, _, _| count += 1);
-        Ok(count)
+        op.rows(count);
+        Ok(count as u64)
     }
 
+    #[tracing::instrument(name = "awareness.take_expired", level = "debug", skip_all, fields(store = "memory", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         let mut taken = Vec::new();
         self.remove_expired(|document_id, client_id, stored| {
             taken.push(stored.to_entry(document_id, client_id));
         });
+        op.rows(taken.len());
         Ok(taken)
     }
 

@@ -7,7 +7,7 @@ use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
 use diesel::sql_types::BigInt;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::error::{Error, Result};
@@ -60,9 +60,10 @@ pub async fn pending_migrations(
 }
 
 pub(crate) async fn connect(database_url: &str) -> Result<AsyncPgConnection> {
-    AsyncPgConnection::establish(database_url)
+    // Same TLS handling as the pool (sslmode in the URL); never echo the password.
+    crate::postgres::tls::connect(database_url)
         .await
-        .map_err(|e| Error::Connection(e.to_string()))
+        .map_err(|e| Error::Connection(crate::secret::redact(&e.to_string())))
 }
 
 async fn with_locked_harness<T: Send + 'static>(

@@ -1,11 +1,15 @@
 //! How the store opens connections: pool settings and per-session settings.
 
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bb8::ErrorSink;
 use diesel::ConnectionResult;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, PoolError, RecyclingMethod,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use super::options::PostgresOptions;
@@ -34,10 +38,14 @@ pub(crate) fn session_sql(options: &PostgresOptions) -> String {
 /// when it returns to the pool (diesel-async's `is_broken`), and the next checkout opens a
 /// fresh one. The cost: the first call on a connection the server dropped fails once with a
 /// connection error.
+///
+/// bb8 never hands a failed connection attempt to the caller waiting in `get` (it retries until
+/// the connection timeout, then reports a timeout); the returned [`ConnectErrors`] keeps the last
+/// failure so the store can say *why* instead ("connection refused", "invalid certificate").
 pub(crate) async fn build_pool(
     url: &str,
     options: &PostgresOptions,
-) -> Result<Pool<AsyncPgConnection>> {
+) -> Result<(Pool<AsyncPgConnection>, ConnectErrors)> {
     if options.pool_size == 0 {
         return Err(Error::Config("pool_size must be at least 1".into()));
     }
@@ -46,17 +54,45 @@ pub(crate) async fn build_pool(
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| establish(url.to_owned(), session.clone()).boxed());
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
-    Pool::builder()
+    let errors = ConnectErrors::default();
+    let pool = Pool::builder()
         .max_size(options.pool_size)
         .connection_timeout(options.connect_timeout)
         .test_on_check_out(false)
+        .error_sink(Box::new(errors.clone()))
         .build(manager)
         .await
-        .map_err(|e| Error::Connection(redact(&e.to_string())))
+        .map_err(|e| Error::Connection(redact(&e.to_string())))?;
+    Ok((pool, errors))
+}
+
+/// The pool's most recent failure to open a connection (password redacted).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectErrors(Arc<Mutex<Option<(Instant, String)>>>);
+
+impl ConnectErrors {
+    /// The last failure, if it happened after `since`.
+    pub(crate) fn since(&self, since: Instant) -> Option<String> {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, message)| message.clone())
+    }
+}
+
+impl ErrorSink<PoolError> for ConnectErrors {
+    fn sink(&self, error: PoolError) {
+        let message = redact(&error.to_string());
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), message));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<PoolError>> {
+        Box::new(self.clone())
+    }
 }
 
 async fn establish(url: String, session: String) -> ConnectionResult<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(&url).await?;
+    let mut conn = super::tls::connect(&url).await?;
     if !session.is_empty() {
         conn.batch_execute(&session)
             .await

@@ -6,6 +6,7 @@ mod inspect;
 mod options;
 pub(crate) mod sql;
 mod store;
+pub(crate) mod tls;
 
 pub use feed::{
     AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent,

@@ -10,6 +10,7 @@ use diesel_async::pooled_connection::PoolError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
+use super::connect::ConnectErrors;
 use super::feed::ChangeKind;
 use super::options::PostgresOptions;
 use super::sql;
@@ -20,6 +21,7 @@ use crate::schema::awareness_entries::dsl::*;
 use crate::schema_check::{validate_schema, SchemaReport};
 use crate::secret::redact;
 use crate::store::{AwarenessStore, StoreOptions};
+use crate::trace::Op;
 use crate::validate::{check_id, check_update};
 
 /// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
@@ -36,6 +38,7 @@ pub struct PostgresAwarenessStore {
     options: StoreOptions,
     pub(super) timeout: PgInterval,
     pub(super) feed: super::feed::Feed,
+    connect_errors: ConnectErrors,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
@@ -60,6 +63,7 @@ impl PostgresAwarenessStore {
             options,
             timeout,
             feed: Default::default(),
+            connect_errors: ConnectErrors::default(),
         }
     }
 
@@ -67,8 +71,11 @@ impl PostgresAwarenessStore {
     /// [`validate_on_start`](PostgresOptions::validate_on_start), fails fast when the database
     /// cannot be reached or its schema differs from the expected one.
     pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
-        let pool = super::connect::build_pool(database_url, &options).await?;
-        let store = Self::from_pool(pool, options.store);
+        let (pool, connect_errors) = super::connect::build_pool(database_url, &options).await?;
+        let store = Self {
+            connect_errors,
+            ..Self::from_pool(pool, options.store)
+        };
         if options.validate_on_start {
             store.ensure_schema().await?;
         }
@@ -112,9 +119,14 @@ impl PostgresAwarenessStore {
     }
 
     pub(super) async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
+        let started = std::time::Instant::now();
         self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error_to_error(e),
-            RunError::TimedOut => Error::PoolTimeout(self.pool.config().connection_timeout),
+            // Waiting ended because no connection could be opened, not because all were busy.
+            RunError::TimedOut => match self.connect_errors.since(started) {
+                Some(reason) => Error::Connection(reason),
+                None => Error::PoolTimeout(self.pool.config().connection_timeout),
+            },
         })
     }
 }
@@ -136,48 +148,62 @@ fn sort_by_key(entries: &mut [AwarenessEntry]) {
 
 #[async_trait]
 impl AwarenessStore for PostgresAwarenessStore {
+    #[tracing::instrument(name = "awareness.get", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get(&self, doc: &str, client: &str) -> Result<Option<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, doc)?;
         check_id(Field::ClientId, client)?;
         let mut conn = self.conn().await?;
-        Ok(awareness_entries
+        let found = awareness_entries
             .find((doc, client))
             .filter(last_seen.gt(sql::cutoff(self.timeout)))
             .select(AwarenessEntry::as_select())
             .first(&mut conn)
             .await
-            .optional()?)
+            .optional()?;
+        op.done(if found.is_some() { "found" } else { "absent" });
+        Ok(found)
     }
 
+    #[tracing::instrument(name = "awareness.get_all", level = "debug", skip_all, fields(store = "postgres", document_id = doc, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_all(&self, doc: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, doc)?;
         let mut conn = self.conn().await?;
         // Primary-key range scan on document_id; rows arrive already in client_id order.
-        Ok(awareness_entries
+        let live = awareness_entries
             .filter(document_id.eq(doc))
             .filter(state.is_not_null())
             .filter(last_seen.gt(sql::cutoff(self.timeout)))
             .order(client_id.asc())
             .select(AwarenessEntry::as_select())
             .load(&mut conn)
-            .await?)
+            .await?;
+        op.rows(live.len());
+        Ok(live)
     }
 
+    #[tracing::instrument(name = "awareness.set", level = "debug", skip_all, fields(store = "postgres", document_id = update.document_id, client_id = update.client_id, clock = update.clock, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        let mut op = Op::start();
         check_update(update, self.options.max_state_bytes)?;
         let mut conn = self.conn().await?;
         let rows = sql::set(update, self.timeout).execute(&mut conn).await?;
         if rows > 0 {
             self.feed.publish_update(update);
         }
-        Ok(if rows == 0 {
+        let outcome = if rows == 0 {
             SetOutcome::Stale
         } else {
             SetOutcome::Applied
-        })
+        };
+        op.done(if rows == 0 { "stale" } else { "applied" });
+        Ok(outcome)
     }
 
+    #[tracing::instrument(name = "awareness.remove", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove(&self, doc: &str, client: &str) -> Result<bool> {
+        let mut op = Op::start();
         check_id(Field::DocumentId, doc)?;
         check_id(Field::ClientId, client)?;
         let mut conn = self.conn().await?;
@@ -188,10 +214,13 @@ impl AwarenessStore for PostgresAwarenessStore {
             self.feed
                 .publish(ChangeKind::Remove, doc, vec![client.to_owned()]);
         }
+        op.done(if rows > 0 { "removed" } else { "absent" });
         Ok(rows > 0)
     }
 
+    #[tracing::instrument(name = "awareness.remove_all_for_connection", level = "debug", skip_all, fields(store = "postgres", connection_id = conn_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove_all_for_connection(&self, conn_id: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         check_id(Field::ConnectionId, conn_id)?;
         let mut conn = self.conn().await?;
         // Uses awareness_entries_connection_id_idx. Expired rows are deleted too (they are
@@ -210,34 +239,44 @@ impl AwarenessStore for PostgresAwarenessStore {
             .collect();
         sort_by_key(&mut live);
         self.feed.publish_entries(ChangeKind::Remove, &live);
+        op.rows(live.len());
         Ok(live)
     }
 
+    #[tracing::instrument(name = "awareness.get_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         let mut conn = self.conn().await?;
         // A deliberate sequential scan: an index on last_seen would make every heartbeat a
         // non-HOT update (see the migration's comments).
-        Ok(awareness_entries
+        let expired = awareness_entries
             .filter(last_seen.le(sql::cutoff(self.timeout)))
             .order((document_id.asc(), client_id.asc()))
             .select(AwarenessEntry::as_select())
             .load(&mut conn)
-            .await?)
+            .await?;
+        op.rows(expired.len());
+        Ok(expired)
     }
 
+    #[tracing::instrument(name = "awareness.prune_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn prune_expired(&self) -> Result<u64> {
         if self.feed.is_publishing() {
             return Ok(self.take_expired().await?.len() as u64); // needs the keys to publish
         }
+        let mut op = Op::start();
         let mut conn = self.conn().await?;
         let rows =
             diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
                 .execute(&mut conn)
                 .await?;
+        op.rows(rows);
         Ok(rows as u64)
     }
 
+    #[tracing::instrument(name = "awareness.take_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut op = Op::start();
         let mut conn = self.conn().await?;
         let mut taken: Vec<AwarenessEntry> =
             diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
@@ -246,6 +285,7 @@ impl AwarenessStore for PostgresAwarenessStore {
                 .await?;
         sort_by_key(&mut taken);
         self.feed.publish_entries(ChangeKind::Expire, &taken);
+        op.rows(taken.len());
         Ok(taken)
     }
 
