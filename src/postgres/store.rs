@@ -171,6 +171,37 @@ impl AwarenessStore for PostgresAwarenessStore {
         })
     }
 
+    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::SetMany`).
+    async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
+        for update in updates {
+            check_update(update, self.options.max_state_bytes)?;
+        }
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = super::batch::BatchPlan::new(updates);
+        let mut conn = self.conn().await?;
+        let mut attempt = 0;
+        let rows: Vec<super::batch::SentResult> = loop {
+            let query = sql::set_many(plan.columns(updates), self.timeout);
+            match query.load(&mut conn).await {
+                // Two batches can still deadlock when one inserts a key the other's snapshot
+                // did not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
+                Err(diesel::result::Error::DatabaseError(_, info))
+                    if attempt < 3 && info.message().starts_with("deadlock detected") =>
+                {
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        plan.outcomes(updates, &rows).ok_or_else(|| {
+            Error::Database(diesel::result::Error::DeserializationError(
+                "set_many: the database returned rows that do not match the batch".into(),
+            ))
+        })
+    }
+
     async fn remove(&self, doc: &str, client: &str) -> Result<bool> {
         check_id(Field::DocumentId, doc)?;
         check_id(Field::ClientId, client)?;
