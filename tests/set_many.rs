@@ -14,10 +14,7 @@ use synckit_awareness::{AwarenessStore, AwarenessUpdate, SetOutcome};
 type Key = (String, String);
 
 /// The contract as a model: per key, a running maximum of (clock, is_leave) with strict `>`.
-fn model(
-    existing: &mut HashMap<Key, (i64, bool)>,
-    updates: &[AwarenessUpdate],
-) -> Vec<SetOutcome> {
+fn model(existing: &mut HashMap<Key, (i64, bool)>, updates: &[AwarenessUpdate]) -> Vec<SetOutcome> {
     updates
         .iter()
         .map(|u| {
@@ -48,7 +45,11 @@ fn update(doc: &str, client: &str, clock: i64, leave: bool) -> AwarenessUpdate {
 
 async fn assert_store_matches(store: &Arc<dyn AwarenessStore>, model: &HashMap<Key, (i64, bool)>) {
     for ((doc, client), &(clock, is_leave)) in model {
-        let entry = store.get(doc, client).await.unwrap().expect("entry present");
+        let entry = store
+            .get(doc, client)
+            .await
+            .unwrap()
+            .expect("entry present");
         assert_eq!(
             (entry.clock, entry.state.is_none()),
             (clock, is_leave),
@@ -63,7 +64,10 @@ async fn big_batches_match_the_model(s: Stores) {
     // Some keys exist before the batches, at various clocks.
     for k in 0..20 {
         let u = update(&format!("doc{}", k % 3), &format!("c{k}"), k * 3, false);
-        assert_eq!(model(&mut expected, std::slice::from_ref(&u)), [SetOutcome::Applied]);
+        assert_eq!(
+            model(&mut expected, std::slice::from_ref(&u)),
+            [SetOutcome::Applied]
+        );
         st.set(&u).await.unwrap();
     }
     for round in 0..4u64 {
@@ -89,18 +93,20 @@ async fn batches_mix_new_live_and_expired_keys(s: Stores) {
     // `short` sees entries as expired 0.7 s after their last write.
     let st = &s.short;
     st.set(&update("d", "expired", 50, false)).await.unwrap();
-    st.set(&update("d", "expired-leave", 50, true)).await.unwrap();
+    st.set(&update("d", "expired-leave", 50, true))
+        .await
+        .unwrap();
     tokio::time::sleep(PAST_SHORT).await;
     st.set(&update("d", "live", 50, false)).await.unwrap();
     st.set(&update("d", "tomb", 50, true)).await.unwrap();
     let updates = [
-        update("d", "expired", 1, false),       // expired entry: absent, applies
-        update("d", "live", 49, false),         // below the live clock
-        update("d", "new", 7, false),           // new key
-        update("d", "expired", 2, true),        // after the batch's own write
-        update("d", "live", 50, true),          // equal clock, leave over a state
-        update("d", "tomb", 50, false),         // equal clock, state under a tombstone
-        update("d", "new", 7, false),           // same rank again
+        update("d", "expired", 1, false), // expired entry: absent, applies
+        update("d", "live", 49, false),   // below the live clock
+        update("d", "new", 7, false),     // new key
+        update("d", "expired", 2, true),  // after the batch's own write
+        update("d", "live", 50, true),    // equal clock, leave over a state
+        update("d", "tomb", 50, false),   // equal clock, state under a tombstone
+        update("d", "new", 7, false),     // same rank again
         update("d", "expired-leave", 0, false), // expired tombstone: absent
         update("d", "live", 51, false),
     ];
@@ -167,7 +173,11 @@ async fn racing_batches_end_at_the_highest_clock(s: Stores) {
         }
     }
     for (client, (clock, outcome)) in highest {
-        assert_eq!(outcome, SetOutcome::Applied, "{client}: the highest clock applies");
+        assert_eq!(
+            outcome,
+            SetOutcome::Applied,
+            "{client}: the highest clock applies"
+        );
         let entry = s.long.get("race", &client).await.unwrap().expect("present");
         assert_eq!(entry.clock, clock, "{client} ends at its highest clock");
     }

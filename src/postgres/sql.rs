@@ -1,8 +1,9 @@
 //! The statements the PostgreSQL store sends, built with diesel so tests can pin their SQL
 //! (`debug_query`) and the benchmark can run exactly the same text through pgbench.
 //!
-//! Every function returns a concrete (unboxed) query type: diesel-async caches the prepared
-//! statement of such queries per connection, so the hot path parses nothing after warm-up.
+//! Every function returns a concrete (unboxed) query type with a static query id, which
+//! diesel-async prepares once per connection and caches, so the hot path parses nothing after
+//! warm-up (the upsert needs [`Prepared`] for that; see there).
 
 use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
 use diesel::pg::data_types::PgInterval;
@@ -51,32 +52,74 @@ pub(crate) fn set<'a>(
     timeout: PgInterval,
 ) -> impl QueryFragment<Pg> + QueryId + Send + 'a {
     use diesel::query_dsl::methods::FilterDsl;
-    diesel::insert_into(awareness_entries)
-        .values((
-            document_id.eq(&update.document_id),
-            client_id.eq(&update.client_id),
-            connection_id.eq(&update.connection_id),
-            state.eq(&update.state),
-            clock_value.eq(update.clock),
-            last_seen.eq(diesel::dsl::now),
-        ))
-        .on_conflict((document_id, client_id))
-        .do_update()
-        .set((
-            connection_id.eq(excluded(connection_id)),
-            state.eq(excluded(state)),
-            clock_value.eq(excluded(clock_value)),
-            last_seen.eq(excluded(last_seen)),
-        ))
-        .filter(applies(timeout))
+    Prepared::<_, SetId>::new(
+        diesel::insert_into(awareness_entries)
+            .values((
+                document_id.eq(&update.document_id),
+                client_id.eq(&update.client_id),
+                connection_id.eq(&update.connection_id),
+                state.eq(&update.state),
+                clock_value.eq(update.clock),
+                last_seen.eq(diesel::dsl::now),
+            ))
+            .on_conflict((document_id, client_id))
+            .do_update()
+            .set((
+                connection_id.eq(excluded(connection_id)),
+                state.eq(excluded(state)),
+                clock_value.eq(excluded(clock_value)),
+                last_seen.eq(excluded(last_seen)),
+            ))
+            .filter(applies(timeout)),
+    )
+}
+
+/// [`set`]'s statement identity for the prepared-statement cache.
+pub(crate) struct SetId;
+
+/// A statement whose SQL text is the same on every call, declared cacheable.
+///
+/// diesel marks every `ON CONFLICT ... DO UPDATE` unsafe to cache (its SQL would change if the
+/// `SET` list were empty, which becomes `DO NOTHING`) and gives it no static query id, so
+/// diesel-async parsed, planned and closed the upsert on every `set`: three protocol messages
+/// and a re-plan per heartbeat (measured: see docs/performance.md). The `SET` list here is
+/// fixed and never empty, so the text cannot change: keyed by `Id`, the statement is prepared
+/// once per connection.
+#[derive(Debug)]
+pub(crate) struct Prepared<Q, Id> {
+    query: Q,
+    id: std::marker::PhantomData<fn() -> Id>,
+}
+
+impl<Q, Id> Prepared<Q, Id> {
+    fn new(query: Q) -> Self {
+        Self {
+            query,
+            id: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Q, Id: 'static> QueryId for Prepared<Q, Id> {
+    type QueryId = Id;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<Q: QueryFragment<Pg>, Id> QueryFragment<Pg> for Prepared<Q, Id> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.query.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
 }
 
 /// The contract's rule 1 as the upsert's `DO UPDATE ... WHERE`: the existing row is expired,
 /// older, or the same clock being left. Shared by [`set`] and [`SetMany`].
 fn applies(
     timeout: PgInterval,
-) -> impl Expression<SqlType = diesel::sql_types::Bool>
-       + AppearsOnTable<awareness_entries>
+) -> impl AppearsOnTable<awareness_entries, SqlType = diesel::sql_types::Bool>
        + QueryFragment<Pg>
        + QueryId
        + Send {
