@@ -24,7 +24,7 @@ pub struct PostgresOptions {
     /// second of awareness writes, never consistency.
     ///
     /// Default `false`: awareness is ephemeral (clients resend it every few seconds), and
-    /// waiting for the WAL flush made every `set` 8-15x slower on the benchmark machine
+    /// waiting for the WAL flush made every `set` 5-8x slower on the benchmark machine
     /// (docs/performance.md). Set `true` when awareness rows must survive a server crash.
     pub synchronous_commit: bool,
 }
