@@ -8,7 +8,7 @@ SCHEMA_DB ?= synckit_schema_check
 PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_CONTAINER_LABEL := synckit-awareness-tests
 
-.PHONY: test test-faults check fmt lint doc schema-check demo install clean-test-containers help
+.PHONY: test test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick
 
 help:
 	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
@@ -17,6 +17,8 @@ help:
 	@echo "make check         fmt --check, clippy -D warnings, doc"
 	@echo "make schema-check  schema.rs equals diesel print-schema after the migrations"
 	@echo "make install       cargo install --path ."
+	@echo "make bench         benchmark vs pgbench and Redis (~10 min; docs/performance.md)"
+	@echo "make bench-quick   the benchmark at tiny sizes (CI smoke test, judges no time)"
 
 # The y-protocols interop test runs the real npm packages pinned in tests/js/package-lock.json;
 # `npm ci` reinstalls them only when node_modules is missing or older than the lock file.
@@ -59,6 +61,16 @@ schema-check:
 	diesel print-schema --database-url "$$url" > target/schema.generated.rs && \
 	psql "$(PG_ADMIN_URL)" -qc "DROP DATABASE $(SCHEMA_DB) WITH (FORCE)" && \
 	diff -u schema.rs target/schema.generated.rs && echo "schema.rs matches the migrations"
+
+# The benchmark needs PostgreSQL (BENCH_DATABASE_URL: a role that may CREATE DATABASE),
+# pgbench (PostgreSQL client tools) and Redis (REDIS_ADDR). Results: target/bench/results.md.
+BENCH_DATABASE_URL ?= $(PG_ADMIN_URL)
+
+bench:
+	DATABASE_URL="$(BENCH_DATABASE_URL)" $(CARGO) bench --bench awareness -- $(BENCH_ARGS)
+
+bench-quick:
+	DATABASE_URL="$(BENCH_DATABASE_URL)" $(CARGO) bench --bench awareness -- --quick
 
 demo:
 	$(CARGO) run --quiet --example quickstart

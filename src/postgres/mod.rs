@@ -1,5 +1,6 @@
 //! The PostgreSQL store and what it needs: pool set-up, SQL, error mapping.
 
+mod batch;
 mod connect;
 mod feed;
 mod inspect;

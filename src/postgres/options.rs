@@ -22,6 +22,10 @@ pub struct PostgresOptions {
     /// PostgreSQL `synchronous_commit` for the store's connections. `false` (`off`) lets a
     /// commit return before its WAL reaches disk: a crash can lose the last fraction of a
     /// second of awareness writes, never consistency.
+    ///
+    /// Default `false`: awareness is ephemeral (clients resend it every few seconds), and
+    /// waiting for the WAL flush made every `set` 5-8x slower on the benchmark machine
+    /// (docs/performance.md). Set `true` when awareness rows must survive a server crash.
     pub synchronous_commit: bool,
 }
 
@@ -33,7 +37,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             validate_on_start: true,
             statement_timeout: Some(Duration::from_secs(10)),
-            synchronous_commit: true,
+            synchronous_commit: false,
         }
     }
 }

@@ -201,6 +201,46 @@ impl AwarenessStore for PostgresAwarenessStore {
         Ok(outcome)
     }
 
+    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::SetMany`).
+    #[tracing::instrument(name = "awareness.set_many", level = "debug", skip_all, fields(store = "postgres", updates = updates.len(), outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
+    async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
+        let mut op = Op::start();
+        for update in updates {
+            check_update(update, self.options.max_state_bytes)?;
+        }
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = super::batch::BatchPlan::new(updates);
+        let mut conn = self.conn().await?;
+        let mut attempt = 0;
+        let rows: Vec<super::batch::SentResult> = loop {
+            let query = sql::set_many(plan.columns(updates), self.timeout);
+            match query.load(&mut conn).await {
+                // Two batches can still deadlock when one inserts a key the other's snapshot
+                // did not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
+                Err(diesel::result::Error::DatabaseError(_, info))
+                    if attempt < 3 && info.message().starts_with("deadlock detected") =>
+                {
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        let outcomes = plan.outcomes(updates, &rows).ok_or_else(|| {
+            Error::Database(diesel::result::Error::DeserializationError(
+                "set_many: the database returned rows that do not match the batch".into(),
+            ))
+        })?;
+        for (update, outcome) in updates.iter().zip(&outcomes) {
+            if outcome.is_applied() {
+                self.feed.publish_update(update);
+            }
+        }
+        op.rows(rows.len());
+        Ok(outcomes)
+    }
+
     #[tracing::instrument(name = "awareness.remove", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove(&self, doc: &str, client: &str) -> Result<bool> {
         let mut op = Op::start();

@@ -1,0 +1,194 @@
+//! The PostgreSQL side: a benchmark database, SQL through `psql`, the statements the store
+//! really sends (read back from `pg_prepared_statements`) and `pgbench` running them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use synckit_awareness::PostgresAwarenessStore;
+
+use crate::stats::{figure, Figure};
+
+/// Runs SQL through psql (`-At`: bare values), panicking with psql's message on failure.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("psql not found: install the PostgreSQL client tools");
+    assert!(
+        out.status.success(),
+        "psql failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[start..].find('/') {
+        Some(i) => &base[..start + i],
+        None => base,
+    };
+    if query.is_empty() {
+        format!("{base}/{db}")
+    } else {
+        format!("{base}/{db}?{query}")
+    }
+}
+
+/// Drops and recreates the benchmark database and applies the migrations.
+pub async fn fresh_database(admin_url: &str, db: &str) -> String {
+    psql(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    psql(admin_url, &format!("CREATE DATABASE {db}"));
+    let url = with_database(admin_url, db);
+    synckit_awareness::run_migrations_at(&url, &[])
+        .await
+        .expect("migrations");
+    url
+}
+
+/// The statement the store prepared most recently on its (single) pooled connection: the
+/// exact text it sends, so pgbench cannot drift from it.
+pub async fn last_prepared(store: &PostgresAwarenessStore) -> String {
+    #[derive(QueryableByName)]
+    struct Stmt {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let mut conn = store.pool().get().await.expect("pooled connection");
+    diesel::sql_query(
+        // Not this query itself: tokio-postgres prepares every statement under a name.
+        "SELECT statement FROM pg_prepared_statements \
+         WHERE statement NOT LIKE '%pg_prepared_statements%' ORDER BY prepare_time DESC LIMIT 1",
+    )
+    .get_result::<Stmt>(&mut *conn)
+    .await
+    .expect("pg_prepared_statements")
+    .statement
+}
+
+/// A pgbench script: `\set` lines, then the store's SQL with `$n` replaced by `:vars[n-1]`.
+/// diesel sends typed binds; pgbench's are untyped, so a variable whose type PostgreSQL cannot
+/// infer carries the type diesel sends (`"timeout::interval"`).
+pub fn script(dir: &Path, name: &str, sets: &[&str], sql: &str, vars: &[&str]) -> PathBuf {
+    let mut text = sql.to_owned();
+    // Highest first, so `$1` does not eat the start of `$10`.
+    for (i, var) in vars.iter().enumerate().rev() {
+        text = text.replace(&format!("${}", i + 1), &format!(":{var}"));
+    }
+    assert!(
+        !text.contains('$'),
+        "{name}: the statement has more parameters than the script provides: {text}"
+    );
+    let mut body = String::new();
+    for s in sets {
+        body.push_str(s);
+        body.push('\n');
+    }
+    // pgbench reads one statement per line unless it ends with ';'.
+    body.push_str(&text.replace('\n', " "));
+    body.push_str(";\n");
+    let path = dir.join(format!("{name}.sql"));
+    std::fs::write(&path, body).expect("write pgbench script");
+    path
+}
+
+/// Runs pgbench with `clients` clients, `per_client` transactions each, prepared statements,
+/// and `-D` variables; returns throughput and latency (from pgbench's per-transaction log).
+pub fn pgbench(
+    url: &str,
+    script: &Path,
+    clients: usize,
+    per_client: usize,
+    defines: &[(&str, String)],
+    rows_per_op: f64,
+    pgoptions: Option<&str>,
+) -> Figure {
+    let dir = script.parent().expect("script dir");
+    let prefix = dir.join("pgbench_log");
+    for entry in std::fs::read_dir(dir).expect("bench dir").flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("pgbench_log")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let mut cmd = Command::new(pgbench_path());
+    cmd.args(["-n", "-M", "prepared", "-l"])
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .arg(format!("-c{clients}"))
+        .arg(format!("-j{}", clients.min(2)))
+        .arg(format!("-t{per_client}"))
+        .arg("-f")
+        .arg(script);
+    for (k, v) in defines {
+        cmd.arg("-D").arg(format!("{k}={v}"));
+    }
+    if let Some(o) = pgoptions {
+        cmd.env("PGOPTIONS", o);
+    }
+    cmd.arg(url);
+    let out = cmd.output().expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("number of failed transactions: 0"),
+        "pgbench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("tps line in pgbench output");
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("bench dir").flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("pgbench_log")
+        {
+            let text = std::fs::read_to_string(entry.path()).expect("pgbench log");
+            for line in text.lines() {
+                if let Some(us) = line.split(' ').nth(2).and_then(|v| v.parse::<u64>().ok()) {
+                    latencies.push(Duration::from_micros(us));
+                }
+            }
+        }
+    }
+    assert_eq!(latencies.len(), clients * per_client, "pgbench log lines");
+    let mut f = figure(latencies, 0, Duration::from_secs(1));
+    f.ops_per_s = tps;
+    f.rows_per_s = tps * rows_per_op;
+    f
+}
+
+/// pgbench from the PostgreSQL client tools: PATH first, then Debian's versioned directory.
+pub fn pgbench_path() -> PathBuf {
+    if let Ok(p) = std::env::var("PGBENCH") {
+        return p.into();
+    }
+    if Command::new("pgbench").arg("--version").output().is_ok() {
+        return "pgbench".into();
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/pgbench"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("pgbench not found: install postgresql-client (or set PGBENCH=/path/to/pgbench)")
+}

@@ -1,0 +1,734 @@
+//! The measured workloads. Every comparison runs the same operation count, key spread and
+//! concurrency on each side, interleaved run by run so machine noise hits all sides alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use synckit_awareness::{AwarenessStore, AwarenessUpdate, MemoryAwarenessStore};
+use tokio::sync::Mutex;
+
+use crate::pg::{pgbench, psql, script};
+use crate::redis::{Redis, Reply};
+use crate::stats::{median, run_tasks};
+use crate::*;
+
+/// The expiry timeout the benchmark's stores and pgbench use: a day, so no preloaded or
+/// heartbeat-written entry expires during a run; the expiry section backdates its rows by two.
+pub const TIMEOUT: &str = "86400 seconds";
+
+/// pgbench's sessions get the store's default synchronous_commit, so both sides commit alike.
+fn store_sync() -> Option<&'static str> {
+    Some(if PostgresOptions::default().synchronous_commit {
+        "-c synchronous_commit=on"
+    } else {
+        "-c synchronous_commit=off"
+    })
+}
+
+fn defines(pairs: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut d = vec![("state", STATE.to_owned()), ("timeout", TIMEOUT.to_owned())];
+    d.extend_from_slice(pairs);
+    d
+}
+
+/// One Redis connection per task, on the benchmark's database.
+async fn redis_conns(cfg: &Config, tasks: usize) -> Arc<Vec<Mutex<Redis>>> {
+    let mut conns = Vec::new();
+    for _ in 0..tasks {
+        let mut c = Redis::connect(&cfg.redis_addr)
+            .await
+            .expect("redis connect");
+        c.call(&[b"SELECT", b"15"]).await.expect("redis SELECT");
+        conns.push(Mutex::new(c));
+    }
+    Arc::new(conns)
+}
+
+/// One Redis-store `set`: the Lua script via EVALSHA. Returns 1 when applied.
+async fn redis_set(
+    conn: &Mutex<Redis>,
+    sha: &str,
+    doc: i64,
+    client: i64,
+    conn_id: &str,
+    clock: i64,
+) -> u64 {
+    let key = format!("a:{doc}:{client}");
+    let clock = clock.to_string();
+    let reply = conn
+        .lock()
+        .await
+        .call(&[
+            b"EVALSHA",
+            sha.as_bytes(),
+            b"2",
+            key.as_bytes(),
+            b"a:exp",
+            clock.as_bytes(),
+            STATE.as_bytes(),
+            conn_id.as_bytes(),
+            b"86400000", // the same day-long timeout as TIMEOUT
+        ])
+        .await
+        .expect("EVALSHA");
+    match reply {
+        Reply::Int(n) => n as u64,
+        other => panic!("EVALSHA: {other:?}"),
+    }
+}
+
+fn update(doc: i64, client: i64, conn: String, clock: i64) -> AwarenessUpdate {
+    AwarenessUpdate::new(
+        doc.to_string(),
+        client.to_string(),
+        conn,
+        clock,
+        Some(state()),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum SetKind {
+    Heartbeat,
+    Stale,
+    Insert,
+}
+
+pub async fn set_workloads(
+    cfg: &Config,
+    report: &mut Report,
+    url: &str,
+    store: &Arc<PostgresAwarenessStore>,
+    stmts: &Statements,
+    sha: &Arc<String>,
+) {
+    report.note("set workloads (store | pgbench of the store's SQL | Redis Lua)");
+    // Redis gets the same 10k heartbeat keys at clock 1.
+    let preload = redis_conns(cfg, 1).await;
+    for k in 0..KEYS {
+        redis_set(&preload[0], sha, k / PER_DOC, k, &k.to_string(), 1).await;
+    }
+    let vars = ["doc", "k", "conn", "state", "clock", "timeout::interval"];
+    for (name, kind) in [
+        ("set heartbeat (existing)", SetKind::Heartbeat),
+        ("set stale", SetKind::Stale),
+        ("set insert (new entry)", SetKind::Insert),
+    ] {
+        let sets: &[&str] = match kind {
+            SetKind::Heartbeat => &[
+                "\\set r random(0, :per - 1)",
+                "\\set k :r * :nc + :client_id",
+                "\\set doc :k / 10",
+                "\\set conn :k",
+                "\\set clock :clock + 1",
+            ],
+            SetKind::Stale => &[
+                "\\set r random(0, :per - 1)",
+                "\\set k :r * :nc + :client_id",
+                "\\set doc :k / 10",
+                "\\set conn :k",
+                "\\set clock 0",
+            ],
+            SetKind::Insert => &[
+                "\\set k :base + :n * :nc + :client_id",
+                "\\set n :n + 1",
+                "\\set doc random(0, 999)",
+                "\\set conn 0",
+                "\\set clock 1",
+            ],
+        };
+        let path = script(&cfg.out_dir, "set", sets, &stmts.set, &vars);
+        for tasks in CONCURRENCY {
+            let per_task = cfg.count(20_000, tasks);
+            let (mut s, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..cfg.runs {
+                // The store.
+                let base = next_base();
+                let st = store.clone();
+                s.push(
+                    run_tasks(tasks, per_task, move |t, i| {
+                        let st = st.clone();
+                        async move {
+                            let u = set_update(kind, tasks, t, i, base);
+                            let outcome = st.set(&u).await.expect("set");
+                            assert_eq!(outcome.is_applied(), kind != SetKind::Stale, "{u:?}");
+                            1
+                        }
+                    })
+                    .await,
+                );
+                // pgbench, same SQL and spread.
+                let base = next_base();
+                p.push(pgbench(
+                    url,
+                    &path,
+                    tasks,
+                    per_task,
+                    &defines(&[
+                        ("per", (KEYS as usize / tasks).to_string()),
+                        ("nc", tasks.to_string()),
+                        ("clock", base.to_string()),
+                        ("base", base.to_string()),
+                        ("n", "0".into()),
+                    ]),
+                    1.0,
+                    store_sync(),
+                ));
+                // Redis.
+                let base = next_base();
+                let conns = redis_conns(cfg, tasks).await;
+                let sha = sha.clone();
+                r.push(
+                    run_tasks(tasks, per_task, move |t, i| {
+                        let conns = conns.clone();
+                        let sha = sha.clone();
+                        async move {
+                            let u = set_update(kind, tasks, t, i, base);
+                            let doc: i64 = u.document_id.parse().unwrap_or(0);
+                            let client: i64 = u.client_id.parse().unwrap_or(0);
+                            let applied =
+                                redis_set(&conns[t], &sha, doc, client, &u.connection_id, u.clock)
+                                    .await;
+                            assert_eq!(applied == 1, kind != SetKind::Stale);
+                            1
+                        }
+                    })
+                    .await,
+                );
+            }
+            report.push(name, "store", tasks, median(s), false);
+            report.push(name, "pgbench", tasks, median(p), false);
+            report.push(name, "redis", tasks, median(r), false);
+        }
+        if kind == SetKind::Insert {
+            psql(
+                url,
+                "DELETE FROM awareness_entries WHERE connection_id = '0' AND length(client_id) > 6",
+            );
+            psql(url, "VACUUM ANALYZE awareness_entries");
+        }
+    }
+    // set_many of 16 (a y-protocols message with many clients): one statement per batch.
+    for tasks in CONCURRENCY {
+        let per_task = cfg.count(2_000, tasks);
+        let mut s = Vec::new();
+        for _ in 0..cfg.runs {
+            let base = next_base();
+            let st = store.clone();
+            s.push(
+                run_tasks(tasks, per_task, move |t, i| {
+                    let st = st.clone();
+                    async move {
+                        let batch: Vec<_> = (0..16)
+                            .map(|j| set_update(SetKind::Heartbeat, tasks, t, i * 16 + j, base))
+                            .collect();
+                        let outcomes = st.set_many(&batch).await.expect("set_many");
+                        assert_eq!(outcomes.len(), 16);
+                        16
+                    }
+                })
+                .await,
+            );
+        }
+        report.push("set_many of 16", "store", tasks, median(s), true);
+    }
+}
+
+/// The update a task sends as its `i`-th call (heartbeat, stale or insert), from `base`.
+fn set_update(kind: SetKind, tasks: usize, t: usize, i: usize, base: i64) -> AwarenessUpdate {
+    match kind {
+        SetKind::Heartbeat | SetKind::Stale => {
+            let k = task_key(rand(t, i), tasks, t);
+            let clock = if kind == SetKind::Stale {
+                0
+            } else {
+                base + i as i64 + 1
+            };
+            update(k / PER_DOC, k, k.to_string(), clock)
+        }
+        SetKind::Insert => {
+            let k = base + (i * tasks + t) as i64;
+            update((rand(t, i) % DOCS as u64) as i64, k, "0".into(), 1)
+        }
+    }
+}
+
+pub async fn read_workloads(
+    cfg: &Config,
+    report: &mut Report,
+    url: &str,
+    store: &Arc<PostgresAwarenessStore>,
+    stmts: &Statements,
+) {
+    report.note("read and disconnect workloads (store | pgbench of the store's SQL)");
+    for (name, first, size) in [
+        ("get_all (10 clients)", 0, DOCS),
+        ("get_all (100 clients)", BIG_DOC_BASE, BIG_DOCS),
+    ] {
+        let set = format!("\\set doc {first} + random(0, {})", size - 1);
+        let path = script(
+            &cfg.out_dir,
+            "get_all",
+            &[&set],
+            &stmts.get_all,
+            &["doc", "timeout::interval"],
+        );
+        let rows = if first == 0 { PER_DOC } else { 100 } as usize;
+        for tasks in CONCURRENCY {
+            let per_task = cfg.count(20_000, tasks);
+            let (mut s, mut p) = (Vec::new(), Vec::new());
+            for _ in 0..cfg.runs {
+                let st = store.clone();
+                s.push(
+                    run_tasks(tasks, per_task, move |t, i| {
+                        let st = st.clone();
+                        async move {
+                            let doc = first + (rand(t, i) % size as u64) as i64;
+                            let got = st.get_all(&doc.to_string()).await.expect("get_all");
+                            assert_eq!(got.len(), rows);
+                            got.len() as u64
+                        }
+                    })
+                    .await,
+                );
+                p.push(pgbench(
+                    url,
+                    &path,
+                    tasks,
+                    per_task,
+                    &defines(&[]),
+                    rows as f64,
+                    store_sync(),
+                ));
+            }
+            report.push(name, "store", tasks, median(s), true);
+            report.push(name, "pgbench", tasks, median(p), true);
+        }
+    }
+    // remove_all_for_connection: each call removes a connection's one entry, preloaded per run.
+    let path = script(
+        &cfg.out_dir,
+        "remove",
+        &["\\set conn :base + :n * :nc + :client_id", "\\set n :n + 1"],
+        &stmts.remove_all_for_connection,
+        &["conn", "timeout::interval"],
+    );
+    let preload = |url: &str, base: i64, n: usize| {
+        psql(
+            url,
+            &format!(
+                "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value) \
+                 SELECT 'rm', ({base} + n)::text, ({base} + n)::text, '{STATE}'::jsonb, 1 \
+                 FROM generate_series(0, {}) n",
+                n - 1
+            ),
+        );
+    };
+    for tasks in CONCURRENCY {
+        let per_task = cfg.count(10_000, tasks);
+        let (mut s, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.runs {
+            let base = next_base();
+            preload(url, base, tasks * per_task);
+            let st = store.clone();
+            s.push(
+                run_tasks(tasks, per_task, move |t, i| {
+                    let st = st.clone();
+                    async move {
+                        let conn = base + (i * tasks + t) as i64;
+                        let removed = st
+                            .remove_all_for_connection(&conn.to_string())
+                            .await
+                            .expect("remove_all_for_connection");
+                        assert_eq!(removed.len(), 1);
+                        1
+                    }
+                })
+                .await,
+            );
+            let base = next_base();
+            preload(url, base, tasks * per_task);
+            p.push(pgbench(
+                url,
+                &path,
+                tasks,
+                per_task,
+                &defines(&[
+                    ("base", base.to_string()),
+                    ("nc", tasks.to_string()),
+                    ("n", "0".into()),
+                ]),
+                1.0,
+                store_sync(),
+            ));
+        }
+        report.push(
+            "remove_all_for_connection",
+            "store",
+            tasks,
+            median(s),
+            false,
+        );
+        report.push(
+            "remove_all_for_connection",
+            "pgbench",
+            tasks,
+            median(p),
+            false,
+        );
+    }
+    psql(url, "VACUUM ANALYZE awareness_entries");
+}
+
+/// Heartbeat `set` at 4 tasks with synchronous_commit on/off and on an UNLOGGED table.
+pub async fn sync_and_unlogged(cfg: &Config, report: &mut Report, url: &str, stmts: &Statements) {
+    report.note("durability settings: heartbeat set, 4 tasks");
+    let tasks = 4;
+    let per_task = cfg.count(20_000, tasks);
+    let path = script(
+        &cfg.out_dir,
+        "set_sync",
+        &[
+            "\\set r random(0, :per - 1)",
+            "\\set k :r * :nc + :client_id",
+            "\\set doc :k / 10",
+            "\\set conn :k",
+            "\\set clock :clock + 1",
+        ],
+        &stmts.set,
+        &["doc", "k", "conn", "state", "clock", "timeout::interval"],
+    );
+    for (label, sync, unlogged) in [
+        ("synchronous_commit on", true, false),
+        ("synchronous_commit off", false, false),
+        ("UNLOGGED, sync on", true, true),
+    ] {
+        if unlogged {
+            psql(url, "ALTER TABLE awareness_entries SET UNLOGGED");
+        }
+        let store = Arc::new(open_store(url, 16, sync).await);
+        let (mut s, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.runs {
+            let base = next_base();
+            let st = store.clone();
+            s.push(
+                run_tasks(tasks, per_task, move |t, i| {
+                    let st = st.clone();
+                    async move {
+                        let u = set_update(SetKind::Heartbeat, tasks, t, i, base);
+                        assert!(st.set(&u).await.expect("set").is_applied());
+                        1
+                    }
+                })
+                .await,
+            );
+            let base = next_base();
+            p.push(pgbench(
+                url,
+                &path,
+                tasks,
+                per_task,
+                &defines(&[
+                    ("per", (KEYS as usize / tasks).to_string()),
+                    ("nc", tasks.to_string()),
+                    ("clock", base.to_string()),
+                ]),
+                1.0,
+                Some(if sync {
+                    "-c synchronous_commit=on"
+                } else {
+                    "-c synchronous_commit=off"
+                }),
+            ));
+        }
+        let name = format!("set heartbeat [{label}]");
+        report.push(&name, "store", tasks, median(s), false);
+        report.push(&name, "pgbench", tasks, median(p), false);
+        if unlogged {
+            psql(url, "ALTER TABLE awareness_entries SET LOGGED");
+        }
+    }
+}
+
+pub async fn memory_store(cfg: &Config, report: &mut Report) {
+    let n: i64 = if cfg.quick { 10_000 } else { 1_000_000 };
+    report.note(&format!("in-memory store, {n} entries"));
+    let before = crate::alloc::live_bytes();
+    let store = Arc::new(MemoryAwarenessStore::new());
+    for k in 0..n {
+        store
+            .set(&update(k / PER_DOC, k, k.to_string(), 1))
+            .await
+            .expect("memory set");
+    }
+    let bytes = crate::alloc::live_bytes().saturating_sub(before);
+    report.note(&format!(
+        "  memory per entry at {n} entries: {:.0} bytes (heap, counted by the allocator; ~{}-byte state)",
+        bytes as f64 / n as f64,
+        STATE.len()
+    ));
+    for tasks in CONCURRENCY {
+        let per_task = cfg.count(200_000, tasks);
+        let (mut s, mut g) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.runs {
+            let base = next_base();
+            let st = store.clone();
+            s.push(
+                run_tasks(tasks, per_task, move |t, i| {
+                    let st = st.clone();
+                    async move {
+                        let k = (rand(t, i) % n as u64) as i64;
+                        let u = update(k / PER_DOC, k, k.to_string(), base + i as i64);
+                        st.set(&u).await.expect("set");
+                        1
+                    }
+                })
+                .await,
+            );
+            let st = store.clone();
+            g.push(
+                run_tasks(tasks, per_task, move |t, i| {
+                    let st = st.clone();
+                    async move {
+                        let doc = (rand(t, i) % (n / PER_DOC) as u64).to_string();
+                        st.get_all(&doc).await.expect("get_all").len() as u64
+                    }
+                })
+                .await,
+            );
+        }
+        report.push("memory set", "memory", tasks, median(s), false);
+        report.push(
+            "memory get_all (10 clients)",
+            "memory",
+            tasks,
+            median(g),
+            true,
+        );
+    }
+}
+
+pub async fn expiry(
+    cfg: &Config,
+    report: &mut Report,
+    url: &str,
+    store: &Arc<PostgresAwarenessStore>,
+    stmts: &Statements,
+) {
+    let n = cfg.expiry_rows;
+    let expired = n / 10;
+    report.note(&format!("expiry: {expired} expired among {n} rows"));
+    psql(url, "TRUNCATE awareness_entries");
+    psql(
+        url,
+        &format!(
+            "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, last_seen) \
+             SELECT (k / 10)::text, k::text, k::text, '{STATE}'::jsonb, 1, \
+             CASE WHEN k < {expired} THEN now() - interval '2 days' ELSE now() END \
+             FROM generate_series(0, {}) k",
+            n - 1
+        ),
+    );
+    psql(url, "VACUUM ANALYZE awareness_entries");
+    let reexpire = format!(
+        "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, last_seen) \
+         SELECT (k / 10)::text, k::text, k::text, '{STATE}'::jsonb, 1, now() - interval '2 days' \
+         FROM generate_series(0, {}) k",
+        expired - 1
+    );
+    let get_path = script(
+        &cfg.out_dir,
+        "get_expired",
+        &[],
+        &stmts.get_expired,
+        &["timeout::interval"],
+    );
+    let prune_path = script(
+        &cfg.out_dir,
+        "prune",
+        &[],
+        &stmts.prune_expired,
+        &["timeout::interval"],
+    );
+    let (mut gs, mut gp, mut ps, mut pp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..cfg.runs {
+        let st = store.clone();
+        gs.push(
+            run_tasks(1, 1, move |_, _| {
+                let st = st.clone();
+                async move {
+                    let got = st.get_expired().await.expect("get_expired");
+                    assert_eq!(got.len() as i64, expired);
+                    got.len() as u64
+                }
+            })
+            .await,
+        );
+        gp.push(pgbench(
+            url,
+            &get_path,
+            1,
+            1,
+            &defines(&[]),
+            expired as f64,
+            store_sync(),
+        ));
+        let st = store.clone();
+        ps.push(
+            run_tasks(1, 1, move |_, _| {
+                let st = st.clone();
+                async move {
+                    let pruned = st.prune_expired().await.expect("prune_expired");
+                    assert_eq!(pruned as i64, expired);
+                    pruned
+                }
+            })
+            .await,
+        );
+        psql(url, &reexpire);
+        pp.push(pgbench(
+            url,
+            &prune_path,
+            1,
+            1,
+            &defines(&[]),
+            expired as f64,
+            store_sync(),
+        ));
+        psql(url, &reexpire);
+    }
+    let (gs, ps) = (median(gs), median(ps));
+    report.push("get_expired", "store", 1, gs, true);
+    report.push("get_expired", "pgbench", 1, median(gp), true);
+    report.push("prune_expired", "store", 1, ps, true);
+    report.push("prune_expired", "pgbench", 1, median(pp), true);
+    report.note(&format!(
+        "  prune_expired of {expired} among {n}: {:.3} s; get_expired: {:.3} s",
+        ps.p50.as_secs_f64(),
+        gs.p50.as_secs_f64()
+    ));
+}
+
+pub async fn heartbeat_workload(cfg: &Config, report: &mut Report, url: &str, stmts: &Statements) {
+    let sets = cfg.heartbeat_sets;
+    report.note(&format!(
+        "heartbeat workload: {sets} sets over {KEYS} entries, 16 tasks, default autovacuum"
+    ));
+    psql(url, "TRUNCATE awareness_entries");
+    psql(
+        url,
+        &format!(
+            "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value) \
+             SELECT (k / {PER_DOC})::text, k::text, k::text, '{STATE}'::jsonb, 1 FROM generate_series(0, {}) k",
+            KEYS - 1
+        ),
+    );
+    psql(url, "VACUUM ANALYZE awareness_entries");
+    psql(url, "SELECT pg_stat_reset()");
+    let store = Arc::new(open_store(url, 16, PostgresOptions::default().synchronous_commit).await);
+    let tasks = 16;
+    let base = next_base();
+    let st = store.clone();
+    let fig = run_tasks(tasks, sets / tasks, move |t, i| {
+        let st = st.clone();
+        async move {
+            let u = set_update(SetKind::Heartbeat, tasks, t, i, base);
+            assert!(st.set(&u).await.expect("set").is_applied());
+            1
+        }
+    })
+    .await;
+    report.note(&format!(
+        "  {:.0} sets/s, p50 {:.3} ms, p99 {:.3} ms",
+        fig.ops_per_s,
+        ms(fig.p50),
+        ms(fig.p99)
+    ));
+    // Closing the pool ends the backends, which flushes their table statistics.
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stat = psql(
+        url,
+        "SELECT n_tup_upd || ' ' || n_tup_hot_upd || ' ' || n_dead_tup || ' ' || autovacuum_count \
+         FROM pg_stat_user_tables WHERE relname = 'awareness_entries'",
+    );
+    let v: Vec<f64> = stat.split(' ').filter_map(|x| x.parse().ok()).collect();
+    let size = |url: &str| -> (f64, f64) {
+        let s = psql(
+            url,
+            "SELECT pg_table_size('awareness_entries') || ' ' || pg_indexes_size('awareness_entries')",
+        );
+        let v: Vec<f64> = s.split(' ').filter_map(|x| x.parse().ok()).collect();
+        (v[0], v[1])
+    };
+    let (table, index) = size(url);
+    psql(url, "VACUUM FULL awareness_entries");
+    let (table_full, index_full) = size(url);
+    let kb = |b: f64| b / 1024.0;
+    if v.len() == 4 {
+        report.note(&format!(
+            "  updates {:.0}, HOT {:.0} ({:.1} %), dead tuples {:.0}, autovacuum runs {:.0}",
+            v[0],
+            v[1],
+            100.0 * v[1] / v[0].max(1.0),
+            v[2],
+            v[3]
+        ));
+    }
+    report.note(&format!(
+        "  size: table {:.0} kB + indexes {:.0} kB = {:.0} kB; after VACUUM FULL {:.0} + {:.0} = {:.0} kB; ratio {:.2}",
+        kb(table),
+        kb(index),
+        kb(table + index),
+        kb(table_full),
+        kb(index_full),
+        kb(table_full + index_full),
+        (table + index) / (table_full + index_full)
+    ));
+    // The plans, as a long-lived pooled connection runs them (generic plans of the prepared
+    // statements).
+    for (name, sql, types, args) in [
+        (
+            "set",
+            &stmts.set,
+            "(text, text, text, jsonb, bigint, interval)",
+            format!("('1', '10', '10', '{STATE}', 99, '{TIMEOUT}')"),
+        ),
+        (
+            "get_all",
+            &stmts.get_all,
+            "(text, interval)",
+            format!("('1', '{TIMEOUT}')"),
+        ),
+        (
+            "remove_all_for_connection",
+            &stmts.remove_all_for_connection,
+            "(text, interval)",
+            format!("('10', '{TIMEOUT}')"),
+        ),
+        (
+            "get_expired",
+            &stmts.get_expired,
+            "(interval)",
+            format!("('{TIMEOUT}')"),
+        ),
+        (
+            "prune_expired",
+            &stmts.prune_expired,
+            "(interval)",
+            format!("('{TIMEOUT}')"),
+        ),
+    ] {
+        let plan = psql(
+            url,
+            &format!(
+                "SET plan_cache_mode = force_generic_plan; PREPARE s{types} AS {sql}; \
+                 EXPLAIN (COSTS OFF) EXECUTE s{args}"
+            ),
+        );
+        report.note(&format!(
+            "  EXPLAIN {name}:\n    {}",
+            plan.replace('\n', "\n    ")
+        ));
+    }
+}
