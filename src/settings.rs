@@ -74,6 +74,12 @@ pub struct PostgresSettings {
     pub validate_on_start: bool,
     /// Apply pending migrations when building the store (needs DDL rights).
     pub migrate_on_start: bool,
+    /// PostgreSQL `statement_timeout` of the store's connections, in milliseconds; 0 keeps the
+    /// server's setting.
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL `synchronous_commit` of the store's connections (default off: awareness is
+    /// ephemeral; see docs/performance.md for the measured trade-off).
+    pub synchronous_commit: bool,
 }
 
 impl Default for PostgresSettings {
@@ -85,6 +91,8 @@ impl Default for PostgresSettings {
             connect_timeout_ms: millis(defaults.connect_timeout),
             validate_on_start: defaults.validate_on_start,
             migrate_on_start: false,
+            statement_timeout_ms: defaults.statement_timeout.map_or(0, millis),
+            synchronous_commit: defaults.synchronous_commit,
         }
     }
 }
@@ -132,7 +140,8 @@ impl AwarenessSettings {
     /// Reads `SYNCKIT__AWARENESS__PROVIDER`, `…__TIMEOUT_MS`, `…__MAX_STATE_BYTES`,
     /// `…__POSTGRES__URL` (else `DATABASE_URL`), `…__POSTGRES__POOL_SIZE`,
     /// `…__POSTGRES__CONNECT_TIMEOUT_MS`, `…__POSTGRES__VALIDATE_ON_START`,
-    /// `…__POSTGRES__MIGRATE_ON_START`; unset keys keep their defaults.
+    /// `…__POSTGRES__MIGRATE_ON_START`, `…__POSTGRES__STATEMENT_TIMEOUT_MS`,
+    /// `…__POSTGRES__SYNCHRONOUS_COMMIT`; unset keys keep their defaults.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -165,6 +174,12 @@ impl AwarenessSettings {
         }
         if let Some(v) = var("POSTGRES__MIGRATE_ON_START") {
             pg.migrate_on_start = parse("POSTGRES__MIGRATE_ON_START", &v)?;
+        }
+        if let Some(v) = var("POSTGRES__STATEMENT_TIMEOUT_MS") {
+            pg.statement_timeout_ms = parse("POSTGRES__STATEMENT_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = var("POSTGRES__SYNCHRONOUS_COMMIT") {
+            pg.synchronous_commit = parse("POSTGRES__SYNCHRONOUS_COMMIT", &v)?;
         }
         Ok(settings)
     }
@@ -222,7 +237,9 @@ impl AwarenessSettings {
             pool_size: self.postgres.pool_size,
             connect_timeout: Duration::from_millis(self.postgres.connect_timeout_ms),
             validate_on_start: false,
-            ..PostgresOptions::default()
+            statement_timeout: (self.postgres.statement_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.postgres.statement_timeout_ms)),
+            synchronous_commit: self.postgres.synchronous_commit,
         };
         let store = PostgresAwarenessStore::connect(url.expose(), options).await?;
         if self.postgres.migrate_on_start {
@@ -256,6 +273,8 @@ mod tests {
             ("SYNCKIT__AWARENESS__PROVIDER", "Postgres"),
             ("SYNCKIT__AWARENESS__TIMEOUT_MS", "15000"),
             ("SYNCKIT__AWARENESS__POSTGRES__POOL_SIZE", "3"),
+            ("SYNCKIT__AWARENESS__POSTGRES__SYNCHRONOUS_COMMIT", "true"),
+            ("SYNCKIT__AWARENESS__POSTGRES__STATEMENT_TIMEOUT_MS", "2500"),
             ("DATABASE_URL", "postgres://u:hunter2@h/db"),
         ]
         .into();
@@ -263,6 +282,8 @@ mod tests {
         assert_eq!(s.provider, Provider::Postgresql);
         assert_eq!(s.timeout_ms, 15000);
         assert_eq!(s.postgres.pool_size, 3);
+        assert!(s.postgres.synchronous_commit);
+        assert_eq!(s.postgres.statement_timeout_ms, 2500);
         assert_eq!(
             s.postgres.url.as_ref().unwrap().expose(),
             "postgres://u:hunter2@h/db"

@@ -79,7 +79,7 @@ async fn big_batches_match_the_model(s: Stores) {
                     &format!("doc{}", k % 3),
                     &format!("c{k}"),
                     (r / 40 % 80) as i64,
-                    r % 7 == 0,
+                    r.is_multiple_of(7),
                 )
             })
             .collect();
