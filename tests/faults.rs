@@ -216,7 +216,13 @@ async fn server_crash_restart_under_load() {
     synckit_awareness::run_migrations_at(&url, &[])
         .await
         .expect("migrate");
-    let store = PostgresAwarenessStore::connect(&url, options())
+    // A server crash loses the commits synchronous_commit = off has not flushed yet (the
+    // documented trade-off of the default); "every Applied set survives a crash" holds with it on.
+    let durable = PostgresOptions {
+        synchronous_commit: true,
+        ..options()
+    };
+    let store = PostgresAwarenessStore::connect(&url, durable)
         .await
         .expect("store");
     let restarting = cluster.clone();
