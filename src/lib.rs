@@ -27,8 +27,8 @@ pub use entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 pub use error::{Error, Field, InvalidReason, Result};
 pub use memory::MemoryAwarenessStore;
 pub use migrations::{
-    pending_migrations, run_migrations, run_migrations_at, MigrationReport, MIGRATIONS,
-    MIGRATION_LOCK_KEY,
+    establish_connection, pending_migrations, run_migrations, run_migrations_at, MigrationReport,
+    MIGRATIONS, MIGRATION_LOCK_KEY,
 };
 pub use postgres::{
     AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent, PgPool,

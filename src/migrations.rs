@@ -48,7 +48,7 @@ pub async fn run_migrations_at(
     database_url: &str,
     extra: &'static [&'static EmbeddedMigrations],
 ) -> Result<MigrationReport> {
-    run_migrations(connect(database_url).await?, extra).await
+    run_migrations(establish_connection(database_url).await?, extra).await
 }
 
 /// What [`run_migrations`] would apply, without applying anything.
@@ -59,8 +59,10 @@ pub async fn pending_migrations(
     with_locked_harness(conn, move |harness| migrate(harness, extra, true)).await
 }
 
-pub(crate) async fn connect(database_url: &str) -> Result<AsyncPgConnection> {
-    // Same TLS handling as the pool (sslmode in the URL); never echo the password.
+/// Opens one connection the way the store's pool does: `sslmode`/`sslrootcert` in the URL are
+/// honoured through rustls, and an error never echoes the password. For tools that need a single
+/// connection (migrations, the CLI) without a pool.
+pub async fn establish_connection(database_url: &str) -> Result<AsyncPgConnection> {
     crate::postgres::tls::connect(database_url)
         .await
         .map_err(|e| Error::Connection(crate::secret::redact(&e.to_string())))

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use diesel_async::pooled_connection::bb8::Pool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
-use synckit_awareness::{AwarenessSettings, DatabaseUrl, PostgresAwarenessStore, StoreOptions};
+use diesel_async::AsyncPgConnection;
+use synckit_awareness::{
+    establish_connection, AwarenessSettings, DatabaseUrl, Error, PostgresAwarenessStore,
+    PostgresOptions, StoreOptions,
+};
 
 use super::Failure;
 
@@ -59,9 +60,13 @@ impl Target {
     /// One connection, opened directly so that a refused connection, a wrong password or a
     /// missing database is reported as such (a pool would only say it timed out).
     pub(crate) async fn connect(&self) -> Result<AsyncPgConnection, Failure> {
-        let attempt = AsyncPgConnection::establish(self.url.expose());
+        let attempt = establish_connection(self.url.expose());
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(Error::Connection(reason))) => Err(Failure::connection(format!(
+                "cannot connect to {}: {reason}",
+                self.url
+            ))),
             Ok(Err(e)) => Err(Failure::connection(format!(
                 "cannot connect to {}: {e}",
                 self.url
@@ -79,14 +84,19 @@ impl Target {
     /// one, so `prune --every` survives a database restart.
     pub(crate) async fn store(&self) -> Result<PostgresAwarenessStore, Failure> {
         let conn = self.connect().await?;
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(self.url.expose());
-        let pool = Pool::builder()
-            .max_size(1)
-            .connection_timeout(self.connect_timeout)
-            .build_unchecked(manager);
-        // Only fails when the pool is full, which a new one-connection pool is not; the pool
-        // would then open its own connection anyway.
-        let _ = pool.add(conn);
-        Ok(PostgresAwarenessStore::from_pool(pool, self.options))
+        // The library's own pool set-up (TLS, session settings, health checks), one connection.
+        let options = PostgresOptions {
+            store: self.options,
+            pool_size: 1,
+            connect_timeout: self.connect_timeout,
+            validate_on_start: false,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresAwarenessStore::connect(self.url.expose(), options)
+            .await
+            .map_err(|e| Failure::connection(format!("cannot connect to {}: {e}", self.url)))?;
+        // Only fails when the pool already opened its connection; this one is then not needed.
+        let _ = store.pool().add(conn);
+        Ok(store)
     }
 }
