@@ -44,6 +44,12 @@ impl AwarenessEntry {
     }
 }
 
+/// Orders entries by (document, client) in byte order: how every multi-document result of every
+/// store is returned.
+pub(crate) fn sort_by_key(entries: &mut [AwarenessEntry]) {
+    entries.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+}
+
 /// What a client sends: its new awareness state with a clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AwarenessUpdate {

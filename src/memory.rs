@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
-use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Field, Result};
 use crate::store::{AwarenessStore, StoreOptions};
 use crate::trace::Op;
@@ -287,7 +287,7 @@ impl AwarenessStore for MemoryAwarenessStore {
             }
             removed
         });
-        removed.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+        sort_by_key(&mut removed);
         op.rows(removed.len());
         Ok(removed)
     }
@@ -307,7 +307,7 @@ impl AwarenessStore for MemoryAwarenessStore {
                 })
                 .collect()
         });
-        expired.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+        sort_by_key(&mut expired);
         op.rows(expired.len());
         Ok(expired)
     }

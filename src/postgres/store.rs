@@ -14,7 +14,7 @@ use super::connect::ConnectErrors;
 use super::feed::ChangeKind;
 use super::options::PostgresOptions;
 use super::sql;
-use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Field, Result};
 use crate::migrations::{run_migrations, MigrationReport};
 use crate::schema::awareness_entries::dsl::*;
@@ -140,10 +140,6 @@ fn pool_error_to_error(e: PoolError) -> Error {
 
 fn interval(timeout: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn sort_by_key(entries: &mut [AwarenessEntry]) {
-    entries.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
 }
 
 #[async_trait]
