@@ -257,7 +257,8 @@ async fn open_store(url: &str, pool_size: u32, synchronous_commit: bool) -> Post
 
 /// The preloaded data: 1,000 documents × 10 clients (client id = key, doc = key / 10,
 /// connection = key) and 100 documents × 100 clients; clock 1, fresh.
-fn load_base_data(url: &str) {
+/// Empties the table and loads the 1,000 documents × 10 clients every `set` workload uses.
+pub(crate) fn load_keys(url: &str) {
     psql(url, "TRUNCATE awareness_entries");
     psql(
         url,
@@ -267,6 +268,10 @@ fn load_base_data(url: &str) {
             KEYS - 1
         ),
     );
+}
+
+fn load_base_data(url: &str) {
+    load_keys(url);
     psql(
         url,
         &format!(

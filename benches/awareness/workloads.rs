@@ -614,15 +614,7 @@ pub async fn heartbeat_workload(cfg: &Config, report: &mut Report, url: &str, st
     report.note(&format!(
         "heartbeat workload: {sets} sets over {KEYS} entries, 16 tasks, default autovacuum"
     ));
-    psql(url, "TRUNCATE awareness_entries");
-    psql(
-        url,
-        &format!(
-            "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value) \
-             SELECT (k / {PER_DOC})::text, k::text, k::text, '{STATE}'::jsonb, 1 FROM generate_series(0, {}) k",
-            KEYS - 1
-        ),
-    );
+    crate::load_keys(url);
     psql(url, "VACUUM ANALYZE awareness_entries");
     psql(url, "SELECT pg_stat_reset()");
     let store = Arc::new(open_store(url, 16, PostgresOptions::default().synchronous_commit).await);
