@@ -1,22 +1,26 @@
 # synckit-awareness — every workflow goes through these targets.
 #
-# DATABASE_URL: a PostgreSQL server where this role may CREATE DATABASE; each test gets its own
-# database. Unset: the tests start PostgreSQL 17 with testcontainers (needs Docker).
+# `make test` finds PostgreSQL before compiling (tests/support/with-postgres.sh): DATABASE_URL (a
+# server where this role may CREATE DATABASE; each test gets its own database), else a Docker
+# engine (testcontainers starts postgres:17-alpine), else PostgreSQL's server programs (a
+# throwaway cluster under target/, stopped after the run), else it says how to provide one.
 
 CARGO ?= cargo
+# The CLI binary (and its tests) need the `cli` feature; the library alone builds without it.
+FEATURES ?= --features cli
 SCHEMA_DB ?= synckit_schema_check
 PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_CONTAINER_LABEL := synckit-awareness-tests
 
-.PHONY: test test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick
+.PHONY: test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick
 
 help:
 	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
-	@echo "make test          all tests (DATABASE_URL, else testcontainers)"
+	@echo "make test          all tests (DATABASE_URL, else Docker, else a throwaway local cluster)"
 	@echo "make test-faults   PostgreSQL crash-restart and killed backends under load (needs initdb/pg_ctl)"
 	@echo "make check         fmt --check, clippy -D warnings, doc"
 	@echo "make schema-check  schema.rs equals diesel print-schema after the migrations"
-	@echo "make install       cargo install --path ."
+	@echo "make install       cargo install --path . --features cli (the operator CLI)"
 	@echo "make bench         benchmark vs pgbench and Redis (~10 min; docs/performance.md)"
 	@echo "make bench-quick   the benchmark at tiny sizes (CI smoke test, judges no time)"
 
@@ -28,14 +32,18 @@ tests/js/node_modules/.installed: tests/js/package-lock.json tests/js/package.js
 	@touch $@
 
 test: tests/js/node_modules/.installed
-	$(CARGO) test --all-targets ; status=$$? ; \
+	@tests/support/with-postgres.sh $(MAKE) --no-print-directory test-suite
+
+# The suite itself, with a server already chosen (use `make test`).
+test-suite:
+	$(CARGO) test $(FEATURES) --all-targets ; status=$$? ; \
 	  $(MAKE) --no-print-directory clean-test-containers ; \
-	  [ $$status -eq 0 ] && $(CARGO) test --doc
+	  [ $$status -eq 0 ] && $(CARGO) test $(FEATURES) --doc
 
 # The fault tests are #[ignore]d in `make test` (they restart servers); here they run alone,
 # one at a time, printing the recovery times they measure.
 test-faults:
-	$(CARGO) test --test faults -- --ignored --nocapture --test-threads=1 ; status=$$? ; \
+	$(CARGO) test $(FEATURES) --test faults -- --ignored --nocapture --test-threads=1 ; status=$$? ; \
 	  $(MAKE) --no-print-directory clean-test-containers ; exit $$status
 
 check: fmt lint doc
@@ -44,10 +52,10 @@ fmt:
 	$(CARGO) fmt --all -- --check
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy $(FEATURES) --all-targets -- -D warnings
 
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(FEATURES) --no-deps
 
 # Applies the migrations with diesel CLI to a scratch database, regenerates the schema with
 # `diesel print-schema`, and fails when it differs from the committed schema.rs. Also checks
@@ -67,16 +75,16 @@ schema-check:
 BENCH_DATABASE_URL ?= $(PG_ADMIN_URL)
 
 bench:
-	DATABASE_URL="$(BENCH_DATABASE_URL)" $(CARGO) bench --bench awareness -- $(BENCH_ARGS)
+	DATABASE_URL="$(BENCH_DATABASE_URL)" $(CARGO) bench $(FEATURES) --bench awareness -- $(BENCH_ARGS)
 
 bench-quick:
-	DATABASE_URL="$(BENCH_DATABASE_URL)" $(CARGO) bench --bench awareness -- --quick
+	DATABASE_URL="$(BENCH_DATABASE_URL)" $(CARGO) bench $(FEATURES) --bench awareness -- --quick
 
 demo:
-	$(CARGO) run --quiet --example quickstart
+	$(CARGO) run $(FEATURES) --quiet --example quickstart
 
 install:
-	$(CARGO) install --path .
+	$(CARGO) install --path . --features cli
 
 clean-test-containers:
 	@ids=$$(docker ps -aq --filter label=$(TEST_CONTAINER_LABEL) 2>/dev/null); \

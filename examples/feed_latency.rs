@@ -68,17 +68,11 @@ async fn main() -> Res<()> {
         .await?;
     let url = replace_database(&admin_url, DB);
     synckit_awareness::run_migrations_at(&url, &[]).await?;
-    let options = PostgresOptions {
-        pool_size: 8,
-        ..Default::default()
-    };
+    let options = PostgresOptions::default().with_pool_size(8);
     let plain = PostgresAwarenessStore::connect(&url, options).await?;
     let feed = PostgresAwarenessStore::connect(&url, options)
         .await?
-        .with_change_feed(ChangeFeedOptions {
-            publish: true,
-            ..Default::default()
-        })?;
+        .with_change_feed(ChangeFeedOptions::default().with_publish(true))?;
     let reader = PostgresAwarenessStore::connect(&url, options).await?;
 
     // A subscriber on another store during every run, as in production; counts events.

@@ -30,12 +30,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = AwarenessSettings::from_env()?;
     // A short timeout so the demo can show a client timing out within seconds.
     settings.timeout_ms = 1500;
-    if settings.postgres.url.is_some() {
-        settings.provider = Provider::Postgresql;
-        settings.postgres.migrate_on_start = true;
-        println!("Using PostgreSQL (DATABASE_URL is set); migrations applied at start-up.");
-    } else {
-        println!("Using the in-memory store (set DATABASE_URL to run this on PostgreSQL).");
+    // The settings' own rule: PostgreSQL when a URL is set (unless the provider says memory).
+    match (settings.effective_provider(), &settings.postgres.url) {
+        (Provider::Postgresql, Some(url)) => {
+            settings.postgres.migrate_on_start = true;
+            println!(
+                "Using PostgreSQL at {url}: applying this crate's migrations there first \
+                 (creates the table awareness_entries if missing), then writing demo entries \
+                 to documents doc-design and doc-notes."
+            );
+        }
+        _ => println!("Using the in-memory store (set DATABASE_URL to run this on PostgreSQL)."),
     }
     let store = settings.build().await?;
     // Start from a clean slate in case an earlier run left entries behind.

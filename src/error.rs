@@ -81,7 +81,11 @@ pub enum InvalidReason {
 }
 
 /// Every failure of this crate.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` and `Debug` print the same sentence, saying what to do, so that
+/// `fn main() -> Result<(), Error>` reports a failure readably; `{:#?}` shows the variant and
+/// its fields for developers.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An input was refused before reaching storage; nothing was written.
@@ -99,10 +103,11 @@ pub enum Error {
          or `PostgresAwarenessStore::migrate`)"
     )]
     SchemaMismatch(SchemaReport),
-    /// No pooled connection became free within the pool's connection timeout.
+    /// Every pooled connection stayed busy for the pool's whole connection timeout (when
+    /// connections cannot be opened, the error is [`Error::Connection`] instead).
     #[error(
-        "timed out after {0:?} waiting for a PostgreSQL connection from the pool; \
-         raise the pool size or the connection timeout, or look for slow queries"
+        "every pooled PostgreSQL connection stayed busy for {0:?}; look for slow queries or \
+         raise the pool size"
     )]
     PoolTimeout(Duration),
     /// A connection to PostgreSQL could not be opened or was lost.
@@ -121,6 +126,28 @@ pub enum Error {
     /// nothing was applied.
     #[error("malformed y-protocols awareness data: {0}")]
     Codec(#[from] crate::y_protocols::CodecError),
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return write!(f, "{self}");
+        }
+        match self {
+            Error::InvalidInput { field, reason } => f
+                .debug_struct("InvalidInput")
+                .field("field", field)
+                .field("reason", reason)
+                .finish(),
+            Error::SchemaMismatch(report) => f.debug_tuple("SchemaMismatch").field(report).finish(),
+            Error::PoolTimeout(waited) => f.debug_tuple("PoolTimeout").field(waited).finish(),
+            Error::Connection(reason) => f.debug_tuple("Connection").field(reason).finish(),
+            Error::Database(e) => f.debug_tuple("Database").field(e).finish(),
+            Error::Migration(reason) => f.debug_tuple("Migration").field(reason).finish(),
+            Error::Config(reason) => f.debug_tuple("Config").field(reason).finish(),
+            Error::Codec(e) => f.debug_tuple("Codec").field(e).finish(),
+        }
+    }
 }
 
 impl Error {

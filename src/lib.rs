@@ -31,8 +31,8 @@ pub use migrations::{
     MIGRATIONS, MIGRATION_LOCK_KEY,
 };
 pub use postgres::{
-    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent, PgPool,
-    PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
+    build_pool, connection_manager, AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind,
+    ChangeStream, FeedEvent, PgPool, PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
 };
 pub use postgres::{DocumentActivity, InspectedEntry, StoreStats};
 pub use pruner::Pruner;
@@ -48,3 +48,4 @@ pub use validate::{DEFAULT_MAX_STATE_BYTES, MAX_ID_BYTES, MAX_STATE_DEPTH};
 // Re-exported so hosts can name the types in signatures without matching versions by hand.
 pub use diesel_async;
 pub use diesel_migrations::EmbeddedMigrations;
+pub use serde_json;

@@ -9,7 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 use crate::memory::MemoryAwarenessStore;
-use crate::postgres::{PostgresAwarenessStore, PostgresOptions};
+use crate::postgres::{
+    ChangeFeedOptions, PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
+};
 use crate::secret::DatabaseUrl;
 use crate::store::{AwarenessStore, StoreOptions, DEFAULT_TIMEOUT};
 use crate::validate::DEFAULT_MAX_STATE_BYTES;
@@ -22,8 +24,11 @@ pub const ENV_PREFIX: &str = "SYNCKIT__AWARENESS__";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
-    /// [`MemoryAwarenessStore`]: one process, nothing persisted. The default.
+    /// The default: PostgreSQL when a URL is configured (`postgres.url`, or `DATABASE_URL`
+    /// in [`AwarenessSettings::from_env`]), else memory.
     #[default]
+    Auto,
+    /// [`MemoryAwarenessStore`]: one process, nothing persisted.
     Memory,
     /// [`PostgresAwarenessStore`].
     Postgresql,
@@ -34,10 +39,11 @@ impl FromStr for Provider {
 
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Provider::Auto),
             "memory" | "inmemory" | "in-memory" => Ok(Provider::Memory),
             "postgresql" | "postgres" | "pg" => Ok(Provider::Postgresql),
             other => Err(Error::Config(format!(
-                "unknown awareness provider {other:?}; valid providers: memory, postgresql (or postgres)"
+                "unknown awareness provider {other:?}; valid providers: auto, memory, postgresql (or postgres)"
             ))),
         }
     }
@@ -53,6 +59,7 @@ impl<'de> Deserialize<'de> for Provider {
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Provider::Auto => "auto",
             Provider::Memory => "memory",
             Provider::Postgresql => "postgresql",
         })
@@ -68,8 +75,10 @@ pub struct PostgresSettings {
     pub url: Option<DatabaseUrl>,
     /// Most pooled connections.
     pub pool_size: u32,
-    /// How long a call waits for a pooled connection, in milliseconds.
-    pub connect_timeout_ms: u64,
+    /// How long a call waits for a free pooled connection, in milliseconds
+    /// ([`PostgresOptions::acquire_timeout`]; accepted under its old name `connect_timeout_ms`).
+    #[serde(alias = "connect_timeout_ms")]
+    pub acquire_timeout_ms: u64,
     /// Check the schema when building the store, failing fast when it differs.
     pub validate_on_start: bool,
     /// Apply pending migrations when building the store (needs DDL rights).
@@ -80,6 +89,11 @@ pub struct PostgresSettings {
     /// PostgreSQL `synchronous_commit` of the store's connections (default off: awareness is
     /// ephemeral; see docs/performance.md for the measured trade-off).
     pub synchronous_commit: bool,
+    /// Publish every applied change to the change feed (`NOTIFY`), so that other instances on
+    /// the same database hear of it ([`ChangeFeedOptions::publish`]).
+    pub change_feed: bool,
+    /// The change feed's `NOTIFY` channel; every instance of one deployment uses the same.
+    pub change_feed_channel: String,
 }
 
 impl Default for PostgresSettings {
@@ -88,12 +102,37 @@ impl Default for PostgresSettings {
         Self {
             url: None,
             pool_size: defaults.pool_size,
-            connect_timeout_ms: millis(defaults.connect_timeout),
+            acquire_timeout_ms: millis(defaults.acquire_timeout),
             validate_on_start: defaults.validate_on_start,
             migrate_on_start: false,
             statement_timeout_ms: defaults.statement_timeout.map_or(0, millis),
             synchronous_commit: defaults.synchronous_commit,
+            change_feed: false,
+            change_feed_channel: DEFAULT_CHANNEL.to_owned(),
         }
+    }
+}
+
+impl PostgresSettings {
+    /// The [`PostgresOptions`] these settings describe, around `store`.
+    pub fn options(&self, store: StoreOptions) -> PostgresOptions {
+        PostgresOptions::default()
+            .with_store(store)
+            .with_pool_size(self.pool_size)
+            .with_acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
+            .with_validate_on_start(self.validate_on_start)
+            .with_statement_timeout(
+                (self.statement_timeout_ms > 0)
+                    .then(|| Duration::from_millis(self.statement_timeout_ms)),
+            )
+            .with_synchronous_commit(self.synchronous_commit)
+    }
+
+    /// The [`ChangeFeedOptions`] these settings describe (a fresh `origin`).
+    pub fn change_feed_options(&self) -> ChangeFeedOptions {
+        ChangeFeedOptions::default()
+            .with_publish(self.change_feed)
+            .with_channel(self.change_feed_channel.clone())
     }
 }
 
@@ -111,7 +150,8 @@ impl Default for PostgresSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AwarenessSettings {
-    /// `memory` (default) or `postgresql` (alias `postgres`).
+    /// `auto` (default: PostgreSQL when a URL is set, else memory), `memory` or `postgresql`
+    /// (alias `postgres`).
     pub provider: Provider,
     /// Expiry timeout in milliseconds (default 30000, like `AWARENESS_TIMEOUT_MS`).
     pub timeout_ms: u64,
@@ -139,9 +179,11 @@ fn millis(d: Duration) -> u64 {
 impl AwarenessSettings {
     /// Reads `SYNCKIT__AWARENESS__PROVIDER`, `…__TIMEOUT_MS`, `…__MAX_STATE_BYTES`,
     /// `…__POSTGRES__URL` (else `DATABASE_URL`), `…__POSTGRES__POOL_SIZE`,
-    /// `…__POSTGRES__CONNECT_TIMEOUT_MS`, `…__POSTGRES__VALIDATE_ON_START`,
-    /// `…__POSTGRES__MIGRATE_ON_START`, `…__POSTGRES__STATEMENT_TIMEOUT_MS`,
-    /// `…__POSTGRES__SYNCHRONOUS_COMMIT`; unset keys keep their defaults.
+    /// `…__POSTGRES__ACQUIRE_TIMEOUT_MS` (old name `…__CONNECT_TIMEOUT_MS`),
+    /// `…__POSTGRES__VALIDATE_ON_START`, `…__POSTGRES__MIGRATE_ON_START`,
+    /// `…__POSTGRES__STATEMENT_TIMEOUT_MS`, `…__POSTGRES__SYNCHRONOUS_COMMIT`,
+    /// `…__POSTGRES__CHANGE_FEED`, `…__POSTGRES__CHANGE_FEED_CHANNEL`; unset keys keep their
+    /// defaults. With the provider unset (`auto`), a URL selects PostgreSQL.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -166,8 +208,13 @@ impl AwarenessSettings {
         if let Some(v) = var("POSTGRES__POOL_SIZE") {
             pg.pool_size = parse("POSTGRES__POOL_SIZE", &v)?;
         }
-        if let Some(v) = var("POSTGRES__CONNECT_TIMEOUT_MS") {
-            pg.connect_timeout_ms = parse("POSTGRES__CONNECT_TIMEOUT_MS", &v)?;
+        for key in [
+            "POSTGRES__CONNECT_TIMEOUT_MS",
+            "POSTGRES__ACQUIRE_TIMEOUT_MS",
+        ] {
+            if let Some(v) = var(key) {
+                pg.acquire_timeout_ms = parse(key, &v)?;
+            }
         }
         if let Some(v) = var("POSTGRES__VALIDATE_ON_START") {
             pg.validate_on_start = parse("POSTGRES__VALIDATE_ON_START", &v)?;
@@ -181,14 +228,29 @@ impl AwarenessSettings {
         if let Some(v) = var("POSTGRES__SYNCHRONOUS_COMMIT") {
             pg.synchronous_commit = parse("POSTGRES__SYNCHRONOUS_COMMIT", &v)?;
         }
+        if let Some(v) = var("POSTGRES__CHANGE_FEED") {
+            pg.change_feed = parse("POSTGRES__CHANGE_FEED", &v)?;
+        }
+        if let Some(v) = var("POSTGRES__CHANGE_FEED_CHANNEL") {
+            pg.change_feed_channel = v;
+        }
         Ok(settings)
     }
 
     /// The store options these settings describe.
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
-            timeout: Duration::from_millis(self.timeout_ms),
-            max_state_bytes: self.max_state_bytes,
+        StoreOptions::default()
+            .with_timeout(Duration::from_millis(self.timeout_ms))
+            .with_max_state_bytes(self.max_state_bytes)
+    }
+
+    /// The store [`build`](Self::build) makes: the configured provider, where `auto` means
+    /// PostgreSQL when a URL is set and memory otherwise.
+    pub fn effective_provider(&self) -> Provider {
+        match (self.provider, &self.postgres.url) {
+            (Provider::Auto, Some(_)) => Provider::Postgresql,
+            (Provider::Auto, None) => Provider::Memory,
+            (chosen, _) => chosen,
         }
     }
 
@@ -197,7 +259,7 @@ impl AwarenessSettings {
         if self.timeout_ms == 0 {
             return Err(Error::Config("timeout_ms must be greater than 0".into()));
         }
-        if self.provider == Provider::Postgresql {
+        if self.effective_provider() == Provider::Postgresql {
             if self.postgres.url.is_none() {
                 return Err(Error::Config(format!(
                     "provider postgresql needs a URL: set postgres.url, {ENV_PREFIX}POSTGRES__URL or DATABASE_URL"
@@ -212,15 +274,24 @@ impl AwarenessSettings {
         Ok(())
     }
 
-    /// Builds the configured store. For PostgreSQL: connects, applies migrations when
-    /// `migrate_on_start`, and checks the schema when `validate_on_start`.
+    /// Builds the store of [`effective_provider`](Self::effective_provider). For PostgreSQL:
+    /// connects, applies migrations when `migrate_on_start`, checks the schema when
+    /// `validate_on_start`, and starts publishing to the change feed when `change_feed`.
     pub async fn build(&self) -> Result<Arc<dyn AwarenessStore>> {
         self.validate()?;
-        match self.provider {
-            Provider::Memory => Ok(Arc::new(MemoryAwarenessStore::with_options(
-                self.store_options(),
-            ))),
+        match self.effective_provider() {
             Provider::Postgresql => Ok(Arc::new(self.build_postgres().await?)),
+            _ => {
+                if self.postgres.url.is_some() {
+                    tracing::info!(
+                        "a PostgreSQL URL is set, but the provider is `memory`: using the \
+                         in-memory store ({ENV_PREFIX}PROVIDER=postgresql or `auto` uses the URL)"
+                    );
+                }
+                Ok(Arc::new(MemoryAwarenessStore::with_options(
+                    self.store_options(),
+                )))
+            }
         }
     }
 
@@ -232,15 +303,11 @@ impl AwarenessSettings {
                 "no PostgreSQL URL: set postgres.url, {ENV_PREFIX}POSTGRES__URL or DATABASE_URL"
             ))
         })?;
-        let options = PostgresOptions {
-            store: self.store_options(),
-            pool_size: self.postgres.pool_size,
-            connect_timeout: Duration::from_millis(self.postgres.connect_timeout_ms),
-            validate_on_start: false,
-            statement_timeout: (self.postgres.statement_timeout_ms > 0)
-                .then(|| Duration::from_millis(self.postgres.statement_timeout_ms)),
-            synchronous_commit: self.postgres.synchronous_commit,
-        };
+        // The schema is checked after the migrations below, not on connecting.
+        let options = self
+            .postgres
+            .options(self.store_options())
+            .with_validate_on_start(false);
         let store = PostgresAwarenessStore::connect(url.expose(), options).await?;
         if self.postgres.migrate_on_start {
             store.migrate(&[]).await?;
@@ -248,7 +315,43 @@ impl AwarenessSettings {
         if self.postgres.validate_on_start {
             store.ensure_schema().await?;
         }
+        if self.postgres.change_feed {
+            return store.with_change_feed(self.postgres.change_feed_options());
+        }
         Ok(store)
+    }
+}
+
+/// One line, for a start-up log: every setting, the URL without its password.
+impl fmt::Display for AwarenessSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "provider={} (effective: {}) timeout_ms={} max_state_bytes={}",
+            self.provider,
+            self.effective_provider(),
+            self.timeout_ms,
+            self.max_state_bytes
+        )?;
+        let pg = &self.postgres;
+        match &pg.url {
+            Some(url) => write!(f, " postgres.url={url}")?,
+            None => f.write_str(" postgres.url=(none)")?,
+        }
+        write!(
+            f,
+            " postgres.pool_size={} postgres.acquire_timeout_ms={} postgres.validate_on_start={} \
+             postgres.migrate_on_start={} postgres.statement_timeout_ms={} \
+             postgres.synchronous_commit={} postgres.change_feed={} postgres.change_feed_channel={}",
+            pg.pool_size,
+            pg.acquire_timeout_ms,
+            pg.validate_on_start,
+            pg.migrate_on_start,
+            pg.statement_timeout_ms,
+            pg.synchronous_commit,
+            pg.change_feed,
+            pg.change_feed_channel
+        )
     }
 }
 
@@ -290,6 +393,12 @@ mod tests {
         );
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+        let shown = s.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres.url=postgres://u:***@h/db"),
+            "{shown}"
+        );
         assert_eq!(s.store_options().timeout, Duration::from_secs(15));
     }
 
@@ -297,7 +406,8 @@ mod tests {
     fn defaults_and_errors() {
         let s = AwarenessSettings::from_lookup(|_| None).unwrap();
         assert_eq!(s, AwarenessSettings::default());
-        assert_eq!(s.provider, Provider::Memory);
+        assert_eq!(s.provider, Provider::Auto);
+        assert_eq!(s.effective_provider(), Provider::Memory);
         assert_eq!(s.timeout_ms, 30_000);
 
         let err = AwarenessSettings::from_lookup(|k| {
@@ -305,7 +415,10 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, Error::Config(_)));
-        assert!(err.to_string().contains("memory, postgresql"), "{err}");
+        assert!(
+            err.to_string().contains("auto, memory, postgresql"),
+            "{err}"
+        );
 
         let err = AwarenessSettings::from_lookup(|k| {
             (k == "SYNCKIT__AWARENESS__TIMEOUT_MS").then(|| "soon".to_string())
@@ -321,7 +434,48 @@ mod tests {
     }
 
     #[test]
+    fn one_rule_for_the_provider() {
+        let lookup = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let url_only =
+            AwarenessSettings::from_lookup(lookup(&[("DATABASE_URL", "postgres://h/db")])).unwrap();
+        assert_eq!(url_only.effective_provider(), Provider::Postgresql);
+        let memory_chosen = AwarenessSettings::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("SYNCKIT__AWARENESS__PROVIDER", "memory"),
+        ]))
+        .unwrap();
+        assert_eq!(memory_chosen.effective_provider(), Provider::Memory);
+        let old_name = AwarenessSettings::from_lookup(lookup(&[(
+            "SYNCKIT__AWARENESS__POSTGRES__CONNECT_TIMEOUT_MS",
+            "1234",
+        )]))
+        .unwrap();
+        assert_eq!(old_name.postgres.acquire_timeout_ms, 1234);
+        let feed = AwarenessSettings::from_lookup(lookup(&[
+            ("SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED", "true"),
+            (
+                "SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED_CHANNEL",
+                "presence",
+            ),
+        ]))
+        .unwrap();
+        let options = feed.postgres.change_feed_options();
+        assert!(options.publish);
+        assert_eq!(options.channel, "presence");
+    }
+
+    #[test]
     fn deserializes_from_toml_like_json() {
+        let s: AwarenessSettings =
+            serde_json::from_str(r#"{"postgres":{"connect_timeout_ms":700}}"#).unwrap();
+        assert_eq!(s.postgres.acquire_timeout_ms, 700);
         let err = serde_json::from_str::<AwarenessSettings>(r#"{"provider":"mongo"}"#).unwrap_err();
         assert!(err.to_string().contains("valid providers"), "{err}");
         let s: AwarenessSettings = serde_json::from_str(r#"{"provider":"postgresql"}"#).unwrap();

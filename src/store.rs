@@ -13,8 +13,9 @@ use crate::validate::DEFAULT_MAX_STATE_BYTES;
 /// `outdatedTimeout`, SyncKit's `AWARENESS_TIMEOUT_MS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Behaviour shared by every store.
+/// Behaviour shared by every store: `StoreOptions::default().with_timeout(..)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreOptions {
     /// An entry is expired when `last_seen + timeout <= now`.
     pub timeout: Duration,
@@ -45,7 +46,7 @@ impl StoreOptions {
     }
 }
 
-/// Where awareness entries live. Semantics: `awareness-contract.md` (summarised on each method).
+/// Where awareness entries live. Semantics: the repository's `docs/contract.md` (summarised on each method).
 ///
 /// An entry is *expired* when `last_seen + timeout <= now`; expired entries are absent for every
 /// read and for ordering, and stay in storage only until pruned. Every method validates its ids

@@ -377,7 +377,8 @@ async fn stats_counts_match_the_table() {
         .assert()
         .success()
         .stdout(predicate::str::contains(
-            "entries          6 (live 3, tombstones 1, expired 2; timeout 30s)",
+            "entries          6 (live 3, tombstones 1, expired 2; timeout 30s; each entry counts \
+             once, an expired one as expired whatever its state)",
         ))
         .stdout(predicate::str::contains(
             "documents        2 (2 with live entries)",

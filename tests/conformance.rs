@@ -1,6 +1,6 @@
 //! One conformance suite for every store: each test below runs against the in-memory store and
 //! against PostgreSQL (an isolated database per test), with the rules of
-//! `awareness-contract.md`.
+//! `docs/contract.md`.
 
 mod common;
 

@@ -49,12 +49,10 @@ struct Report {
 }
 
 fn options() -> PostgresOptions {
-    PostgresOptions {
-        pool_size: 8,
-        connect_timeout: Duration::from_secs(2),
-        statement_timeout: Some(Duration::from_secs(10)),
-        ..Default::default()
-    }
+    PostgresOptions::default()
+        .with_pool_size(8)
+        .with_acquire_timeout(Duration::from_secs(2))
+        .with_statement_timeout(Some(Duration::from_secs(10)))
 }
 
 /// Runs `WRITERS` writers against `store`, triggers `fault` once they are busy, and returns
@@ -218,10 +216,7 @@ async fn server_crash_restart_under_load() {
         .expect("migrate");
     // A server crash loses the commits synchronous_commit = off has not flushed yet (the
     // documented trade-off of the default); "every Applied set survives a crash" holds with it on.
-    let durable = PostgresOptions {
-        synchronous_commit: true,
-        ..options()
-    };
+    let durable = options().with_synchronous_commit(true);
     let store = PostgresAwarenessStore::connect(&url, durable)
         .await
         .expect("store");

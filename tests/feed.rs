@@ -19,10 +19,7 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 async fn publisher(db: &TestDb, timeout: Duration) -> PostgresAwarenessStore {
     db.store(options(timeout))
         .await
-        .with_change_feed(ChangeFeedOptions {
-            publish: true,
-            ..Default::default()
-        })
+        .with_change_feed(ChangeFeedOptions::default().with_publish(true))
         .expect("feed options")
 }
 
@@ -151,10 +148,7 @@ async fn leaves_removals_and_prunes_are_published() {
 
     // Expiry, through a short-timeout view of the same table that publishes too.
     let a = PostgresAwarenessStore::from_pool(a.pool().clone(), options(SHORT))
-        .with_change_feed(ChangeFeedOptions {
-            publish: true,
-            ..Default::default()
-        })
+        .with_change_feed(ChangeFeedOptions::default().with_publish(true))
         .unwrap();
     a.set(&set("doc", "erin", 1)).await.unwrap();
     a.set(&set("doc", "frank", 1)).await.unwrap();
@@ -261,18 +255,10 @@ async fn publishing_is_off_by_default_and_options_are_checked() {
     assert_eq!(next_change(&mut feed).await.client_ids, ["loud"]);
 
     for bad in [
-        ChangeFeedOptions {
-            channel: String::new(),
-            ..Default::default()
-        },
-        ChangeFeedOptions {
-            channel: "c".repeat(64),
-            ..Default::default()
-        },
-        ChangeFeedOptions {
-            origin: "o\0".into(),
-            ..Default::default()
-        },
+        ChangeFeedOptions::default().with_channel(String::new()),
+        ChangeFeedOptions::default().with_channel("c".repeat(64)),
+        ChangeFeedOptions::default().with_origin("o\0"),
+        ChangeFeedOptions::default().with_capacity(0),
     ] {
         assert!(matches!(
             db.store(options(LONG)).await.with_change_feed(bad),

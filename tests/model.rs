@@ -1,6 +1,6 @@
 //! Model check: random operation sequences (sets with equal and lower clocks, leaves, several
 //! connections and documents, removals, expiry) run against a reference model written from
-//! `awareness-contract.md`, the in-memory store and the PostgreSQL store; any difference fails
+//! `docs/contract.md`, the in-memory store and the PostgreSQL store; any difference fails
 //! with the shrunk sequence.
 //!
 //! Expiry is deterministic: the stores run with a 1 s timeout, a sequence between two `Wait`s
@@ -105,7 +105,7 @@ enum Outcome {
     Waited,
 }
 
-/// The contract, written directly from awareness-contract.md.
+/// The contract, written directly from docs/contract.md.
 #[derive(Default)]
 struct Model {
     /// (document, client) -> entry; BTreeMap gives the (document, client) order.
@@ -327,11 +327,9 @@ async fn stores_match_the_contract_model() {
     let postgres = Arc::new(
         PostgresAwarenessStore::connect(
             &db.url,
-            PostgresOptions {
-                store: StoreOptions::default().with_timeout(TIMEOUT),
-                pool_size: 2,
-                ..Default::default()
-            },
+            PostgresOptions::default()
+                .with_timeout(TIMEOUT)
+                .with_pool_size(2),
         )
         .await
         .expect("store"),

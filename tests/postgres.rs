@@ -200,10 +200,8 @@ async fn connect_fails_fast_on_an_unmigrated_database() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_database_is_a_connection_error() {
-    let options = PostgresOptions {
-        connect_timeout: std::time::Duration::from_millis(500),
-        ..Default::default()
-    };
+    let options =
+        PostgresOptions::default().with_acquire_timeout(std::time::Duration::from_millis(500));
     // Port 1 on loopback refuses connections.
     let err = PostgresAwarenessStore::connect("postgres://u:hunter2@127.0.0.1:1/db", options)
         .await

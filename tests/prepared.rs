@@ -32,15 +32,10 @@ async fn prepared_like(store: &PostgresAwarenessStore, pattern: &str) -> i64 {
 async fn set_and_set_many_are_prepared_once_per_connection() {
     let db = common::TestDb::migrated().await;
     // One connection, so every call below runs on the session being inspected.
-    let store = PostgresAwarenessStore::connect(
-        &db.url,
-        PostgresOptions {
-            pool_size: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let store =
+        PostgresAwarenessStore::connect(&db.url, PostgresOptions::default().with_pool_size(1))
+            .await
+            .unwrap();
     for clock in 0..5 {
         let update = AwarenessUpdate::new("d", "c", "k", clock, Some(json!({ "n": clock })));
         assert!(store.set(&update).await.unwrap().is_applied());

@@ -165,11 +165,9 @@ async fn races_postgres() {
     // let waits be long (the pool timeout has its own test below).
     let store = PostgresAwarenessStore::connect(
         &db.url,
-        PostgresOptions {
-            pool_size: 8,
-            connect_timeout: HANG,
-            ..Default::default()
-        },
+        PostgresOptions::default()
+            .with_pool_size(8)
+            .with_acquire_timeout(HANG),
     )
     .await
     .expect("store");
@@ -192,12 +190,10 @@ async fn small_store(
 ) -> PostgresAwarenessStore {
     PostgresAwarenessStore::connect(
         &db.url,
-        PostgresOptions {
-            pool_size: 2,
-            connect_timeout: connect,
-            statement_timeout: Some(statement),
-            ..Default::default()
-        },
+        PostgresOptions::default()
+            .with_pool_size(2)
+            .with_acquire_timeout(connect)
+            .with_statement_timeout(Some(statement)),
     )
     .await
     .expect("store")

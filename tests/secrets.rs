@@ -72,10 +72,7 @@ async fn passwords_never_reach_debug_display_errors_or_traces() {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let quick = PostgresOptions {
-        connect_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
+    let quick = PostgresOptions::default().with_acquire_timeout(Duration::from_millis(500));
     for bad in [
         format!("postgres://app:{password}@127.0.0.1:{closed_port}/x"),
         format!("postgres://app:{password}@127.0.0.1:notaport/x"),

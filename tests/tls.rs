@@ -45,12 +45,10 @@ async fn tls_server() -> &'static TlsServer {
 }
 
 fn options() -> PostgresOptions {
-    PostgresOptions {
-        pool_size: 2,
-        // Failing connects (the refusals below) wait this long.
-        connect_timeout: std::time::Duration::from_secs(1),
-        ..Default::default()
-    }
+    // Failing connects (the refusals below) wait this long.
+    PostgresOptions::default()
+        .with_pool_size(2)
+        .with_acquire_timeout(std::time::Duration::from_secs(1))
 }
 
 /// Whether the store's own connections are encrypted, as the server sees them.

@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use synckit_awareness::{
-    AwarenessStore, AwarenessUpdate, PostgresAwarenessStore, PostgresOptions, StoreOptions,
-};
+use synckit_awareness::{AwarenessStore, AwarenessUpdate, PostgresAwarenessStore, PostgresOptions};
 
 use pg::psql;
 use redis::{Redis, Reply};
@@ -244,12 +242,10 @@ fn rand(task: usize, i: usize) -> u64 {
 async fn open_store(url: &str, pool_size: u32, synchronous_commit: bool) -> PostgresAwarenessStore {
     PostgresAwarenessStore::connect(
         url,
-        PostgresOptions {
-            store: StoreOptions::default().with_timeout(Duration::from_secs(86_400)),
-            pool_size,
-            synchronous_commit,
-            ..Default::default()
-        },
+        PostgresOptions::default()
+            .with_timeout(Duration::from_secs(86_400))
+            .with_pool_size(pool_size)
+            .with_synchronous_commit(synchronous_commit),
     )
     .await
     .expect("open the store")

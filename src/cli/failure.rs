@@ -13,6 +13,13 @@ const CONNECTION_HINT: &str =
     "check --database-url (or DATABASE_URL / SYNCKIT__AWARENESS__POSTGRES__URL) \
      and that PostgreSQL accepts connections from here";
 
+const MISSING_DATABASE_HINT: &str =
+    "the server is up but has no such database: create it (`createdb <name>` or \
+     `CREATE DATABASE <name>`), or fix the database name at the end of the URL";
+
+const PASSWORD_HINT: &str =
+    "the server refused the user or password in the URL: check both, and the server's pg_hba.conf";
+
 #[derive(Debug)]
 pub(crate) struct Failure {
     code: u8,
@@ -31,9 +38,17 @@ impl Failure {
         Self::new(PROBLEM, message.into(), None)
     }
 
-    /// The database cannot be reached: exit code 2, with the connection hint.
+    /// The database cannot be reached: exit code 2, with the hint that fits the reason.
     pub(crate) fn connection(message: impl Into<String>) -> Self {
-        Self::new(UNUSABLE, message.into(), Some(CONNECTION_HINT))
+        let message = message.into();
+        let hint = if message.contains("database \"") && message.contains("does not exist") {
+            MISSING_DATABASE_HINT
+        } else if message.contains("password authentication failed") {
+            PASSWORD_HINT
+        } else {
+            CONNECTION_HINT
+        };
+        Self::new(UNUSABLE, message, Some(hint))
     }
 
     fn new(code: u8, message: String, hint: Option<&str>) -> Self {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
 /// `4s ago`, `3m ago`, `2h ago`, `5d ago`: the coarsest unit that is at least one.
 pub(crate) fn age(age: Duration) -> String {
     let secs = age.as_secs();
@@ -41,14 +43,40 @@ pub(crate) fn terminal_width() -> Option<usize> {
     terminal_size::terminal_size().map(|(width, _)| usize::from(width.0))
 }
 
-/// `text` cut to at most `max` characters, ending in `…` when cut.
+/// Columns `text` takes in a terminal: double-width characters (CJK, most emoji) take two,
+/// combining marks none.
+pub(crate) fn display_width(text: &str) -> usize {
+    UnicodeWidthStr::width(text)
+}
+
+/// `text` cut to at most `max` terminal columns, ending in `…` when cut.
 pub(crate) fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
+    if display_width(text) <= max {
         return text.to_owned();
     }
-    let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
+    let budget = max.saturating_sub(1);
+    let mut used = 0;
+    let mut short = String::new();
+    for c in text.chars() {
+        let w = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > budget {
+            break;
+        }
+        used += w;
+        short.push(c);
+    }
     short.push('…');
     short
+}
+
+/// `text` padded with spaces to `width` terminal columns.
+fn pad(text: &str, width: usize) -> String {
+    let mut padded = text.to_owned();
+    padded.extend(std::iter::repeat_n(
+        ' ',
+        width.saturating_sub(display_width(text)),
+    ));
+    padded
 }
 
 /// Narrowest the last column gets, however narrow the terminal: a few characters of state
@@ -59,10 +87,10 @@ const MIN_LAST_COLUMN: usize = 12;
 /// `width` (when given).
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> String {
     let columns = header.len();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row).take(columns - 1) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(display_width(cell));
         }
     }
     let prefix: usize = widths[..columns - 1].iter().map(|w| w + 2).sum();
@@ -73,7 +101,8 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>)
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 < columns {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                line.push_str(&pad(cell, widths[i]));
+                line.push_str("  ");
             } else {
                 match last_max {
                     Some(max) => line.push_str(&shorten(cell, max)),
@@ -120,5 +149,22 @@ mod tests {
         assert!(lines[2].ends_with('…'));
         let unlimited = table(&["CLIENT", "CLOCK", "STATE"], &rows, None);
         assert!(unlimited.contains(&"x".repeat(100)));
+    }
+
+    #[test]
+    fn double_width_characters_keep_the_columns_aligned() {
+        let rows = vec![
+            vec!["李小龍".into(), "1".into(), "😀".repeat(30)],
+            vec!["ana".into(), "2".into(), "{}".into()],
+        ];
+        let text = table(&["CLIENT", "CLOCK", "STATE"], &rows, Some(30));
+        let lines: Vec<&str> = text.lines().collect();
+        // The CLOCK column starts at the same terminal column on every line.
+        let clock_at = |line: &str, clock: &str| display_width(&line[..line.find(clock).unwrap()]);
+        assert_eq!(clock_at(lines[0], "CLOCK"), clock_at(lines[1], "1"));
+        assert_eq!(clock_at(lines[1], "1"), clock_at(lines[2], "2"));
+        // The emoji state is cut to the width, never past it.
+        assert!(display_width(lines[1]) <= 30, "{}", lines[1]);
+        assert!(lines[1].ends_with('…'));
     }
 }

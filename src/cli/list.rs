@@ -81,11 +81,12 @@ fn render(entries: &[InspectedEntry], all: bool, width: Option<usize>) -> String
     table(&header, &rows, width)
 }
 
+/// One category per entry, the same three `stats` counts: an expired entry is `expired`
+/// whatever its state (every read already treats it as absent); a tombstone's STATE shows `-`.
 fn status(inspected: &InspectedEntry) -> &'static str {
     match (inspected.expired, inspected.entry.is_tombstone()) {
-        (false, false) => "live",
+        (true, _) => "expired",
         (false, true) => "tombstone",
-        (true, false) => "expired",
-        (true, true) => "expired tombstone",
+        (false, false) => "live",
     }
 }

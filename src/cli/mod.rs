@@ -39,13 +39,17 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     database_url: Option<String>,
 
-    /// Expiry timeout: entries not written for this long are expired, e.g. `30s`
-    /// [default: SYNCKIT__AWARENESS__TIMEOUT_MS, else 30s]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    timeout: Option<Duration>,
-
     #[command(subcommand)]
     command: Command,
+}
+
+/// The expiry timeout, for the subcommands that tell live from expired entries.
+#[derive(Debug, clap::Args)]
+struct Expiry {
+    /// Expiry timeout: entries not written for this long are expired, e.g. `30s`
+    /// [default: SYNCKIT__AWARENESS__TIMEOUT_MS, else 30s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +79,8 @@ enum Command {
         /// Print one JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        expiry: Expiry,
     },
     /// Delete expired entries once, or every DURATION until SIGINT/SIGTERM.
     #[command(
@@ -84,6 +90,8 @@ enum Command {
         /// Run continuously, pruning at this interval (`500ms`, `10s`, `1m`).
         #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
         every: Option<Duration>,
+        #[command(flatten)]
+        expiry: Expiry,
     },
     /// Entry counts, busiest documents, table and index size, HOT updates, dead tuples, vacuum.
     #[command(
@@ -93,6 +101,8 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        expiry: Expiry,
     },
 }
 
@@ -123,17 +133,20 @@ pub(crate) fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let target = Target::resolve(cli.database_url, cli.timeout)?;
-    match cli.command {
-        Command::Migrate { dry_run } => migrate::run(&target, dry_run).await,
-        Command::Check => check::run(&target).await,
+    let target = |expiry: Option<&Expiry>| {
+        Target::resolve(cli.database_url.clone(), expiry.and_then(|e| e.timeout))
+    };
+    match &cli.command {
+        Command::Migrate { dry_run } => migrate::run(&target(None)?, *dry_run).await,
+        Command::Check => check::run(&target(None)?).await,
         Command::List {
             document,
             all,
             json,
-        } => list::run(&target, &document, all, json).await,
-        Command::Prune { every } => prune::run(&target, every).await,
-        Command::Stats { json } => stats::run(&target, json).await,
+            expiry,
+        } => list::run(&target(Some(expiry))?, document, *all, *json).await,
+        Command::Prune { every, expiry } => prune::run(&target(Some(expiry))?, *every).await,
+        Command::Stats { json, expiry } => stats::run(&target(Some(expiry))?, *json).await,
     }
 }
 
@@ -145,6 +158,15 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_is_offered_only_where_it_matters() {
+        for sub in Cli::command().get_subcommands() {
+            let has = sub.get_arguments().any(|a| a.get_id() == "timeout");
+            let needs = matches!(sub.get_name(), "list" | "prune" | "stats");
+            assert_eq!(has, needs, "--timeout on {}", sub.get_name());
+        }
     }
 
     #[test]

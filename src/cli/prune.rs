@@ -11,7 +11,7 @@ pub(crate) async fn run(target: &Target, every: Option<Duration>) -> Result<Exit
     let store = target.store().await?;
     let Some(every) = every else {
         let removed = store.prune_expired().await?;
-        println!("pruned {removed} expired entries");
+        println!("pruned {}", expired_entries(removed));
         return Ok(ExitCode::SUCCESS);
     };
 
@@ -35,7 +35,7 @@ pub(crate) async fn run(target: &Target, every: Option<Duration>) -> Result<Exit
                     runs += 1;
                     total += removed;
                     if removed > 0 {
-                        println!("{} pruned {removed} expired entries", now());
+                        println!("{} pruned {}", now(), expired_entries(removed));
                     }
                 }
                 // A sidecar keeps going through a database restart; the pool reconnects.
@@ -47,8 +47,20 @@ pub(crate) async fn run(target: &Target, every: Option<Duration>) -> Result<Exit
             () = tokio::time::sleep(every) => {}
         }
     }
-    println!("stopped after {runs} run(s); pruned {total} expired entries in total");
+    println!(
+        "stopped after {runs} run{}; pruned {} in total",
+        if runs == 1 { "" } else { "s" },
+        expired_entries(total)
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// "1 expired entry", "2 expired entries".
+fn expired_entries(count: u64) -> String {
+    match count {
+        1 => "1 expired entry".to_owned(),
+        n => format!("{n} expired entries"),
+    }
 }
 
 fn now() -> humantime::Rfc3339Timestamp {

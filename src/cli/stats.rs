@@ -50,7 +50,8 @@ fn render(
     line(
         "entries",
         format!(
-            "{} (live {}, tombstones {}, expired {}; timeout {})",
+            "{} (live {}, tombstones {}, expired {}; timeout {}; each entry counts once, \
+             an expired one as expired whatever its state)",
             stats.total,
             stats.live,
             stats.tombstones,

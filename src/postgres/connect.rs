@@ -31,36 +31,68 @@ pub(crate) fn session_sql(options: &PostgresOptions) -> String {
     sql
 }
 
-/// Builds the bb8 pool the store uses.
+/// A connection manager for `url` with this crate's connection set-up: TLS from `sslmode` /
+/// `sslrootcert` (rustls), the session settings of `options` (`statement_timeout`,
+/// `synchronous_commit`) run on every new connection, and no ping on checkout.
+///
+/// For an application that builds its own bb8 pool and shares it with the store
+/// ([`PostgresAwarenessStore::from_pool`](crate::PostgresAwarenessStore::from_pool)):
+/// diesel-async's default manager connects without TLS, so a URL with `sslmode=require`
+/// fails with "error performing TLS handshake" there.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use synckit_awareness::diesel_async::pooled_connection::bb8::Pool;
+/// use synckit_awareness::{connection_manager, PostgresOptions};
+///
+/// let manager = connection_manager("postgres://app@db/app?sslmode=require", &PostgresOptions::default());
+/// let pool = Pool::builder().max_size(20).build(manager).await?;
+/// # let _ = pool; Ok(()) }
+/// ```
+pub fn connection_manager(
+    url: &str,
+    options: &PostgresOptions,
+) -> AsyncDieselConnectionManager<AsyncPgConnection> {
+    let session = session_sql(options);
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |url| establish(url.to_owned(), session.clone()).boxed());
+    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config)
+}
+
+/// The pool [`PostgresAwarenessStore::connect`](crate::PostgresAwarenessStore::connect) builds,
+/// for an application's own use as well: TLS and session settings as
+/// [`connection_manager`], at most `options.pool_size` connections, and
+/// `options.acquire_timeout` as the wait for a free connection.
 ///
 /// Connection health is error-based: no test query on checkout (it would add a round trip to
 /// every `set`); a connection whose socket closed or whose transaction state broke is discarded
 /// when it returns to the pool (diesel-async's `is_broken`), and the next checkout opens a
 /// fresh one. The cost: the first call on a connection the server dropped fails once with a
 /// connection error.
+pub async fn build_pool(url: &str, options: &PostgresOptions) -> Result<Pool<AsyncPgConnection>> {
+    Ok(build_pool_reporting(url, options).await?.0)
+}
+
+/// [`build_pool`], also returning where the pool reports its failures to connect.
 ///
 /// bb8 never hands a failed connection attempt to the caller waiting in `get` (it retries until
 /// the connection timeout, then reports a timeout); the returned [`ConnectErrors`] keeps the last
 /// failure so the store can say *why* instead ("connection refused", "invalid certificate").
-pub(crate) async fn build_pool(
+pub(crate) async fn build_pool_reporting(
     url: &str,
     options: &PostgresOptions,
 ) -> Result<(Pool<AsyncPgConnection>, ConnectErrors)> {
     if options.pool_size == 0 {
         return Err(Error::Config("pool_size must be at least 1".into()));
     }
-    let session = session_sql(options);
-    let mut config = ManagerConfig::<AsyncPgConnection>::default();
-    config.recycling_method = RecyclingMethod::Fast;
-    config.custom_setup = Box::new(move |url| establish(url.to_owned(), session.clone()).boxed());
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     let errors = ConnectErrors::default();
     let pool = Pool::builder()
         .max_size(options.pool_size)
-        .connection_timeout(options.connect_timeout)
+        .connection_timeout(options.acquire_timeout)
         .test_on_check_out(false)
         .error_sink(Box::new(errors.clone()))
-        .build(manager)
+        .build(connection_manager(url, options))
         .await
         .map_err(|e| Error::Connection(redact(&e.to_string())))?;
     Ok((pool, errors))

@@ -126,8 +126,9 @@ impl ChangeFilter {
 /// that created it is dropped.
 pub type ChangeStream = BoxStream<'static, FeedEvent>;
 
-/// Settings of the change feed.
+/// Settings of the change feed: `ChangeFeedOptions::default().with_publish(true)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChangeFeedOptions {
     /// Publish this store's changes (off by default; off costs nothing on the write path).
     pub publish: bool,
@@ -171,6 +172,36 @@ impl Default for ChangeFeedOptions {
 }
 
 impl ChangeFeedOptions {
+    /// These options with publishing on or off ([`publish`](Self::publish)).
+    pub fn with_publish(mut self, publish: bool) -> Self {
+        self.publish = publish;
+        self
+    }
+
+    /// These options with another `NOTIFY` channel ([`channel`](Self::channel)).
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// These options with another origin ([`origin`](Self::origin)).
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
+        self
+    }
+
+    /// These options with another coalescing window ([`coalesce`](Self::coalesce)).
+    pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// These options with another per-subscriber buffer ([`capacity`](Self::capacity)).
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Config(format!("change feed: {what}")));
         if self.channel.is_empty() || self.channel.len() > 63 || self.channel.contains('\0') {

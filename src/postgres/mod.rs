@@ -9,6 +9,7 @@ pub(crate) mod sql;
 mod store;
 pub(crate) mod tls;
 
+pub use connect::{build_pool, connection_manager};
 pub use feed::{
     AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent,
     DEFAULT_CHANNEL,

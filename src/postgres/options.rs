@@ -4,16 +4,31 @@ use std::time::Duration;
 
 use crate::store::StoreOptions;
 
-/// Options of [`PostgresAwarenessStore::connect`](crate::PostgresAwarenessStore::connect).
+/// Options of [`PostgresAwarenessStore::connect`](crate::PostgresAwarenessStore::connect) and
+/// [`build_pool`](crate::build_pool). Start from `default()` and change what you need:
+///
+/// ```
+/// use std::time::Duration;
+/// use synckit_awareness::PostgresOptions;
+///
+/// let options = PostgresOptions::default()
+///     .with_timeout(Duration::from_secs(15))
+///     .with_pool_size(20)
+///     .with_acquire_timeout(Duration::from_secs(2));
+/// assert_eq!(options.store.timeout, Duration::from_secs(15));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PostgresOptions {
     /// Expiry timeout and input limits.
     pub store: StoreOptions,
     /// Most connections the pool opens.
     pub pool_size: u32,
-    /// How long a call waits for a free pooled connection before failing with
-    /// [`Error::PoolTimeout`](crate::Error::PoolTimeout).
-    pub connect_timeout: Duration,
+    /// How long a call waits for a free pooled connection. When every connection stays busy
+    /// that long the call fails with [`Error::PoolTimeout`](crate::Error::PoolTimeout); when
+    /// connections cannot be opened, with [`Error::Connection`](crate::Error::Connection) and
+    /// the reason.
+    pub acquire_timeout: Duration,
     /// Check the table against the expected schema when connecting, and fail fast when it
     /// differs ([`Error::SchemaMismatch`](crate::Error::SchemaMismatch)).
     pub validate_on_start: bool,
@@ -34,10 +49,58 @@ impl Default for PostgresOptions {
         Self {
             store: StoreOptions::default(),
             pool_size: 10,
-            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
             validate_on_start: true,
             statement_timeout: Some(Duration::from_secs(10)),
             synchronous_commit: false,
         }
+    }
+}
+
+impl PostgresOptions {
+    /// These options with other [`StoreOptions`].
+    pub fn with_store(mut self, store: StoreOptions) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// These options with another expiry timeout ([`StoreOptions::timeout`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.store = self.store.with_timeout(timeout);
+        self
+    }
+
+    /// These options with another pool size ([`pool_size`](Self::pool_size)).
+    pub fn with_pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// These options with another wait for a free pooled connection
+    /// ([`acquire_timeout`](Self::acquire_timeout)).
+    pub fn with_acquire_timeout(mut self, acquire_timeout: Duration) -> Self {
+        self.acquire_timeout = acquire_timeout;
+        self
+    }
+
+    /// These options with the schema check on connecting turned on or off
+    /// ([`validate_on_start`](Self::validate_on_start)).
+    pub fn with_validate_on_start(mut self, validate_on_start: bool) -> Self {
+        self.validate_on_start = validate_on_start;
+        self
+    }
+
+    /// These options with another `statement_timeout`; `None` keeps the server's
+    /// ([`statement_timeout`](Self::statement_timeout)).
+    pub fn with_statement_timeout(mut self, statement_timeout: Option<Duration>) -> Self {
+        self.statement_timeout = statement_timeout;
+        self
+    }
+
+    /// These options with `synchronous_commit` on or off
+    /// ([`synchronous_commit`](Self::synchronous_commit)).
+    pub fn with_synchronous_commit(mut self, synchronous_commit: bool) -> Self {
+        self.synchronous_commit = synchronous_commit;
+        self
     }
 }

@@ -71,7 +71,8 @@ impl PostgresAwarenessStore {
     /// [`validate_on_start`](PostgresOptions::validate_on_start), fails fast when the database
     /// cannot be reached or its schema differs from the expected one.
     pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
-        let (pool, connect_errors) = super::connect::build_pool(database_url, &options).await?;
+        let (pool, connect_errors) =
+            super::connect::build_pool_reporting(database_url, &options).await?;
         let store = Self {
             connect_errors,
             ..Self::from_pool(pool, options.store)
@@ -122,18 +123,46 @@ impl PostgresAwarenessStore {
         let started = std::time::Instant::now();
         self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error_to_error(e),
-            // Waiting ended because no connection could be opened, not because all were busy.
-            RunError::TimedOut => match self.connect_errors.since(started) {
-                Some(reason) => Error::Connection(reason),
-                None => Error::PoolTimeout(self.pool.config().connection_timeout),
-            },
+            RunError::TimedOut => self.timed_out(started),
         })
+    }
+
+    /// Why waiting for a pooled connection ended without one: the pool was busy, or it could
+    /// not open connections (then never blame the pool size).
+    fn timed_out(&self, started: std::time::Instant) -> Error {
+        let waited = self.pool.config().connection_timeout;
+        if let Some(reason) = self.connect_errors.since(started) {
+            return Error::Connection(reason);
+        }
+        let open = self.pool.state().connections;
+        let max = self.pool.config().max_size;
+        if open < max {
+            // Room for more connections, yet none was handed out: opening them fails.
+            Error::Connection(format!(
+                "no connection could be opened within {waited:?} ({open} of {max} open); \
+                 check the URL, sslmode and that the server accepts connections (a store made \
+                 with `PostgresAwarenessStore::connect` reports the exact reason)"
+            ))
+        } else {
+            Error::PoolTimeout(waited)
+        }
     }
 }
 
 fn pool_error_to_error(e: PoolError) -> Error {
     match e {
-        PoolError::ConnectionError(e) => Error::Connection(redact(&e.to_string())),
+        PoolError::ConnectionError(e) => {
+            let reason = redact(&e.to_string());
+            if reason.contains("TLS handshake") {
+                Error::Connection(format!(
+                    "{reason}: this pool cannot do TLS (diesel-async's default manager connects \
+                     without it); build it with `synckit_awareness::build_pool` or \
+                     `synckit_awareness::connection_manager`"
+                ))
+            } else {
+                Error::Connection(reason)
+            }
+        }
         PoolError::QueryError(e) => Error::Database(e),
     }
 }

@@ -1,4 +1,5 @@
-//! Test harness: a PostgreSQL server (DATABASE_URL, else testcontainers), and an isolated,
+//! Test harness: a PostgreSQL server (DATABASE_URL, else testcontainers; `make test` sets
+//! DATABASE_URL to a throwaway cluster when neither exists), and an isolated,
 //! migrated database per test, cloned from a template migrated once per migration set.
 #![allow(dead_code)]
 
@@ -55,14 +56,17 @@ async fn server() -> &'static Server {
                         _container: Some(container),
                     }
                 }
-                Err(e) => panic!(
-                    "these tests need PostgreSQL and found none.\n\
-                     Either set DATABASE_URL to a server where this user may CREATE DATABASE \
-                     (e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/test), \
-                     or run a Docker engine with the image postgres:17-alpine available \
-                     (on machines without registry access: ../shared/tools/local-postgres-image).\n\
-                     testcontainers said: {e}"
-                ),
+                Err(e) => {
+                    // One short message, once, instead of a panic in every test.
+                    eprintln!(
+                        "\nthese tests need PostgreSQL and found none (testcontainers: {e}).\n\
+                         Give them one of:\n  \
+                         1. DATABASE_URL=postgres://user@host:5432/db (a role that may CREATE DATABASE)\n  \
+                         2. a running Docker engine (postgres:17-alpine through testcontainers)\n  \
+                         3. PostgreSQL's server programs, and run `make test`: it starts a throwaway cluster under target/\n"
+                    );
+                    std::process::exit(2)
+                }
             }
         })
         .await
@@ -257,11 +261,9 @@ impl TestDb {
     pub async fn store(&self, options: StoreOptions) -> PostgresAwarenessStore {
         PostgresAwarenessStore::connect(
             &self.url,
-            synckit_awareness::PostgresOptions {
-                store: options,
-                pool_size: 8,
-                ..Default::default()
-            },
+            synckit_awareness::PostgresOptions::default()
+                .with_store(options)
+                .with_pool_size(8),
         )
         .await
         .unwrap_or_else(|e| panic!("cannot open the store: {e}"))
