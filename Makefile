@@ -36,9 +36,9 @@ test: tests/js/node_modules/.installed
 
 # The suite itself, with a server already chosen (use `make test`).
 test-suite:
-	$(CARGO) test $(FEATURES) --all-targets ; status=$$? ; \
+	$(CARGO) test --workspace $(FEATURES) --all-targets ; status=$$? ; \
 	  $(MAKE) --no-print-directory clean-test-containers ; \
-	  [ $$status -eq 0 ] && $(CARGO) test $(FEATURES) --doc
+	  [ $$status -eq 0 ] && $(CARGO) test --workspace $(FEATURES) --doc
 
 # The fault tests are #[ignore]d in `make test` (they restart servers); here they run alone,
 # one at a time, printing the recovery times they measure.
@@ -52,7 +52,7 @@ fmt:
 	$(CARGO) fmt --all -- --check
 
 lint:
-	$(CARGO) clippy $(FEATURES) --all-targets -- -D warnings
+	$(CARGO) clippy --workspace $(FEATURES) --all-targets -- -D warnings
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(FEATURES) --no-deps

@@ -336,6 +336,71 @@ async fn prune_removes_expired_entries_and_says_how_many() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn prune_says_entry_for_one() {
+    let db = TestDb::migrated().await;
+    populate(&db).await;
+    db.exec("DELETE FROM awareness_entries WHERE client_id = 'frank'")
+        .await;
+    cli(&db.url)
+        .arg("prune")
+        .assert()
+        .success()
+        .stdout("pruned 1 expired entry\n");
+}
+
+/// Every statement of the CLI runs with the settings' session settings: a prune blocked by a
+/// lock is cancelled by `statement_timeout` instead of waiting for the lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_run_with_the_session_settings() {
+    use diesel_async::SimpleAsyncConnection;
+    let db = TestDb::migrated().await;
+    populate(&db).await;
+    let mut hostage = db.conn().await;
+    hostage
+        .batch_execute("BEGIN; LOCK TABLE awareness_entries IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    cli(&db.url)
+        .env("SYNCKIT__AWARENESS__POSTGRES__STATEMENT_TIMEOUT_MS", "300")
+        .arg("prune")
+        .timeout(HANG)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("statement timeout"));
+    hostage.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(
+        db.scalar("SELECT count(*) AS n FROM awareness_entries")
+            .await,
+        6,
+        "the cancelled prune deleted nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_database_gets_its_own_hint() {
+    let db = TestDb::empty().await;
+    let url = common::with_database(&db.url, "synckit_no_such_database");
+    let out = cli(&url).arg("check").assert().code(2).get_output().clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("hint: the server is up but has no such database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn timeout_is_refused_where_it_does_nothing() {
+    for command in ["migrate", "check"] {
+        Command::new(BIN)
+            .args([command, "--timeout", "10s"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("--timeout"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stats_counts_match_the_table() {
     let db = TestDb::migrated().await;
     populate(&db).await;

@@ -9,7 +9,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_migrations::MigrationHarness;
 use serde_json::json;
 use synckit_awareness::{
-    run_migrations, run_migrations_at, AwarenessSettings, AwarenessUpdate, Error,
+    run_migrations, run_migrations_at, AwarenessSettings, AwarenessStore, AwarenessUpdate, Error,
     PostgresAwarenessStore, PostgresOptions, Provider, SchemaDifference, SetOutcome, MIGRATIONS,
 };
 
@@ -246,5 +246,87 @@ async fn database_rejects_rows_that_break_the_input_rules() {
     ] {
         let result = diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, sql).await;
         assert!(result.is_err(), "{sql} should be refused");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_read_as_sentences_in_debug_too() {
+    let db = TestDb::empty().await;
+    let err = PostgresAwarenessStore::connect(&db.url, PostgresOptions::default())
+        .await
+        .unwrap_err();
+    // What `fn main() -> Result<(), Error>` prints on an unmigrated database.
+    let debug = format!("{err:?}");
+    assert_eq!(debug, err.to_string());
+    assert!(debug.contains("synckit-awareness migrate"), "{debug}");
+    assert!(!debug.contains("SchemaReport"), "{debug}");
+    // The developer's view keeps the structure.
+    assert!(
+        format!("{err:#?}").starts_with("SchemaMismatch("),
+        "{err:#?}"
+    );
+}
+
+/// A pool built with diesel-async's default manager, as a user might.
+async fn plain_pool(
+    url: &str,
+) -> synckit_awareness::diesel_async::pooled_connection::bb8::Pool<
+    synckit_awareness::diesel_async::AsyncPgConnection,
+> {
+    use synckit_awareness::diesel_async::pooled_connection::{
+        bb8::Pool, AsyncDieselConnectionManager,
+    };
+    Pool::builder()
+        .max_size(4)
+        .connection_timeout(std::time::Duration::from_millis(400))
+        .build(AsyncDieselConnectionManager::new(url))
+        .await
+        .expect("pool")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_that_cannot_connect_is_never_blamed_on_its_size() {
+    // Port 1 on loopback refuses connections.
+    let store = PostgresAwarenessStore::from_pool(
+        plain_pool("postgres://u@127.0.0.1:1/db").await,
+        Default::default(),
+    );
+    for attempt in 0..3 {
+        let err = store.get("d", "c").await.unwrap_err();
+        assert!(
+            matches!(err, synckit_awareness::Error::Connection(_)),
+            "attempt {attempt}: {err:#?}"
+        );
+        assert!(!err.to_string().contains("pool size"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_without_tls_says_how_to_get_it() {
+    let db = TestDb::migrated().await;
+    let url = format!(
+        "{}?sslmode=require",
+        db.url.split('?').next().unwrap_or(&db.url)
+    );
+    let store = PostgresAwarenessStore::from_pool(plain_pool(&url).await, Default::default());
+    let err = store.get("d", "c").await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("TLS"), "{message}");
+    assert!(
+        message.contains("synckit_awareness::build_pool"),
+        "{message}"
+    );
+
+    // The crate's own pool on the same URL speaks TLS when the server offers it, and fails
+    // with the reason when it does not — never with a bare timeout.
+    match synckit_awareness::build_pool(&url, &PostgresOptions::default()).await {
+        Ok(pool) => {
+            let store = PostgresAwarenessStore::from_pool(pool, Default::default());
+            match store.get("d", "c").await {
+                Ok(found) => assert_eq!(found, None),
+                Err(e) => assert!(e.to_string().contains("TLS"), "{e}"),
+            }
+        }
+        Err(e) => assert!(e.is_connection_error(), "{e}"),
     }
 }

@@ -140,8 +140,10 @@ impl PostgresAwarenessStore {
             // Room for more connections, yet none was handed out: opening them fails.
             Error::Connection(format!(
                 "no connection could be opened within {waited:?} ({open} of {max} open); \
-                 check the URL, sslmode and that the server accepts connections (a store made \
-                 with `PostgresAwarenessStore::connect` reports the exact reason)"
+                 check the URL and that the server accepts connections; if the URL asks for \
+                 TLS (sslmode), build the pool with `synckit_awareness::build_pool` or \
+                 `synckit_awareness::connection_manager` (diesel-async's default manager \
+                 connects without TLS)"
             ))
         } else {
             Error::PoolTimeout(waited)
