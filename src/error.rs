@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::schema_check::SchemaReport;
+use crate::schema_report::SchemaReport;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,12 +5,11 @@
 mod entry;
 mod error;
 mod memory;
-mod migrations;
 mod postgres;
 mod pruner;
-mod schema_check;
-mod secret;
+mod schema_report;
 mod settings;
+mod storage;
 mod store;
 mod trace;
 mod validate;
@@ -26,21 +25,21 @@ pub mod schema {
 pub use entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 pub use error::{Error, Field, InvalidReason, Result};
 pub use memory::MemoryAwarenessStore;
-pub use migrations::{
+pub use postgres::migrations::{
     establish_connection, pending_migrations, run_migrations, run_migrations_at, MigrationReport,
     MIGRATIONS, MIGRATION_LOCK_KEY,
 };
+pub use postgres::schema_check::{
+    expected_columns, expected_indexes, expected_primary_key, validate_schema, ExpectedColumn,
+};
+pub use postgres::secret::DatabaseUrl;
 pub use postgres::{
     build_pool, connection_manager, AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind,
     ChangeStream, FeedEvent, PgPool, PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
 };
 pub use postgres::{DocumentActivity, InspectedEntry, StoreStats};
 pub use pruner::Pruner;
-pub use schema_check::{
-    expected_columns, expected_indexes, expected_primary_key, validate_schema, ExpectedColumn,
-    ExpectedIndex, SchemaDifference, SchemaReport,
-};
-pub use secret::DatabaseUrl;
+pub use schema_report::{ExpectedIndex, SchemaDifference, SchemaReport};
 pub use settings::{AwarenessSettings, PostgresSettings, Provider, ENV_PREFIX};
 pub use store::{AwarenessStore, StoreOptions, DEFAULT_TIMEOUT};
 pub use validate::{DEFAULT_MAX_STATE_BYTES, MAX_ID_BYTES, MAX_STATE_DEPTH};

@@ -8,10 +8,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
 use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, SetOutcome};
-use crate::error::{Field, Result};
-use crate::store::{AwarenessStore, StoreOptions};
-use crate::trace::Op;
-use crate::validate::{check_id, check_update};
+use crate::error::Result;
+use crate::storage::Storage;
+use crate::store::StoreOptions;
 
 /// An [`AwarenessStore`] in process memory; the default provider. Cheap to clone: clones share
 /// the same entries.
@@ -143,13 +142,11 @@ fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
         || (update.clock == existing.clock && update.state.is_none() && existing.state.is_some())
 }
 
+crate::storage::awareness_store!(MemoryAwarenessStore, "memory", |store| store);
+
 #[async_trait]
-impl AwarenessStore for MemoryAwarenessStore {
-    #[tracing::instrument(name = "awareness.get", level = "debug", skip_all, fields(store = "memory", document_id, client_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
+impl Storage for MemoryAwarenessStore {
     async fn get(&self, document_id: &str, client_id: &str) -> Result<Option<AwarenessEntry>> {
-        let mut op = Op::start();
-        check_id(Field::DocumentId, document_id)?;
-        check_id(Field::ClientId, client_id)?;
         let cutoff = self.expiry_cutoff();
         let found = self.read(|e| {
             e.documents
@@ -158,14 +155,10 @@ impl AwarenessStore for MemoryAwarenessStore {
                 .filter(|s| s.last_seen > cutoff)
                 .map(|s| s.to_entry(document_id, client_id))
         });
-        op.done(if found.is_some() { "found" } else { "absent" });
         Ok(found)
     }
 
-    #[tracing::instrument(name = "awareness.get_all", level = "debug", skip_all, fields(store = "memory", document_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
-        check_id(Field::DocumentId, document_id)?;
         let cutoff = self.expiry_cutoff();
         let live: Vec<AwarenessEntry> = self.read(|e| {
             e.documents
@@ -179,14 +172,10 @@ impl AwarenessStore for MemoryAwarenessStore {
                 })
                 .unwrap_or_default()
         });
-        op.rows(live.len());
         Ok(live)
     }
 
-    #[tracing::instrument(name = "awareness.set", level = "debug", skip_all, fields(store = "memory", document_id = update.document_id, client_id = update.client_id, clock = update.clock, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
-        let mut op = Op::start();
-        check_update(update, self.options.max_state_bytes)?;
         let cutoff = self.expiry_cutoff();
         let outcome = self.write(|entries| {
             let clients = entries
@@ -226,19 +215,10 @@ impl AwarenessStore for MemoryAwarenessStore {
             }
             SetOutcome::Applied
         });
-        op.done(if outcome.is_applied() {
-            "applied"
-        } else {
-            "stale"
-        });
         Ok(outcome)
     }
 
-    #[tracing::instrument(name = "awareness.remove", level = "debug", skip_all, fields(store = "memory", document_id, client_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove(&self, document_id: &str, client_id: &str) -> Result<bool> {
-        let mut op = Op::start();
-        check_id(Field::DocumentId, document_id)?;
-        check_id(Field::ClientId, client_id)?;
         let removed = self.write(|entries| {
             let Some(clients) = entries.documents.get_mut(document_id) else {
                 return false;
@@ -257,14 +237,10 @@ impl AwarenessStore for MemoryAwarenessStore {
             );
             true
         });
-        op.done(if removed { "removed" } else { "absent" });
         Ok(removed)
     }
 
-    #[tracing::instrument(name = "awareness.remove_all_for_connection", level = "debug", skip_all, fields(store = "memory", connection_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn remove_all_for_connection(&self, connection_id: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
-        check_id(Field::ConnectionId, connection_id)?;
         let cutoff = self.expiry_cutoff();
         let mut removed = self.write(|entries| {
             let keys = entries
@@ -288,13 +264,10 @@ impl AwarenessStore for MemoryAwarenessStore {
             removed
         });
         sort_by_key(&mut removed);
-        op.rows(removed.len());
         Ok(removed)
     }
 
-    #[tracing::instrument(name = "awareness.get_expired", level = "debug", skip_all, fields(store = "memory", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
         let cutoff = self.expiry_cutoff();
         let mut expired: Vec<AwarenessEntry> = self.read(|e| {
             e.documents
@@ -308,27 +281,22 @@ impl AwarenessStore for MemoryAwarenessStore {
                 .collect()
         });
         sort_by_key(&mut expired);
-        op.rows(expired.len());
         Ok(expired)
     }
 
-    #[tracing::instrument(name = "awareness.prune_expired", level = "debug", skip_all, fields(store = "memory", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn prune_expired(&self) -> Result<u64> {
-        let mut op = Op::start();
-        let mut count = 0usize;
+        let mut count = 0u64;
         self.remove_expired(|_, _, _| count += 1);
-        op.rows(count);
-        Ok(count as u64)
+        Ok(count)
     }
 
-    #[tracing::instrument(name = "awareness.take_expired", level = "debug", skip_all, fields(store = "memory", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
         let mut taken = Vec::new();
         self.remove_expired(|document_id, client_id, stored| {
             taken.push(stored.to_entry(document_id, client_id));
         });
-        op.rows(taken.len());
+        // The documents map is unordered; the contract orders by (document, client).
+        sort_by_key(&mut taken);
         Ok(taken)
     }
 

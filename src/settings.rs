@@ -9,10 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 use crate::memory::MemoryAwarenessStore;
+use crate::postgres::secret::DatabaseUrl;
 use crate::postgres::{
     ChangeFeedOptions, PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
 };
-use crate::secret::DatabaseUrl;
 use crate::store::{AwarenessStore, StoreOptions, DEFAULT_TIMEOUT};
 use crate::validate::DEFAULT_MAX_STATE_BYTES;
 

@@ -1,60 +1,90 @@
 //! Tracing of store operations: one span per call with ids, outcome and duration, never state
 //! contents or connection strings.
 //!
-//! Each operation carries `#[tracing::instrument(name = "awareness.<op>", level = "debug",
-//! skip_all, fields(...))]` and an [`Op`] guard that fills in `outcome` and `elapsed_us` when the
-//! call ends. With no subscriber interested, the span is disabled and the guard neither reads
-//! the clock nor allocates.
+//! [`traced`] runs an operation inside its span and records, when the call ends, `outcome`
+//! (from the result: [`Outcome`]), `rows` and `elapsed_us`. With no subscriber interested, the
+//! span is disabled and nothing reads the clock or allocates for tracing.
 
+use std::future::Future;
 use std::time::Instant;
 
-use tracing::Span;
+use tracing::{Instrument, Span};
 
-/// Fills the current span's `outcome` (default `"error"`), `rows` and `elapsed_us` on drop.
-pub(crate) struct Op {
+use crate::entry::{AwarenessEntry, SetOutcome};
+use crate::error::Result;
+
+/// What a successful operation reports in its span.
+pub(crate) trait Outcome {
+    /// `outcome` (`applied`, `stale`, `found`, `absent`, `removed`, `ok`) and `rows`, if any.
+    fn outcome(&self) -> (&'static str, Option<usize>);
+}
+
+impl Outcome for Option<AwarenessEntry> {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        (if self.is_some() { "found" } else { "absent" }, None)
+    }
+}
+
+impl Outcome for Vec<AwarenessEntry> {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        ("ok", Some(self.len()))
+    }
+}
+
+impl Outcome for Vec<SetOutcome> {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        ("ok", Some(self.len()))
+    }
+}
+
+impl Outcome for SetOutcome {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        (
+            if self.is_applied() {
+                "applied"
+            } else {
+                "stale"
+            },
+            None,
+        )
+    }
+}
+
+/// `remove`: whether an entry was there.
+impl Outcome for bool {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        (if *self { "removed" } else { "absent" }, None)
+    }
+}
+
+/// `prune_expired`: how many entries were deleted.
+impl Outcome for u64 {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        ("ok", Some(usize::try_from(*self).unwrap_or(usize::MAX)))
+    }
+}
+
+/// Runs `operation` inside `span` and records how it ended (`outcome = "error"` on failure).
+pub(crate) async fn traced<T: Outcome>(
     span: Span,
-    started: Option<Instant>,
-    outcome: &'static str,
-    rows: Option<u64>,
-}
-
-impl Op {
-    /// Starts timing the current span, if anything listens to it.
-    pub(crate) fn start() -> Self {
-        let span = Span::current();
-        // When the operation's own span is disabled, the current span may be a caller's;
-        // time only our own (the one declaring `elapsed_us`).
-        let ours = !span.is_disabled() && span.field("elapsed_us").is_some();
-        let started = ours.then(Instant::now);
-        Self {
-            span,
-            started,
-            outcome: "error",
-            rows: None,
-        }
+    operation: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    if span.is_disabled() {
+        return operation.await;
     }
-
-    /// The call succeeded with this outcome (`applied`, `stale`, `found`, `absent`, ...).
-    pub(crate) fn done(&mut self, outcome: &'static str) {
-        self.outcome = outcome;
+    let started = Instant::now();
+    let result = operation.instrument(span.clone()).await;
+    let (outcome, rows) = match &result {
+        Ok(value) => value.outcome(),
+        Err(_) => ("error", None),
+    };
+    span.record("outcome", outcome);
+    if let Some(rows) = rows {
+        span.record("rows", rows as u64);
     }
-
-    /// The call succeeded and touched or returned `rows` entries.
-    pub(crate) fn rows(&mut self, rows: usize) {
-        self.outcome = "ok";
-        self.rows = Some(rows as u64);
-    }
-}
-
-impl Drop for Op {
-    fn drop(&mut self) {
-        if let Some(started) = self.started {
-            self.span.record("outcome", self.outcome);
-            if let Some(rows) = self.rows {
-                self.span.record("rows", rows);
-            }
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.span.record("elapsed_us", micros);
-        }
-    }
+    span.record(
+        "elapsed_us",
+        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    );
+    result
 }

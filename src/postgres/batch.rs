@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::BatchColumns;
+use super::sql::write::BatchColumns;
 use crate::entry::{AwarenessUpdate, SetOutcome};
 
 /// The order of updates of one key: a higher clock wins; at equal clocks a leave beats a state.
@@ -35,7 +35,7 @@ pub(crate) struct BatchPlan {
     groups: Vec<KeyGroup>,
 }
 
-/// What the statement reports for one sent row (see [`SetMany`](super::sql::SetMany)).
+/// What the statement reports for one sent row (see [`SetMany`](super::sql::write::SetMany)).
 pub(crate) type SentResult = (bool, Option<bool>, Option<i64>, Option<bool>, Option<bool>);
 
 /// The existing entry an update of the key was decided against.

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 
 use super::options::PostgresOptions;
 use crate::error::{Error, Result};
-use crate::secret::redact;
+use crate::postgres::secret::redact;
 
 /// The `SET` statements run once on each new connection, from the options.
 pub(crate) fn session_sql(options: &PostgresOptions) -> String {

@@ -292,7 +292,7 @@ impl PostgresAwarenessStore {
         } else {
             None
         };
-        self.feed = Feed {
+        self.layers.feed = Feed {
             inner: Arc::new(FeedInner {
                 options,
                 publisher,
@@ -304,7 +304,7 @@ impl PostgresAwarenessStore {
 
     /// This store's id in the change feed ([`ChangeFeedOptions::origin`]).
     pub fn change_feed_origin(&self) -> &str {
-        &self.feed.inner.options.origin
+        &self.layers.feed.inner.options.origin
     }
 
     /// Subscribes to the change feed: changes published by every store on this database and
@@ -316,8 +316,9 @@ impl PostgresAwarenessStore {
     /// yields [`FeedEvent::Resync`]: changes published while it was away are lost, so re-read
     /// the documents you follow.
     pub async fn subscribe(&self, filter: ChangeFilter) -> Result<ChangeStream> {
-        let options = &self.feed.inner.options;
+        let options = &self.layers.feed.inner.options;
         let listener = self
+            .layers
             .feed
             .inner
             .listener
@@ -369,7 +370,7 @@ async fn notify(pool: &PgPool, channel: &str, payloads: &[String]) -> Result<()>
     let mut conn = pool
         .get()
         .await
-        .map_err(|e| Error::Connection(crate::secret::redact(&e.to_string())))?;
+        .map_err(|e| Error::Connection(crate::postgres::secret::redact(&e.to_string())))?;
     // unnest yields the array in order, and NOTIFY keeps a transaction's order.
     diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind::<Text, _>(channel)

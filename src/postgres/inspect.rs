@@ -8,13 +8,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Interval, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
-use super::sql::cutoff;
+use super::sql;
 use super::store::PostgresAwarenessStore;
 use crate::entry::AwarenessEntry;
 use crate::error::{Field, Result};
@@ -116,27 +115,12 @@ impl PostgresAwarenessStore {
         document: &str,
         include_hidden: bool,
     ) -> Result<Vec<InspectedEntry>> {
-        // Imported here only: the column names would clash with the row structs' fields.
-        use crate::schema::awareness_entries::dsl::*;
         check_id(Field::DocumentId, document)?;
         let mut conn = self.conn().await?;
-        let cut = cutoff(self.timeout);
-        let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> = awareness_entries
-            .filter(document_id.eq(document))
-            .filter(
-                include_hidden
-                    .into_sql::<Bool>()
-                    .or(state.is_not_null().and(last_seen.gt(cut))),
-            )
-            .order(client_id.asc())
-            // now() is the statement's clock, so every age is measured from the same instant.
-            .select((
-                AwarenessEntry::as_select(),
-                last_seen.le(cut),
-                sql::<Timestamptz>("now()"),
-            ))
-            .load(&mut conn)
-            .await?;
+        let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> =
+            sql::read::inspect_document(document, include_hidden, self.timeout())
+                .load(&mut conn)
+                .await?;
         Ok(rows
             .into_iter()
             .map(|(entry, expired, now)| InspectedEntry {
@@ -155,42 +139,19 @@ impl PostgresAwarenessStore {
     /// `pg_stat_user_tables` counters with a delay of up to a second or so.
     pub async fn inspect_stats(&self) -> Result<StoreStats> {
         let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(
-            "WITH counts AS ( \
-               SELECT count(*) AS total, \
-                 count(*) FILTER (WHERE last_seen > now() - $1 AND state IS NOT NULL) AS live, \
-                 count(*) FILTER (WHERE last_seen > now() - $1 AND state IS NULL) AS tombstones, \
-                 count(*) FILTER (WHERE last_seen <= now() - $1) AS expired, \
-                 count(DISTINCT document_id) AS documents, \
-                 count(DISTINCT document_id) \
-                   FILTER (WHERE last_seen > now() - $1 AND state IS NOT NULL) AS active_documents \
-               FROM awareness_entries), \
-             rel AS (SELECT 'awareness_entries'::regclass AS oid) \
-             SELECT c.*, pg_table_size(rel.oid) AS table_bytes, \
-               pg_indexes_size(rel.oid) AS index_bytes, \
-               s.n_tup_upd AS updates, s.n_tup_hot_upd AS hot_updates, \
-               s.n_dead_tup AS dead_tuples, s.last_autovacuum \
-             FROM counts c CROSS JOIN rel \
-             LEFT JOIN pg_stat_user_tables s ON s.relid = rel.oid",
-        )
-        .bind::<Interval, _>(self.timeout)
-        .get_result(&mut conn)
-        .await?)
+        Ok(diesel::sql_query(sql::raw::STATS)
+            .bind::<Interval, _>(self.timeout())
+            .get_result(&mut conn)
+            .await?)
     }
 
     /// The `limit` documents with the most live entries (ties: more stored rows, then by id).
     pub async fn inspect_busiest_documents(&self, limit: u32) -> Result<Vec<DocumentActivity>> {
         let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(
-            "SELECT document_id, \
-               count(*) FILTER (WHERE last_seen > now() - $1 AND state IS NOT NULL) AS live, \
-               count(*) AS total \
-             FROM awareness_entries GROUP BY document_id \
-             ORDER BY live DESC, total DESC, document_id LIMIT $2",
-        )
-        .bind::<Interval, _>(self.timeout)
-        .bind::<BigInt, _>(i64::from(limit))
-        .load(&mut conn)
-        .await?)
+        Ok(diesel::sql_query(sql::raw::BUSIEST_DOCUMENTS)
+            .bind::<Interval, _>(self.timeout())
+            .bind::<BigInt, _>(i64::from(limit))
+            .load(&mut conn)
+            .await?)
     }
 }

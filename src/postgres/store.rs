@@ -1,4 +1,6 @@
-//! [`PostgresAwarenessStore`]: the contract on one table, one statement per operation.
+//! [`PostgresAwarenessStore`]: the contract on one table, one statement per operation
+//! (the statements are in `sql/`). [`PgStorage`] does the storage work; the publishing layer
+//! (`publishing.rs`) and the validation and tracing every store shares (`storage.rs`) wrap it.
 
 use std::fmt;
 
@@ -11,42 +13,50 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
 use super::connect::ConnectErrors;
-use super::feed::ChangeKind;
 use super::options::PostgresOptions;
+use super::publishing::Publishing;
 use super::sql;
 use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, SetOutcome};
-use crate::error::{Error, Field, Result};
-use crate::migrations::{run_migrations, MigrationReport};
-use crate::schema::awareness_entries::dsl::*;
-use crate::schema_check::{validate_schema, SchemaReport};
-use crate::secret::redact;
-use crate::store::{AwarenessStore, StoreOptions};
-use crate::trace::Op;
-use crate::validate::{check_id, check_update};
+use crate::error::{Error, Result};
+use crate::postgres::migrations::{run_migrations, MigrationReport};
+use crate::postgres::schema_check::validate_schema;
+use crate::postgres::secret::redact;
+use crate::schema_report::SchemaReport;
+use crate::storage::Storage;
+use crate::store::StoreOptions;
 
 /// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
 pub type PgPool = Pool<AsyncPgConnection>;
 
-/// An [`AwarenessStore`] on PostgreSQL: entries survive restarts, can be inspected with SQL and
-/// are shared by every server using the same database.
+/// An [`AwarenessStore`](crate::AwarenessStore) on PostgreSQL: entries survive restarts, can be
+/// inspected with SQL and are shared by every server using the same database.
 ///
 /// Each operation is one statement; `set` is one conditional upsert, so ordering holds under
 /// any concurrency without an explicit transaction. Expiry uses the database's clock.
 #[derive(Clone)]
 pub struct PostgresAwarenessStore {
+    /// The storage, wrapped by the change-feed publisher (inactive unless configured).
+    pub(super) layers: Publishing<PgStorage>,
+}
+
+crate::storage::awareness_store!(PostgresAwarenessStore, "postgres", |store| &store.layers);
+
+/// The storage work on the `awareness_entries` table: one statement per operation.
+#[derive(Clone)]
+pub(crate) struct PgStorage {
     pool: PgPool,
     options: StoreOptions,
-    pub(super) timeout: PgInterval,
-    pub(super) feed: super::feed::Feed,
+    timeout: PgInterval,
     connect_errors: ConnectErrors,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The pool's manager holds the connection URL (and its password): never print it.
-        let pool_state = self.pool.state();
+        let storage = &self.layers.inner;
+        let pool_state = storage.pool.state();
         f.debug_struct("PostgresAwarenessStore")
-            .field("options", &self.options)
+            .field("options", &storage.options)
             .field("connections", &pool_state.connections)
             .field("idle_connections", &pool_state.idle_connections)
             .finish()
@@ -56,14 +66,22 @@ impl fmt::Debug for PostgresAwarenessStore {
 impl PostgresAwarenessStore {
     /// A store on an existing pool (the host application's own, for example). Does not check
     /// the schema; call [`ensure_schema`](Self::ensure_schema) for that.
+    ///
+    /// Build the pool with [`build_pool`](crate::build_pool) or give it the manager from
+    /// [`connection_manager`](crate::connection_manager): diesel-async's default manager
+    /// connects without TLS and without the session settings.
     pub fn from_pool(pool: PgPool, options: StoreOptions) -> Self {
-        let timeout = interval(options.timeout);
-        Self {
+        Self::with_storage(PgStorage {
             pool,
             options,
-            timeout,
-            feed: Default::default(),
+            timeout: interval(options.timeout),
             connect_errors: ConnectErrors::default(),
+        })
+    }
+
+    fn with_storage(storage: PgStorage) -> Self {
+        Self {
+            layers: Publishing::new(storage),
         }
     }
 
@@ -73,10 +91,12 @@ impl PostgresAwarenessStore {
     pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
         let (pool, connect_errors) =
             super::connect::build_pool_reporting(database_url, &options).await?;
-        let store = Self {
+        let store = Self::with_storage(PgStorage {
+            pool,
+            options: options.store,
+            timeout: interval(options.store.timeout),
             connect_errors,
-            ..Self::from_pool(pool, options.store)
-        };
+        });
         if options.validate_on_start {
             store.ensure_schema().await?;
         }
@@ -85,7 +105,7 @@ impl PostgresAwarenessStore {
 
     /// The pool this store uses.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.layers.inner.pool
     }
 
     /// Applies this crate's pending migrations, then `extra` (the host application's), under
@@ -95,7 +115,7 @@ impl PostgresAwarenessStore {
         extra: &'static [&'static EmbeddedMigrations],
     ) -> Result<MigrationReport> {
         let conn = self
-            .pool
+            .pool()
             .dedicated_connection()
             .await
             .map_err(pool_error_to_error)?;
@@ -119,7 +139,19 @@ impl PostgresAwarenessStore {
         }
     }
 
+    /// A pooled connection, or why there is none.
     pub(super) async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
+        self.layers.inner.conn().await
+    }
+
+    /// The expiry timeout as an SQL interval.
+    pub(super) fn timeout(&self) -> PgInterval {
+        self.layers.inner.timeout
+    }
+}
+
+impl PgStorage {
+    async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
         let started = std::time::Instant::now();
         self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error_to_error(e),
@@ -174,75 +206,41 @@ fn interval(timeout: std::time::Duration) -> PgInterval {
 }
 
 #[async_trait]
-impl AwarenessStore for PostgresAwarenessStore {
-    #[tracing::instrument(name = "awareness.get", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
-    async fn get(&self, doc: &str, client: &str) -> Result<Option<AwarenessEntry>> {
-        let mut op = Op::start();
-        check_id(Field::DocumentId, doc)?;
-        check_id(Field::ClientId, client)?;
+impl Storage for PgStorage {
+    async fn get(&self, document: &str, client: &str) -> Result<Option<AwarenessEntry>> {
         let mut conn = self.conn().await?;
-        let found = awareness_entries
-            .find((doc, client))
-            .filter(last_seen.gt(sql::cutoff(self.timeout)))
-            .select(AwarenessEntry::as_select())
-            .first(&mut conn)
+        Ok(sql::read::get(document, client, self.timeout)
+            .get_result(&mut conn)
             .await
-            .optional()?;
-        op.done(if found.is_some() { "found" } else { "absent" });
-        Ok(found)
+            .optional()?)
     }
 
-    #[tracing::instrument(name = "awareness.get_all", level = "debug", skip_all, fields(store = "postgres", document_id = doc, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
-    async fn get_all(&self, doc: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
-        check_id(Field::DocumentId, doc)?;
+    async fn get_all(&self, document: &str) -> Result<Vec<AwarenessEntry>> {
         let mut conn = self.conn().await?;
-        // Primary-key range scan on document_id; rows arrive already in client_id order.
-        let live = awareness_entries
-            .filter(document_id.eq(doc))
-            .filter(state.is_not_null())
-            .filter(last_seen.gt(sql::cutoff(self.timeout)))
-            .order(client_id.asc())
-            .select(AwarenessEntry::as_select())
+        Ok(sql::read::get_all(document, self.timeout)
             .load(&mut conn)
-            .await?;
-        op.rows(live.len());
-        Ok(live)
+            .await?)
     }
 
-    #[tracing::instrument(name = "awareness.set", level = "debug", skip_all, fields(store = "postgres", document_id = update.document_id, client_id = update.client_id, clock = update.clock, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
-        let mut op = Op::start();
-        check_update(update, self.options.max_state_bytes)?;
         let mut conn = self.conn().await?;
-        let rows = sql::set(update, self.timeout).execute(&mut conn).await?;
-        if rows > 0 {
-            self.feed.publish_update(update);
-        }
-        let outcome = if rows == 0 {
+        let rows = sql::write::set(update, self.timeout)
+            .execute(&mut conn)
+            .await?;
+        Ok(if rows == 0 {
             SetOutcome::Stale
         } else {
             SetOutcome::Applied
-        };
-        op.done(if rows == 0 { "stale" } else { "applied" });
-        Ok(outcome)
+        })
     }
 
-    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::SetMany`).
-    #[tracing::instrument(name = "awareness.set_many", level = "debug", skip_all, fields(store = "postgres", updates = updates.len(), outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
+    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::write::SetMany`).
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
-        let mut op = Op::start();
-        for update in updates {
-            check_update(update, self.options.max_state_bytes)?;
-        }
-        if updates.is_empty() {
-            return Ok(Vec::new());
-        }
         let plan = super::batch::BatchPlan::new(updates);
         let mut conn = self.conn().await?;
         let mut attempt = 0;
         let rows: Vec<super::batch::SentResult> = loop {
-            let query = sql::set_many(plan.columns(updates), self.timeout);
+            let query = sql::write::set_many(plan.columns(updates), self.timeout);
             match query.load(&mut conn).await {
                 // Two batches can still deadlock when one inserts a key the other's snapshot
                 // did not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
@@ -254,105 +252,54 @@ impl AwarenessStore for PostgresAwarenessStore {
                 other => break other?,
             }
         };
-        let outcomes = plan.outcomes(updates, &rows).ok_or_else(|| {
+        plan.outcomes(updates, &rows).ok_or_else(|| {
             Error::Database(diesel::result::Error::DeserializationError(
                 "set_many: the database returned rows that do not match the batch".into(),
             ))
-        })?;
-        for (update, outcome) in updates.iter().zip(&outcomes) {
-            if outcome.is_applied() {
-                self.feed.publish_update(update);
-            }
-        }
-        op.rows(rows.len());
-        Ok(outcomes)
+        })
     }
 
-    #[tracing::instrument(name = "awareness.remove", level = "debug", skip_all, fields(store = "postgres", document_id = doc, client_id = client, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
-    async fn remove(&self, doc: &str, client: &str) -> Result<bool> {
-        let mut op = Op::start();
-        check_id(Field::DocumentId, doc)?;
-        check_id(Field::ClientId, client)?;
+    async fn remove(&self, document: &str, client: &str) -> Result<bool> {
         let mut conn = self.conn().await?;
-        let rows = diesel::delete(awareness_entries.find((doc, client)))
+        let rows = sql::delete::remove(document, client)
             .execute(&mut conn)
             .await?;
-        if rows > 0 {
-            self.feed
-                .publish(ChangeKind::Remove, doc, vec![client.to_owned()]);
-        }
-        op.done(if rows > 0 { "removed" } else { "absent" });
         Ok(rows > 0)
     }
 
-    #[tracing::instrument(name = "awareness.remove_all_for_connection", level = "debug", skip_all, fields(store = "postgres", connection_id = conn_id, outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
-    async fn remove_all_for_connection(&self, conn_id: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
-        check_id(Field::ConnectionId, conn_id)?;
+    async fn remove_all_for_connection(&self, connection: &str) -> Result<Vec<AwarenessEntry>> {
         let mut conn = self.conn().await?;
-        // Uses awareness_entries_connection_id_idx. Expired rows are deleted too (they are
-        // garbage) but not returned: expired entries are absent for every read.
         let removed: Vec<(AwarenessEntry, bool)> =
-            diesel::delete(awareness_entries.filter(connection_id.eq(conn_id)))
-                .returning((
-                    AwarenessEntry::as_returning(),
-                    last_seen.gt(sql::cutoff(self.timeout)),
-                ))
+            sql::delete::remove_all_for_connection(connection, self.timeout)
                 .get_results(&mut conn)
                 .await?;
-        let mut live: Vec<AwarenessEntry> = removed
+        let mut fresh: Vec<AwarenessEntry> = removed
             .into_iter()
-            .filter_map(|(entry, live)| live.then_some(entry))
+            .filter_map(|(entry, fresh)| fresh.then_some(entry))
             .collect();
-        sort_by_key(&mut live);
-        self.feed.publish_entries(ChangeKind::Remove, &live);
-        op.rows(live.len());
-        Ok(live)
+        sort_by_key(&mut fresh);
+        Ok(fresh)
     }
 
-    #[tracing::instrument(name = "awareness.get_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
         let mut conn = self.conn().await?;
-        // A deliberate sequential scan: an index on last_seen would make every heartbeat a
-        // non-HOT update (see the migration's comments).
-        let expired = awareness_entries
-            .filter(last_seen.le(sql::cutoff(self.timeout)))
-            .order((document_id.asc(), client_id.asc()))
-            .select(AwarenessEntry::as_select())
-            .load(&mut conn)
-            .await?;
-        op.rows(expired.len());
-        Ok(expired)
+        Ok(sql::read::get_expired(self.timeout).load(&mut conn).await?)
     }
 
-    #[tracing::instrument(name = "awareness.prune_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn prune_expired(&self) -> Result<u64> {
-        if self.feed.is_publishing() {
-            return Ok(self.take_expired().await?.len() as u64); // needs the keys to publish
-        }
-        let mut op = Op::start();
         let mut conn = self.conn().await?;
-        let rows =
-            diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
-                .execute(&mut conn)
-                .await?;
-        op.rows(rows);
+        let rows = sql::delete::prune_expired(self.timeout)
+            .execute(&mut conn)
+            .await?;
         Ok(rows as u64)
     }
 
-    #[tracing::instrument(name = "awareness.take_expired", level = "debug", skip_all, fields(store = "postgres", outcome = tracing::field::Empty, rows = tracing::field::Empty, elapsed_us = tracing::field::Empty))]
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut op = Op::start();
         let mut conn = self.conn().await?;
-        let mut taken: Vec<AwarenessEntry> =
-            diesel::delete(awareness_entries.filter(last_seen.le(sql::cutoff(self.timeout))))
-                .returning(AwarenessEntry::as_returning())
-                .get_results(&mut conn)
-                .await?;
+        let mut taken: Vec<AwarenessEntry> = sql::delete::take_expired(self.timeout)
+            .get_results(&mut conn)
+            .await?;
         sort_by_key(&mut taken);
-        self.feed.publish_entries(ChangeKind::Expire, &taken);
-        op.rows(taken.len());
         Ok(taken)
     }
 

@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 
 use super::{payload, ChangeFeedOptions, ChangeFilter, ChangeStream, FeedEvent};
 use crate::error::{Error, Result};
+use crate::postgres::secret::redact;
 use crate::postgres::store::PgPool;
-use crate::secret::redact;
 
 /// How long the listener waits without a notification before checking its connection with a
 /// query: a connection lost without a TCP reset would otherwise go unnoticed.

@@ -65,7 +65,7 @@ pub async fn pending_migrations(
 pub async fn establish_connection(database_url: &str) -> Result<AsyncPgConnection> {
     crate::postgres::tls::connect(database_url)
         .await
-        .map_err(|e| Error::Connection(crate::secret::redact(&e.to_string())))
+        .map_err(|e| Error::Connection(crate::postgres::secret::redact(&e.to_string())))
 }
 
 async fn with_locked_harness<T: Send + 'static>(

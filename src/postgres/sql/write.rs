@@ -1,49 +1,18 @@
-//! The statements the PostgreSQL store sends, built with diesel so tests can pin their SQL
-//! (`debug_query`) and the benchmark can run exactly the same text through pgbench.
+//! The writes: `set` as one conditional upsert and `set_many` as one statement per batch.
 //!
-//! Every function returns a concrete (unboxed) query type with a static query id, which
-//! diesel-async prepares once per connection and caches, so the hot path parses nothing after
-//! warm-up (the upsert needs [`Prepared`] for that; see there).
+//! Each returns a concrete (unboxed) query type with a static query id, which diesel-async
+//! prepares once per connection and caches, so the hot path parses nothing after warm-up (the
+//! upsert needs [`Prepared`] for that; see there).
 
-use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
 use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Interval, Timestamptz};
 use diesel::upsert::excluded;
 
+use super::{cutoff, expired, Cutoff, Prepared};
 use crate::entry::AwarenessUpdate;
 use crate::schema::awareness_entries::dsl::*;
-
-/// `(now() - $timeout)`: entries last seen at or before this are expired.
-///
-/// `now()` is the database's clock (the transaction's start time), so app servers with skewed
-/// clocks agree on expiry. Written as a column comparison (`last_seen > now() - t`) rather than
-/// `last_seen + t > now()` so it stays index-friendly. diesel has no `-` operator on a
-/// zero-argument SQL function, hence this small expression type.
-#[derive(Debug, Clone, Copy, QueryId, ValidGrouping)]
-pub(crate) struct Cutoff(PgInterval);
-
-pub(crate) fn cutoff(timeout: PgInterval) -> Cutoff {
-    Cutoff(timeout)
-}
-
-impl Expression for Cutoff {
-    type SqlType = Timestamptz;
-}
-
-impl QueryFragment<Pg> for Cutoff {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("(now() - ");
-        out.push_bind_param::<Interval, _>(&self.0)?;
-        out.push_sql(")");
-        Ok(())
-    }
-}
-
-impl<QS> AppearsOnTable<QS> for Cutoff {}
-impl<QS> SelectableExpression<QS> for Cutoff {}
 
 /// The contract's rule 1 as one statement: insert, or replace the existing row only when it is
 /// expired, older, or the same clock being left. `execute` returns 1 when applied, 0 when stale.
@@ -77,44 +46,6 @@ pub(crate) fn set<'a>(
 /// [`set`]'s statement identity for the prepared-statement cache.
 pub(crate) struct SetId;
 
-/// A statement whose SQL text is the same on every call, declared cacheable.
-///
-/// diesel marks every `ON CONFLICT ... DO UPDATE` unsafe to cache (its SQL would change if the
-/// `SET` list were empty, which becomes `DO NOTHING`) and gives it no static query id, so
-/// diesel-async parsed, planned and closed the upsert on every `set`: three protocol messages
-/// and a re-plan per heartbeat (measured: see docs/performance.md). The `SET` list here is
-/// fixed and never empty, so the text cannot change: keyed by `Id`, the statement is prepared
-/// once per connection.
-#[derive(Debug)]
-pub(crate) struct Prepared<Q, Id> {
-    query: Q,
-    id: std::marker::PhantomData<fn() -> Id>,
-}
-
-impl<Q, Id> Prepared<Q, Id> {
-    fn new(query: Q) -> Self {
-        Self {
-            query,
-            id: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<Q, Id: 'static> QueryId for Prepared<Q, Id> {
-    type QueryId = Id;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl<Q: QueryFragment<Pg>, Id> QueryFragment<Pg> for Prepared<Q, Id> {
-    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.query.walk_ast(pass)
-    }
-
-    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
-        Ok(true)
-    }
-}
-
 /// The contract's rule 1 as the upsert's `DO UPDATE ... WHERE`: the existing row is expired,
 /// older, or the same clock being left. Shared by [`set`] and [`SetMany`].
 fn applies(
@@ -123,8 +54,7 @@ fn applies(
        + QueryFragment<Pg>
        + QueryId
        + Send {
-    last_seen
-        .le(cutoff(timeout))
+    expired(timeout)
         .or(clock_value.lt(excluded(clock_value)))
         .or(clock_value
             .eq(excluded(clock_value))
@@ -255,12 +185,8 @@ mod tests {
     #[test]
     fn set_is_one_conditional_upsert() {
         let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);
-        let sql =
-            diesel::debug_query::<Pg, _>(&set(&update, PgInterval::from_microseconds(30_000_000)))
-                .to_string();
-        let sql = sql.split(" -- binds").next().unwrap_or_default();
         assert_eq!(
-            sql,
+            super::super::text(&set(&update, super::super::thirty_seconds())),
             "INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \
              \"state\", \"clock_value\", \"last_seen\") VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP) \
              ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
@@ -277,14 +203,9 @@ mod tests {
     fn set_many_is_one_statement_with_array_binds() {
         let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
         let plan = crate::postgres::batch::BatchPlan::new(&updates);
-        let query = set_many(
-            plan.columns(&updates),
-            PgInterval::from_microseconds(30_000_000),
-        );
-        let sql = diesel::debug_query::<Pg, _>(&query).to_string();
-        let sql = sql.split(" -- binds").next().unwrap_or_default();
+        let query = set_many(plan.columns(&updates), super::super::thirty_seconds());
         assert_eq!(
-            sql,
+            super::super::text(&query),
             "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, i.client_id COLLATE \"C\" \
              AS client_id, i.connection_id, i.state, i.clock_value, i.ord FROM unnest($1::text[], \
              $2::text[], $3::text[], $4::jsonb[], $5::bigint[]) WITH ORDINALITY AS i(document_id, \
