@@ -329,15 +329,8 @@ fn now_micros() -> i64 {
 }
 
 fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let base = base[authority..]
-        .find('/')
-        .map_or(base, |slash| &base[..authority + slash]);
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
-    }
+    synckit_awareness::DatabaseUrl::new(url)
+        .with_database(database)
+        .expose()
+        .to_owned()
 }

@@ -318,6 +318,58 @@ async fn take_expired_returns_what_it_deletes(s: Stores) {
     assert!(s.long.get("d", "b").await.unwrap().is_some());
 }
 
+/// Every result spanning documents is ordered by (document_id, client_id) in byte order, on
+/// every store: written in scrambled order over several documents whose ids sort differently
+/// by bytes than by most locales (upper case before lower case, `é` after `z`).
+async fn multi_document_results_are_in_key_byte_order(s: Stores) {
+    let keys = [
+        ("doc-b", "z"),
+        ("doc-é", "a"),
+        ("Doc-a", "m"),
+        ("doc-b", "B"),
+        ("doc-a", "y"),
+        ("doc-b", "a"),
+        ("Doc-a", "Z"),
+        ("doc-a", "b"),
+    ];
+    let mut expected: Vec<(String, String)> = keys
+        .iter()
+        .map(|(d, c)| (d.to_string(), c.to_string()))
+        .collect();
+    expected
+        .sort_by(|a, b| (a.0.as_bytes(), a.1.as_bytes()).cmp(&(b.0.as_bytes(), b.1.as_bytes())));
+    let key_list = |entries: Vec<synckit_awareness::AwarenessEntry>| -> Vec<(String, String)> {
+        entries
+            .into_iter()
+            .map(|e| (e.document_id, e.client_id))
+            .collect()
+    };
+
+    for (doc, client) in keys {
+        set(&s.long, up(doc, client, "conn-1", 1, json!({"at": client}))).await;
+    }
+    assert_eq!(
+        key_list(s.long.remove_all_for_connection("conn-1").await.unwrap()),
+        expected,
+        "remove_all_for_connection"
+    );
+
+    for (doc, client) in keys {
+        set(&s.long, up(doc, client, "conn-2", 2, json!({"at": client}))).await;
+    }
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(
+        key_list(s.short.get_expired().await.unwrap()),
+        expected,
+        "get_expired"
+    );
+    assert_eq!(
+        key_list(s.short.take_expired().await.unwrap()),
+        expected,
+        "take_expired"
+    );
+}
+
 async fn pruner_hands_over_expired_entries_and_stops(s: Stores) {
     set(&s.long, up("d", "a", "k", 1, json!(1))).await;
     set(&s.long, up("d", "b", "k", 1, json!(1))).await;
@@ -536,41 +588,25 @@ async fn racing_sets_end_at_the_highest_clock(s: Stores) {
     assert_eq!(e.state, Some(json!({ "clock": TASKS * PER_TASK - 1 })));
 }
 
-macro_rules! conformance {
-    ($backend:ident, $make:path) => {
-        mod $backend {
-            conformance!(@tests $make;
-                higher_clock_applies,
-                lower_and_equal_clocks_are_stale,
-                equal_clock_leave_removes_live_state,
-                tombstone_blocks_older_update,
-                expired_entry_accepts_any_clock,
-                applying_refreshes_last_seen,
-                get_all_returns_live_entries_in_client_order,
-                get_all_and_get_skip_expired_entries,
-                documents_are_kept_apart,
-                remove_says_whether_an_entry_was_there,
-                remove_all_for_connection_takes_only_owned_entries,
-                remove_all_for_connection_deletes_but_hides_expired,
-                expired_entries_are_listed_then_pruned,
-                take_expired_returns_what_it_deletes,
-                pruner_hands_over_expired_entries_and_stops,
-                bad_input_is_refused_and_changes_nothing,
-                odd_but_valid_ids_round_trip,
-                set_many_applies_in_order,
-                racing_sets_end_at_the_highest_clock,
-            );
-        }
-    };
-    (@tests $make:path; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                super::$name($make().await).await;
-            }
-        )*
-    };
-}
-
-conformance!(memory, crate::common::memory_stores);
-conformance!(postgres, crate::common::postgres_stores);
+common::both_stores!(
+    higher_clock_applies,
+    lower_and_equal_clocks_are_stale,
+    equal_clock_leave_removes_live_state,
+    tombstone_blocks_older_update,
+    expired_entry_accepts_any_clock,
+    applying_refreshes_last_seen,
+    get_all_returns_live_entries_in_client_order,
+    get_all_and_get_skip_expired_entries,
+    documents_are_kept_apart,
+    remove_says_whether_an_entry_was_there,
+    remove_all_for_connection_takes_only_owned_entries,
+    remove_all_for_connection_deletes_but_hides_expired,
+    expired_entries_are_listed_then_pruned,
+    take_expired_returns_what_it_deletes,
+    multi_document_results_are_in_key_byte_order,
+    pruner_hands_over_expired_entries_and_stops,
+    bad_input_is_refused_and_changes_nothing,
+    odd_but_valid_ids_round_trip,
+    set_many_applies_in_order,
+    racing_sets_end_at_the_highest_clock,
+);

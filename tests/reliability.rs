@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{memory_stores, postgres_stores, Stores, TestDb};
+use common::{memory_stores, Stores, TestDb};
 use diesel_async::SimpleAsyncConnection;
 use serde_json::{json, Value};
 use synckit_awareness::{
@@ -405,15 +405,7 @@ async fn hostile_input_is_refused_and_the_table_stays_intact(s: Stores) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_input_memory() {
-    hostile_input_is_refused_and_the_table_stays_intact(memory_stores().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_input_postgres() {
-    hostile_input_is_refused_and_the_table_stays_intact(postgres_stores().await).await;
-}
+common::both_stores!(hostile_input_is_refused_and_the_table_stays_intact);
 
 // ---------------------------------------------------------------------------------------------
 // Least privilege (secrets and tracing: tests/secrets.rs)

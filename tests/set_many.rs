@@ -183,28 +183,7 @@ async fn racing_batches_end_at_the_highest_clock(s: Stores) {
     }
 }
 
-macro_rules! for_each_store {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::common::memory_stores().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::common::postgres_stores().await).await;
-                }
-            )*
-        }
-    };
-}
-
-for_each_store!(
+common::both_stores!(
     big_batches_match_the_model,
     batches_mix_new_live_and_expired_keys,
     racing_batches_end_at_the_highest_clock,

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use synckit_awareness::y_protocols::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits, Field, MAX_SAFE_INTEGER,
+    AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits, WireField, MAX_SAFE_INTEGER,
 };
 
 fn decode(bytes: &[u8]) -> Result<Vec<AwarenessClientUpdate>, CodecError> {
@@ -40,37 +40,37 @@ fn truncation_errors_name_the_field() {
     assert_eq!(
         decode(&[]),
         Err(CodecError::Truncated {
-            field: Field::ClientCount
+            field: WireField::ClientCount
         })
     );
     assert_eq!(
         decode(&[1]),
         Err(CodecError::Truncated {
-            field: Field::ClientId
+            field: WireField::ClientId
         })
     );
     assert_eq!(
         decode(&[1, 0x85]),
         Err(CodecError::Truncated {
-            field: Field::ClientId
+            field: WireField::ClientId
         })
     );
     assert_eq!(
         decode(&[1, 1]),
         Err(CodecError::Truncated {
-            field: Field::Clock
+            field: WireField::Clock
         })
     );
     assert_eq!(
         decode(&[1, 1, 1]),
         Err(CodecError::Truncated {
-            field: Field::StateLength
+            field: WireField::StateLength
         })
     );
     assert_eq!(
         decode(&[1, 1, 1, 5, b'{']),
         Err(CodecError::LengthOutOfBounds {
-            field: Field::State,
+            field: WireField::State,
             length: 5,
             remaining: 1
         })
@@ -81,7 +81,7 @@ fn truncation_errors_name_the_field() {
     assert_eq!(
         decode(&two),
         Err(CodecError::Truncated {
-            field: Field::ClientId
+            field: WireField::ClientId
         })
     );
 }
@@ -97,7 +97,7 @@ fn overflowing_varints_name_the_field() {
         assert_eq!(
             decode(&id),
             Err(CodecError::VarIntOverflow {
-                field: Field::ClientId
+                field: WireField::ClientId
             })
         );
         let mut clock = vec![1, 1];
@@ -107,7 +107,7 @@ fn overflowing_varints_name_the_field() {
         assert_eq!(
             err,
             CodecError::VarIntOverflow {
-                field: Field::Clock
+                field: WireField::Clock
             }
         );
         assert!(err.to_string().contains("clock"), "{err}");
@@ -172,7 +172,7 @@ fn limits_are_enforced_before_allocation() {
     assert_eq!(
         decode_awareness_update(&huge, &unlimited),
         Err(CodecError::Truncated {
-            field: Field::ClientId
+            field: WireField::ClientId
         })
     );
     let small = DecodeLimits {
@@ -234,14 +234,14 @@ fn encoder_refuses_unsafe_integers() {
     assert_eq!(
         encode_awareness_update(&[c(MAX_SAFE_INTEGER + 1, 0)]),
         Err(CodecError::ValueOutOfRange {
-            field: Field::ClientId,
+            field: WireField::ClientId,
             value: MAX_SAFE_INTEGER + 1
         })
     );
     assert_eq!(
         encode_awareness_update(&[c(1, u64::MAX)]),
         Err(CodecError::ValueOutOfRange {
-            field: Field::Clock,
+            field: WireField::Clock,
             value: u64::MAX
         })
     );
@@ -279,19 +279,19 @@ fn message_framing() {
     assert_eq!(
         decode_message(&[]),
         Err(CodecError::Truncated {
-            field: Field::MessageType
+            field: WireField::MessageType
         })
     );
     assert_eq!(
         decode_message(&[1]),
         Err(CodecError::Truncated {
-            field: Field::UpdateLength
+            field: WireField::UpdateLength
         })
     );
     assert_eq!(
         decode_message(&[1, 3, 0]),
         Err(CodecError::LengthOutOfBounds {
-            field: Field::Update,
+            field: WireField::Update,
             length: 3,
             remaining: 1
         })

@@ -2,14 +2,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use serde_json::json;
 use synckit_awareness::y_protocols::{
     apply_awareness_update, decode_awareness_update, encode_awareness_state,
     encode_awareness_update, AwarenessClientUpdate, CodecError, DecodeLimits, MAX_SAFE_INTEGER,
 };
-use synckit_awareness::{AwarenessStore, AwarenessUpdate, Error, SetOutcome};
+use synckit_awareness::{AwarenessUpdate, Error, SetOutcome};
 
 fn client(client_id: u64, clock: u64, state: Option<serde_json::Value>) -> AwarenessClientUpdate {
     AwarenessClientUpdate {
@@ -23,7 +21,8 @@ fn update(clients: &[AwarenessClientUpdate]) -> Vec<u8> {
     encode_awareness_update(clients).expect("encodable")
 }
 
-async fn applies_decimal_ids_and_outcomes(store: Arc<dyn AwarenessStore>) {
+async fn applies_decimal_ids_and_outcomes(stores: common::Stores) {
+    let store = stores.long.clone();
     let limits = DecodeLimits::default();
     let first = update(&[
         client(7, 1, Some(json!({"user": {"name": "Ann"}}))),
@@ -61,7 +60,8 @@ async fn applies_decimal_ids_and_outcomes(store: Arc<dyn AwarenessStore>) {
     assert!(store.get("doc", "7").await.unwrap().unwrap().is_tombstone());
 }
 
-async fn malformed_input_applies_nothing(store: Arc<dyn AwarenessStore>) {
+async fn malformed_input_applies_nothing(stores: common::Stores) {
+    let store = stores.long.clone();
     let limits = DecodeLimits {
         max_clients: 2,
         ..Default::default()
@@ -77,7 +77,7 @@ async fn malformed_input_applies_nothing(store: Arc<dyn AwarenessStore>) {
         (
             truncated,
             CodecError::LengthOutOfBounds {
-                field: synckit_awareness::y_protocols::Field::State,
+                field: synckit_awareness::y_protocols::WireField::State,
                 length: 8,
                 remaining: 7,
             },
@@ -102,7 +102,8 @@ async fn malformed_input_applies_nothing(store: Arc<dyn AwarenessStore>) {
     assert!(store.get_all("doc").await.unwrap().is_empty());
 }
 
-async fn encodes_live_entries_skipping_non_yjs_ids(store: Arc<dyn AwarenessStore>) {
+async fn encodes_live_entries_skipping_non_yjs_ids(stores: common::Stores) {
+    let store = stores.long.clone();
     let limits = DecodeLimits::default();
     let joined = update(&[
         client(30, 2, Some(json!({"b": 1, "a": 2}))),
@@ -145,27 +146,7 @@ async fn encodes_live_entries_skipping_non_yjs_ids(store: Arc<dyn AwarenessStore
     );
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test]
-            async fn $name() {
-                let stores = super::common::memory_stores().await;
-                super::$name(stores.long).await;
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() {
-                let stores = super::common::postgres_stores().await;
-                super::$name(stores.long.clone()).await;
-                drop(stores);
-            })*
-        }
-    };
-}
-
-both_stores!(
+common::both_stores!(
     applies_decimal_ids_and_outcomes,
     malformed_input_applies_nothing,
     encodes_live_entries_skipping_non_yjs_ids,

@@ -25,19 +25,12 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// `url` with its database name replaced.
+/// `url` with its database name replaced (the library's `DatabaseUrl::with_database`).
 pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[start..].find('/') {
-        Some(i) => &base[..start + i],
-        None => base,
-    };
-    if query.is_empty() {
-        format!("{base}/{db}")
-    } else {
-        format!("{base}/{db}?{query}")
-    }
+    synckit_awareness::DatabaseUrl::new(url)
+        .with_database(db)
+        .expose()
+        .to_owned()
 }
 
 /// Drops and recreates the benchmark database and applies the migrations.
@@ -172,23 +165,21 @@ pub fn pgbench(
     f
 }
 
-/// pgbench from the PostgreSQL client tools: PATH first, then Debian's versioned directory.
+/// pgbench from the PostgreSQL client tools: `PGBENCH`, else in the directory the test harness
+/// finds PostgreSQL's programs in (`tests/support/with-postgres.sh --bindir`), else on PATH.
 pub fn pgbench_path() -> PathBuf {
     if let Ok(p) = std::env::var("PGBENCH") {
         return p.into();
     }
-    if Command::new("pgbench").arg("--version").output().is_ok() {
-        return "pgbench".into();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/with-postgres.sh"
+    );
+    if let Ok(out) = Command::new(script).arg("--bindir").output() {
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("pgbench");
+        if out.status.success() && bin.exists() {
+            return bin;
+        }
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin/pgbench"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("pgbench not found: install postgresql-client (or set PGBENCH=/path/to/pgbench)")
+    "pgbench".into()
 }

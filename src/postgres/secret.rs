@@ -24,6 +24,42 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         redact(&self.0)
     }
+
+    /// The same server, user and parameters, another database: `postgres://u@h/app?x=1` →
+    /// `postgres://u@h/{database}?x=1`; in key-value form, `dbname` is replaced or added.
+    ///
+    /// ```
+    /// use synckit_awareness::DatabaseUrl;
+    /// let url = DatabaseUrl::new("postgres://app:secret@db:5432/app?sslmode=require");
+    /// assert_eq!(
+    ///     url.with_database("app_test").expose(),
+    ///     "postgres://app:secret@db:5432/app_test?sslmode=require"
+    /// );
+    /// ```
+    pub fn with_database(&self, database: &str) -> Self {
+        let url = self.0.trim();
+        if !url.contains("://") {
+            let mut pairs: Vec<String> = url
+                .split_whitespace()
+                .filter(|pair| !pair.starts_with("dbname="))
+                .map(str::to_owned)
+                .collect();
+            pairs.push(format!("dbname={database}"));
+            return Self(pairs.join(" "));
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let authority = base.find("://").map_or(0, |i| i + 3);
+        let base = base[authority..]
+            .find('/')
+            .map_or(base, |slash| &base[..authority + slash]);
+        Self(match query {
+            Some(query) => format!("{base}/{database}?{query}"),
+            None => format!("{base}/{database}"),
+        })
+    }
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -109,6 +145,23 @@ fn redact_key_value(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_database_keeps_everything_else() {
+        let cases = [
+            ("postgres://h/a", "postgres://h/b"),
+            ("postgres://h", "postgres://h/b"),
+            (
+                "postgres://u:p@h:1/a?sslmode=disable",
+                "postgres://u:p@h:1/b?sslmode=disable",
+            ),
+            ("host=h dbname=a user=u", "host=h user=u dbname=b"),
+            ("host=h", "host=h dbname=b"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(DatabaseUrl::new(url).with_database("b").expose(), expected);
+        }
+    }
 
     #[test]
     fn passwords_are_hidden() {

@@ -15,7 +15,7 @@ pub const MESSAGE_QUERY_AWARENESS: u64 = 3;
 
 /// The part of the wire format an error refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Field {
+pub enum WireField {
     /// The leading varUint holding the number of client entries in an awareness update.
     ClientCount,
     /// A client's `clientID` varUint.
@@ -34,17 +34,17 @@ pub enum Field {
     Update,
 }
 
-impl std::fmt::Display for Field {
+impl std::fmt::Display for WireField {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Field::ClientCount => "client count",
-            Field::ClientId => "clientID",
-            Field::Clock => "clock",
-            Field::StateLength => "state length",
-            Field::State => "state",
-            Field::MessageType => "message type",
-            Field::UpdateLength => "awareness update length",
-            Field::Update => "awareness update",
+            WireField::ClientCount => "client count",
+            WireField::ClientId => "clientID",
+            WireField::Clock => "clock",
+            WireField::StateLength => "state length",
+            WireField::State => "state",
+            WireField::MessageType => "message type",
+            WireField::UpdateLength => "awareness update length",
+            WireField::Update => "awareness update",
         })
     }
 }
@@ -56,19 +56,19 @@ pub enum CodecError {
     #[error("input truncated while reading {field} varUint")]
     Truncated {
         /// The varUint being read.
-        field: Field,
+        field: WireField,
     },
     /// A varUint exceeded 2^53-1 (`Number.MAX_SAFE_INTEGER`) or was longer than 8 bytes.
     #[error("{field} varUint exceeds 2^53-1 (Number.MAX_SAFE_INTEGER) or is longer than 8 bytes")]
     VarIntOverflow {
         /// The varUint being read.
-        field: Field,
+        field: WireField,
     },
     /// A length prefix pointed past the end of the input.
     #[error("{field} declares {length} bytes but only {remaining} bytes remain")]
     LengthOutOfBounds {
         /// The length-prefixed data being read.
-        field: Field,
+        field: WireField,
         /// The declared length.
         length: u64,
         /// Bytes actually left in the input.
@@ -112,7 +112,7 @@ pub enum CodecError {
     #[error("{field} {value} exceeds 2^53-1 (Number.MAX_SAFE_INTEGER) and cannot be read by JS")]
     ValueOutOfRange {
         /// The field holding the value.
-        field: Field,
+        field: WireField,
         /// The offending value.
         value: u64,
     },
@@ -172,7 +172,7 @@ pub enum AwarenessMessage {
     Query,
 }
 
-fn check_safe(field: Field, value: u64) -> Result<u64, CodecError> {
+fn check_safe(field: WireField, value: u64) -> Result<u64, CodecError> {
     if value > MAX_SAFE_INTEGER {
         Err(CodecError::ValueOutOfRange { field, value })
     } else {
@@ -193,8 +193,8 @@ pub fn encode_awareness_update(clients: &[AwarenessClientUpdate]) -> Result<Vec<
     write_var_uint(&mut out, clients.len() as u64);
     let mut json = String::new();
     for client in clients {
-        write_var_uint(&mut out, check_safe(Field::ClientId, client.client_id)?);
-        write_var_uint(&mut out, check_safe(Field::Clock, client.clock)?);
+        write_var_uint(&mut out, check_safe(WireField::ClientId, client.client_id)?);
+        write_var_uint(&mut out, check_safe(WireField::Clock, client.clock)?);
         json.clear();
         match &client.state {
             Some(state) => write_js_json(&mut json, state),
@@ -214,7 +214,7 @@ pub fn decode_awareness_update(
     limits: &DecodeLimits,
 ) -> Result<Vec<AwarenessClientUpdate>, CodecError> {
     let mut reader = Reader::new(bytes);
-    let count = reader.read_var_uint(Field::ClientCount)?;
+    let count = reader.read_var_uint(WireField::ClientCount)?;
     let count = match usize::try_from(count) {
         Ok(n) if n <= limits.max_clients => n,
         _ => {
@@ -228,9 +228,9 @@ pub fn decode_awareness_update(
     // more than the input could possibly hold.
     let mut clients = Vec::with_capacity(count.min(reader.remaining() / 4));
     for _ in 0..count {
-        let client_id = reader.read_var_uint(Field::ClientId)?;
-        let clock = reader.read_var_uint(Field::Clock)?;
-        let length = reader.read_var_uint(Field::StateLength)?;
+        let client_id = reader.read_var_uint(WireField::ClientId)?;
+        let clock = reader.read_var_uint(WireField::Clock)?;
+        let length = reader.read_var_uint(WireField::StateLength)?;
         if usize::try_from(length).map_or(true, |len| len > limits.max_state_bytes) {
             return Err(CodecError::StateTooLarge {
                 client_id,
@@ -238,7 +238,7 @@ pub fn decode_awareness_update(
                 max: limits.max_state_bytes,
             });
         }
-        let raw = reader.read_exact(length, Field::State)?;
+        let raw = reader.read_exact(length, WireField::State)?;
         let text = std::str::from_utf8(raw).map_err(|e| CodecError::InvalidUtf8 {
             client_id,
             valid_up_to: e.valid_up_to(),
@@ -283,9 +283,9 @@ pub fn encode_message(message: &AwarenessMessage) -> Vec<u8> {
 /// [`CodecError::TrailingBytes`].
 pub fn decode_message(bytes: &[u8]) -> Result<AwarenessMessage, CodecError> {
     let mut reader = Reader::new(bytes);
-    let message = match reader.read_var_uint(Field::MessageType)? {
+    let message = match reader.read_var_uint(WireField::MessageType)? {
         MESSAGE_AWARENESS => {
-            let update = reader.read_var_bytes(Field::UpdateLength, Field::Update)?;
+            let update = reader.read_var_bytes(WireField::UpdateLength, WireField::Update)?;
             AwarenessMessage::Update(update.to_vec())
         }
         MESSAGE_QUERY_AWARENESS => AwarenessMessage::Query,

@@ -25,7 +25,7 @@ pub use apply::{apply_awareness_update, encode_awareness_state};
 
 pub use codec::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits, Field, MESSAGE_AUTH,
+    AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits, WireField, MESSAGE_AUTH,
     MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
 };
 pub use varint::{MAX_SAFE_INTEGER, MAX_VAR_UINT_LEN};

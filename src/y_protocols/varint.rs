@@ -4,7 +4,7 @@
 //! the high bit (0x80) set on every byte except the last. JavaScript numbers are only exact up
 //! to `Number.MAX_SAFE_INTEGER` (2^53 - 1), which needs at most 8 bytes.
 
-use super::codec::{CodecError, Field};
+use super::codec::{CodecError, WireField};
 
 /// `Number.MAX_SAFE_INTEGER` (2^53 - 1): the largest integer lib0 can round-trip exactly.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -53,7 +53,7 @@ impl<'a> Reader<'a> {
     ///
     /// Like lib0, non-minimal encodings (e.g. `0x80 0x00` for 0) are accepted as long as they
     /// fit in 8 bytes; lib0 would accept arbitrarily long zero padding, which we refuse.
-    pub(crate) fn read_var_uint(&mut self, field: Field) -> Result<u64, CodecError> {
+    pub(crate) fn read_var_uint(&mut self, field: WireField) -> Result<u64, CodecError> {
         let mut value: u64 = 0;
         for i in 0..MAX_VAR_UINT_LEN {
             let Some(&byte) = self.bytes.get(self.pos) else {
@@ -75,15 +75,19 @@ impl<'a> Reader<'a> {
     /// Reads a varUint length followed by that many bytes, without copying.
     pub(crate) fn read_var_bytes(
         &mut self,
-        length_field: Field,
-        data_field: Field,
+        length_field: WireField,
+        data_field: WireField,
     ) -> Result<&'a [u8], CodecError> {
         let length = self.read_var_uint(length_field)?;
         self.read_exact(length, data_field)
     }
 
     /// Reads exactly `length` bytes or fails with [`CodecError::LengthOutOfBounds`].
-    pub(crate) fn read_exact(&mut self, length: u64, field: Field) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn read_exact(
+        &mut self,
+        length: u64,
+        field: WireField,
+    ) -> Result<&'a [u8], CodecError> {
         let remaining = self.remaining();
         let out_of_bounds = CodecError::LengthOutOfBounds {
             field,
@@ -127,31 +131,31 @@ mod tests {
     #[test]
     fn read_limits() {
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
-        assert_eq!(r.read_var_uint(Field::Clock), Ok(MAX_SAFE_INTEGER));
+        assert_eq!(r.read_var_uint(WireField::Clock), Ok(MAX_SAFE_INTEGER));
         // 2^53 does not fit in a JS safe integer.
         let mut r = Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]);
         assert_eq!(
-            r.read_var_uint(Field::Clock),
+            r.read_var_uint(WireField::Clock),
             Err(CodecError::VarIntOverflow {
-                field: Field::Clock
+                field: WireField::Clock
             })
         );
         // Nine bytes is always too long, even when the value is small.
         let mut r = Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
         assert_eq!(
-            r.read_var_uint(Field::ClientId),
+            r.read_var_uint(WireField::ClientId),
             Err(CodecError::VarIntOverflow {
-                field: Field::ClientId
+                field: WireField::ClientId
             })
         );
         // Non-minimal but short padding is accepted, like lib0.
         let mut r = Reader::new(&[0x81, 0x00]);
-        assert_eq!(r.read_var_uint(Field::ClientId), Ok(1));
+        assert_eq!(r.read_var_uint(WireField::ClientId), Ok(1));
         let mut r = Reader::new(&[0x81]);
         assert_eq!(
-            r.read_var_uint(Field::ClientId),
+            r.read_var_uint(WireField::ClientId),
             Err(CodecError::Truncated {
-                field: Field::ClientId
+                field: WireField::ClientId
             })
         );
     }

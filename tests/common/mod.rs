@@ -1,7 +1,7 @@
 //! Test harness: a PostgreSQL server (DATABASE_URL, else testcontainers; `make test` sets
 //! DATABASE_URL to a throwaway cluster when neither exists), and an isolated,
 //! migrated database per test, cloned from a template migrated once per migration set.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,21 +72,12 @@ async fn server() -> &'static Server {
         .await
 }
 
-/// `url` with its database name replaced.
+/// `url` with its database name replaced (the library's [`DatabaseUrl::with_database`]).
 pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
-    }
+    synckit_awareness::DatabaseUrl::new(url)
+        .with_database(database)
+        .expose()
+        .to_owned()
 }
 
 pub async fn admin() -> AsyncPgConnection {
@@ -331,3 +322,28 @@ pub async fn postgres_stores() -> Stores {
         db: Some(db),
     }
 }
+
+/// Stamps each `async fn name(stores: Stores)` named in the calling test file as two tests,
+/// `memory::name` and `postgres::name`: one suite, every store (as River runs one conformance
+/// suite per driver). Use as `common::both_stores!(test_a, test_b);`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::common::memory_stores().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::common::postgres_stores().await).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use both_stores;

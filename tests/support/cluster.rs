@@ -2,7 +2,7 @@
 //! directory, on a free port), for tests that restart the server or need TLS settings the shared
 //! server does not have. Stopped and deleted on drop.
 //!
-//! Binaries: `$PG_BIN`, else `pg_config --bindir`, else /usr/lib/postgresql/*/bin. initdb
+//! Binaries: where `tests/support/with-postgres.sh --bindir` finds them. initdb
 //! refuses to run as root, so as root every command runs as the `postgres` user (runuser).
 #![allow(dead_code)]
 
@@ -23,31 +23,23 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Where PostgreSQL's server programs are, as `make test` finds them (one lookup, in
+/// `tests/support/with-postgres.sh --bindir`: `PG_BIN`, `pg_config`, Debian's directories, PATH).
 fn pg_bin() -> PathBuf {
-    if let Ok(dir) = std::env::var("PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return dir;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/with-postgres.sh"
+    );
+    match Command::new(script).arg("--bindir").output() {
+        Ok(out) if out.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "this test starts its own PostgreSQL cluster and found no initdb/pg_ctl: install the \
-             PostgreSQL server package (e.g. apt-get install postgresql-15) or set PG_BIN to the \
+        _ => panic!(
+            "this test starts its own PostgreSQL cluster and found no initdb/pg_ctl: install \
+             PostgreSQL's server programs (e.g. apt-get install postgresql) or set PG_BIN to the \
              directory holding initdb and pg_ctl"
-        )
-    })
+        ),
+    }
 }
 
 fn free_port() -> u16 {

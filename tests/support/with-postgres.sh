@@ -8,10 +8,38 @@
 #      target/test-postgres, started once here and stopped (and deleted) when the command ends;
 #   4. none of these: one short message naming the three ways, and exit 2 before compiling.
 # Used by `make test`; usable alone: tests/support/with-postgres.sh cargo test --test conformance
+# `with-postgres.sh --bindir` only prints where PostgreSQL's programs are (the one place that
+# looks for them: tests/support/cluster.rs and the benchmark's pgbench lookup ask here).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
 redact() { sed -E 's#(://[^:/@]*:)[^@]*@#\1***@#'; }
+
+# PostgreSQL's server programs: PG_BIN, else pg_config --bindir, else the newest
+# /usr/lib/postgresql/*/bin, else initdb on PATH.
+find_bindir() {
+  bindir=${PG_BIN:-}
+  if [ -z "$bindir" ] && command -v pg_config >/dev/null 2>&1; then
+    candidate=$(pg_config --bindir 2>/dev/null || true)
+    if [ -x "$candidate/initdb" ]; then bindir=$candidate; fi
+  fi
+  if [ -z "$bindir" ]; then
+    for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
+      if [ -x "$candidate/initdb" ]; then bindir=$candidate; fi
+    done
+  fi
+  if [ -z "$bindir" ] && command -v initdb >/dev/null 2>&1; then
+    bindir=$(dirname "$(command -v initdb)")
+  fi
+  return 0
+}
+
+if [ "${1:-}" = --bindir ]; then
+  find_bindir
+  [ -n "$bindir" ] && [ -x "$bindir/pg_ctl" ] || exit 2
+  echo "$bindir"
+  exit 0
+fi
 
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "tests use DATABASE_URL ($(printf '%s' "$DATABASE_URL" | redact))" >&2
@@ -24,21 +52,7 @@ if [ -z "${SYNCKIT_TEST_NO_DOCKER:-}" ] && command -v docker >/dev/null 2>&1 \
   exec "$@"
 fi
 
-# PostgreSQL's server programs: PG_BIN, else pg_config --bindir, else the newest
-# /usr/lib/postgresql/*/bin, else initdb on PATH.
-bindir=${PG_BIN:-}
-if [ -z "$bindir" ] && command -v pg_config >/dev/null 2>&1; then
-  candidate=$(pg_config --bindir 2>/dev/null || true)
-  [ -x "$candidate/initdb" ] && bindir=$candidate
-fi
-if [ -z "$bindir" ]; then
-  for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
-    [ -x "$candidate/initdb" ] && bindir=$candidate
-  done
-fi
-if [ -z "$bindir" ] && command -v initdb >/dev/null 2>&1; then
-  bindir=$(dirname "$(command -v initdb)")
-fi
+find_bindir
 if [ -z "$bindir" ] || [ ! -x "$bindir/pg_ctl" ]; then
   cat >&2 <<'MSG'
 make test needs PostgreSQL and found none. Give it one of:
