@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::storage::Storage;
 use crate::store::StoreOptions;
 
-/// An [`AwarenessStore`] in process memory; the default provider. Cheap to clone: clones share
+/// An [`AwarenessStore`](crate::AwarenessStore) in process memory. Cheap to clone: clones share
 /// the same entries.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryAwarenessStore {
