@@ -89,6 +89,9 @@ pub struct PostgresSettings {
     /// PostgreSQL `synchronous_commit` of the store's connections (default off: awareness is
     /// ephemeral; see docs/performance.md for the measured trade-off).
     pub synchronous_commit: bool,
+    /// Coalesce concurrent `set`s into one statement while connections are busy
+    /// ([`PostgresOptions::coalesce_writes`]).
+    pub coalesce_writes: bool,
     /// Publish every applied change to the change feed (`NOTIFY`), so that other instances on
     /// the same database hear of it ([`ChangeFeedOptions::publish`]).
     pub change_feed: bool,
@@ -107,6 +110,7 @@ impl Default for PostgresSettings {
             migrate_on_start: false,
             statement_timeout_ms: defaults.statement_timeout.map_or(0, millis),
             synchronous_commit: defaults.synchronous_commit,
+            coalesce_writes: defaults.coalesce_writes,
             change_feed: false,
             change_feed_channel: DEFAULT_CHANNEL.to_owned(),
         }
@@ -126,6 +130,7 @@ impl PostgresSettings {
                     .then(|| Duration::from_millis(self.statement_timeout_ms)),
             )
             .with_synchronous_commit(self.synchronous_commit)
+            .with_coalesce_writes(self.coalesce_writes)
     }
 
     /// The [`ChangeFeedOptions`] these settings describe (a fresh `origin`).
@@ -182,7 +187,8 @@ impl AwarenessSettings {
     /// `…__POSTGRES__ACQUIRE_TIMEOUT_MS` (old name `…__CONNECT_TIMEOUT_MS`),
     /// `…__POSTGRES__VALIDATE_ON_START`, `…__POSTGRES__MIGRATE_ON_START`,
     /// `…__POSTGRES__STATEMENT_TIMEOUT_MS`, `…__POSTGRES__SYNCHRONOUS_COMMIT`,
-    /// `…__POSTGRES__CHANGE_FEED`, `…__POSTGRES__CHANGE_FEED_CHANNEL`; unset keys keep their
+    /// `…__POSTGRES__COALESCE_WRITES`, `…__POSTGRES__CHANGE_FEED`,
+    /// `…__POSTGRES__CHANGE_FEED_CHANNEL`; unset keys keep their
     /// defaults. With the provider unset (`auto`), a URL selects PostgreSQL.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
@@ -227,6 +233,9 @@ impl AwarenessSettings {
         }
         if let Some(v) = var("POSTGRES__SYNCHRONOUS_COMMIT") {
             pg.synchronous_commit = parse("POSTGRES__SYNCHRONOUS_COMMIT", &v)?;
+        }
+        if let Some(v) = var("POSTGRES__COALESCE_WRITES") {
+            pg.coalesce_writes = parse("POSTGRES__COALESCE_WRITES", &v)?;
         }
         if let Some(v) = var("POSTGRES__CHANGE_FEED") {
             pg.change_feed = parse("POSTGRES__CHANGE_FEED", &v)?;
@@ -342,13 +351,15 @@ impl fmt::Display for AwarenessSettings {
             f,
             " postgres.pool_size={} postgres.acquire_timeout_ms={} postgres.validate_on_start={} \
              postgres.migrate_on_start={} postgres.statement_timeout_ms={} \
-             postgres.synchronous_commit={} postgres.change_feed={} postgres.change_feed_channel={}",
+             postgres.synchronous_commit={} postgres.coalesce_writes={} postgres.change_feed={} \
+             postgres.change_feed_channel={}",
             pg.pool_size,
             pg.acquire_timeout_ms,
             pg.validate_on_start,
             pg.migrate_on_start,
             pg.statement_timeout_ms,
             pg.synchronous_commit,
+            pg.coalesce_writes,
             pg.change_feed,
             pg.change_feed_channel
         )
@@ -459,6 +470,7 @@ mod tests {
         .unwrap();
         assert_eq!(old_name.postgres.acquire_timeout_ms, 1234);
         let feed = AwarenessSettings::from_lookup(lookup(&[
+            ("SYNCKIT__AWARENESS__POSTGRES__COALESCE_WRITES", "false"),
             ("SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED", "true"),
             (
                 "SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED_CHANNEL",
@@ -466,6 +478,8 @@ mod tests {
             ),
         ]))
         .unwrap();
+        assert!(!feed.postgres.options(feed.store_options()).coalesce_writes);
+        assert!(AwarenessSettings::default().postgres.coalesce_writes);
         let options = feed.postgres.change_feed_options();
         assert!(options.publish);
         assert_eq!(options.channel, "presence");

@@ -323,13 +323,23 @@ async fn check(postgres: &PostgresAwarenessStore, ops: &[Op]) -> Result<(), Test
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_match_the_contract_model() {
+    stores_match_the_model(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_match_the_contract_model_without_write_coalescing() {
+    stores_match_the_model(false).await;
+}
+
+async fn stores_match_the_model(coalesce_writes: bool) {
     let db = TestDb::migrated().await;
     let postgres = Arc::new(
         PostgresAwarenessStore::connect(
             &db.url,
             PostgresOptions::default()
                 .with_timeout(TIMEOUT)
-                .with_pool_size(2),
+                .with_pool_size(2)
+                .with_coalesce_writes(coalesce_writes),
         )
         .await
         .expect("store"),

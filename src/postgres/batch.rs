@@ -71,6 +71,28 @@ impl BatchPlan {
         }
     }
 
+    /// True when no key occurs twice: every update is sent, and the lean statement
+    /// ([`SetManyDistinct`](super::sql::write::SetManyDistinct)) decides each exactly.
+    pub(crate) fn is_distinct(&self) -> bool {
+        self.groups.iter().all(|group| group.positions.len() == 1)
+    }
+
+    /// Every update's outcome, in input order, from the lean statement's rows (whether each
+    /// key's update applied, in the order of [`columns`](Self::columns)), for a batch that
+    /// [`is_distinct`](Self::is_distinct). `None` when the rows do not match the plan.
+    pub(crate) fn outcomes_distinct(&self, applied: &[bool]) -> Option<Vec<SetOutcome>> {
+        if applied.len() != self.groups.len() || !self.is_distinct() {
+            return None;
+        }
+        let mut outcomes = vec![SetOutcome::Stale; self.groups.len()];
+        for (group, &applied) in self.groups.iter().zip(applied) {
+            if applied {
+                outcomes[group.sent] = SetOutcome::Applied;
+            }
+        }
+        Some(outcomes)
+    }
+
     /// The column arrays to send: one row per key, in key order.
     pub(crate) fn columns<'a>(&self, updates: &'a [AwarenessUpdate]) -> BatchColumns<'a> {
         let mut columns = BatchColumns::default();
@@ -171,6 +193,20 @@ mod tests {
         assert_eq!(columns.clocks, [3, 4]);
         assert_eq!(plan.groups[0].sent, 3);
         assert_eq!(plan.groups[1].sent, 2);
+    }
+
+    #[test]
+    fn distinct_batches_map_rows_back_to_input_order() {
+        let updates = [up("b", 1, false), up("c", 1, false), up("a", 1, true)];
+        let plan = BatchPlan::new(&updates);
+        assert!(plan.is_distinct());
+        // Rows come in key order: a, b, c.
+        assert_eq!(
+            plan.outcomes_distinct(&[true, false, true]).unwrap(),
+            [S, A, A]
+        );
+        assert!(plan.outcomes_distinct(&[true]).is_none());
+        assert!(!BatchPlan::new(&[up("a", 1, false), up("a", 2, false)]).is_distinct());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The PostgreSQL store and what it needs: pool set-up, SQL, error mapping.
 
 mod batch;
+mod coalesce;
 mod connect;
 mod feed;
 mod inspect;

@@ -42,6 +42,12 @@ pub struct PostgresOptions {
     /// waiting for the WAL flush made every `set` 5-8x slower on the benchmark machine
     /// (docs/performance.md). Set `true` when awareness rows must survive a server crash.
     pub synchronous_commit: bool,
+    /// Coalesce concurrent `set` calls: those that queue while every pooled connection is busy
+    /// go out together as one `set_many` statement, each caller still getting its own outcome.
+    /// A `set` that finds a free connection and nobody waiting runs at once, alone: no timer,
+    /// no added latency for a lone writer. Default `true` (docs/performance.md has the
+    /// figures); `false` sends every `set` as its own statement.
+    pub coalesce_writes: bool,
 }
 
 impl Default for PostgresOptions {
@@ -53,6 +59,7 @@ impl Default for PostgresOptions {
             validate_on_start: true,
             statement_timeout: Some(Duration::from_secs(10)),
             synchronous_commit: false,
+            coalesce_writes: true,
         }
     }
 }
@@ -94,6 +101,13 @@ impl PostgresOptions {
     /// ([`statement_timeout`](Self::statement_timeout)).
     pub fn with_statement_timeout(mut self, statement_timeout: Option<Duration>) -> Self {
         self.statement_timeout = statement_timeout;
+        self
+    }
+
+    /// These options with write coalescing on or off
+    /// ([`coalesce_writes`](Self::coalesce_writes)).
+    pub fn with_coalesce_writes(mut self, coalesce_writes: bool) -> Self {
+        self.coalesce_writes = coalesce_writes;
         self
     }
 

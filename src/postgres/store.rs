@@ -12,6 +12,9 @@ use diesel_async::pooled_connection::PoolError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
+use std::sync::Arc;
+
+use super::coalesce::{Coalescer, Turn};
 use super::connect::ConnectErrors;
 use super::options::PostgresOptions;
 use super::publishing::Publishing;
@@ -48,6 +51,8 @@ pub(crate) struct PgStorage {
     options: StoreOptions,
     timeout: PgInterval,
     connect_errors: ConnectErrors,
+    /// Queue of `set`s coalesced into one statement when connections are busy; `None`: off.
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
@@ -76,7 +81,18 @@ impl PostgresAwarenessStore {
             options,
             timeout: interval(options.timeout),
             connect_errors: ConnectErrors::default(),
+            coalescer: PostgresOptions::default()
+                .coalesce_writes
+                .then(Arc::default),
         })
+    }
+
+    /// This store with write coalescing on or off (see
+    /// [`PostgresOptions::coalesce_writes`]); for stores made with
+    /// [`from_pool`](Self::from_pool), which takes no [`PostgresOptions`].
+    pub fn with_coalesced_writes(mut self, coalesce: bool) -> Self {
+        self.layers.inner.coalescer = coalesce.then(Arc::default);
+        self
     }
 
     fn with_storage(storage: PgStorage) -> Self {
@@ -96,6 +112,7 @@ impl PostgresAwarenessStore {
             options: options.store,
             timeout: interval(options.store.timeout),
             connect_errors,
+            coalescer: options.coalesce_writes.then(Arc::default),
         });
         if options.validate_on_start {
             store.ensure_schema().await?;
@@ -153,10 +170,57 @@ impl PostgresAwarenessStore {
 impl PgStorage {
     async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
         let started = std::time::Instant::now();
-        self.pool.get().await.map_err(|e| match e {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.run_error(e, started))
+    }
+
+    fn run_error(&self, error: RunError, started: std::time::Instant) -> Error {
+        match error {
             RunError::User(e) => pool_error_to_error(e),
             RunError::TimedOut => self.timed_out(started),
-        })
+        }
+    }
+
+    /// `set` alone: the plain conditional upsert on a connection of its own.
+    async fn set_alone(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        let mut conn = self.conn().await?;
+        set_on(&mut conn, update, self.timeout).await
+    }
+
+    /// `set` through the coalescer (see `coalesce.rs`).
+    async fn set_coalesced(
+        &self,
+        coalescer: &Coalescer,
+        update: &AwarenessUpdate,
+    ) -> Result<SetOutcome> {
+        // Nobody waiting and a connection free: nothing to batch with, go at once.
+        if coalescer.is_idle() && self.pool.state().idle_connections > 0 {
+            return self.set_alone(update).await;
+        }
+        let ticket = coalescer.enqueue(update);
+        let started = std::time::Instant::now();
+        let conn = match self.pool.get_owned().await {
+            Ok(conn) => conn,
+            Err(error) if coalescer.withdraw(&ticket) => return Err(self.run_error(error, started)),
+            // Another caller's batch carries the update already.
+            Err(_) => return ticket.outcome().await,
+        };
+        match coalescer.take(ticket) {
+            Turn::Wait(ticket) => {
+                drop(conn);
+                ticket.outcome().await
+            }
+            Turn::Alone(update) => {
+                let mut conn = conn;
+                set_on(&mut conn, &update, self.timeout).await
+            }
+            Turn::Batch(batch, ticket) => {
+                tokio::spawn(batch.run(conn, self.timeout));
+                ticket.outcome().await
+            }
+        }
     }
 
     /// Why waiting for a pooled connection ended without one: the pool was busy, or it could
@@ -179,6 +243,60 @@ impl PgStorage {
             ))
         } else {
             Error::PoolTimeout(waited)
+        }
+    }
+}
+
+/// `set` as one conditional upsert on `conn`.
+async fn set_on(
+    conn: &mut AsyncPgConnection,
+    update: &AwarenessUpdate,
+    timeout: PgInterval,
+) -> Result<SetOutcome> {
+    let rows = sql::write::set(update, timeout).execute(conn).await?;
+    Ok(if rows == 0 {
+        SetOutcome::Stale
+    } else {
+        SetOutcome::Applied
+    })
+}
+
+/// `set_many` as one statement on `conn`: the lean one when every key is distinct, else the
+/// one that reads the old rows to resolve repeated keys (see `postgres/batch.rs`).
+pub(super) async fn set_many_on(
+    conn: &mut AsyncPgConnection,
+    updates: &[AwarenessUpdate],
+    timeout: PgInterval,
+) -> Result<Vec<SetOutcome>> {
+    let plan = super::batch::BatchPlan::new(updates);
+    let mut attempt = 0;
+    loop {
+        let outcomes = if plan.is_distinct() {
+            sql::write::set_many_distinct(plan.columns(updates), timeout)
+                .load::<bool>(conn)
+                .await
+                .map(|rows| plan.outcomes_distinct(&rows))
+        } else {
+            sql::write::set_many(plan.columns(updates), timeout)
+                .load::<super::batch::SentResult>(conn)
+                .await
+                .map(|rows| plan.outcomes(updates, &rows))
+        };
+        match outcomes {
+            // Two batches can still deadlock when one inserts a key the other's snapshot did
+            // not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if attempt < 3 && info.message().starts_with("deadlock detected") =>
+            {
+                attempt += 1;
+            }
+            other => {
+                return other?.ok_or_else(|| {
+                    Error::Database(diesel::result::Error::DeserializationError(
+                        "set_many: the database returned rows that do not match the batch".into(),
+                    ))
+                })
+            }
         }
     }
 }
@@ -223,40 +341,16 @@ impl Storage for PgStorage {
     }
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
-        let mut conn = self.conn().await?;
-        let rows = sql::write::set(update, self.timeout)
-            .execute(&mut conn)
-            .await?;
-        Ok(if rows == 0 {
-            SetOutcome::Stale
-        } else {
-            SetOutcome::Applied
-        })
+        match self.coalescer.as_deref() {
+            Some(coalescer) => self.set_coalesced(coalescer, update).await,
+            None => self.set_alone(update).await,
+        }
     }
 
-    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::write::SetMany`).
+    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::write`).
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
-        let plan = super::batch::BatchPlan::new(updates);
         let mut conn = self.conn().await?;
-        let mut attempt = 0;
-        let rows: Vec<super::batch::SentResult> = loop {
-            let query = sql::write::set_many(plan.columns(updates), self.timeout);
-            match query.load(&mut conn).await {
-                // Two batches can still deadlock when one inserts a key the other's snapshot
-                // did not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
-                Err(diesel::result::Error::DatabaseError(_, info))
-                    if attempt < 3 && info.message().starts_with("deadlock detected") =>
-                {
-                    attempt += 1;
-                }
-                other => break other?,
-            }
-        };
-        plan.outcomes(updates, &rows).ok_or_else(|| {
-            Error::Database(diesel::result::Error::DeserializationError(
-                "set_many: the database returned rows that do not match the batch".into(),
-            ))
-        })
+        set_many_on(&mut conn, updates, self.timeout).await
     }
 
     async fn remove(&self, document: &str, client: &str) -> Result<bool> {

@@ -313,9 +313,22 @@ pub async fn memory_stores() -> Stores {
 }
 
 pub async fn postgres_stores() -> Stores {
+    postgres_stores_coalescing(true).await
+}
+
+/// [`postgres_stores`] with every `set` sent as its own statement.
+pub async fn postgres_stores_uncoalesced() -> Stores {
+    postgres_stores_coalescing(false).await
+}
+
+async fn postgres_stores_coalescing(coalesce: bool) -> Stores {
     let db = TestDb::migrated().await;
-    let long = db.store(options(LONG)).await;
-    let short = PostgresAwarenessStore::from_pool(long.pool().clone(), options(SHORT));
+    let long = db
+        .store(options(LONG))
+        .await
+        .with_coalesced_writes(coalesce);
+    let short = PostgresAwarenessStore::from_pool(long.pool().clone(), options(SHORT))
+        .with_coalesced_writes(coalesce);
     Stores {
         long: Arc::new(long),
         short: Arc::new(short),
@@ -323,9 +336,10 @@ pub async fn postgres_stores() -> Stores {
     }
 }
 
-/// Stamps each `async fn name(stores: Stores)` named in the calling test file as two tests,
-/// `memory::name` and `postgres::name`: one suite, every store (as River runs one conformance
-/// suite per driver). Use as `common::both_stores!(test_a, test_b);`.
+/// Stamps each `async fn name(stores: Stores)` named in the calling test file as one test per
+/// store: `memory::name`, `postgres::name` (write coalescing on, the default) and
+/// `postgres_uncoalesced::name`: one suite, every store (as River runs one conformance suite per
+/// driver). Use as `common::both_stores!(test_a, test_b);`.
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -341,6 +355,14 @@ macro_rules! both_stores {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
                     super::$name(super::common::postgres_stores().await).await;
+                }
+            )*
+        }
+        mod postgres_uncoalesced {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::common::postgres_stores_uncoalesced().await).await;
                 }
             )*
         }

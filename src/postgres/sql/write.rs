@@ -129,26 +129,9 @@ impl<R> diesel::query_builder::Query for SetMany<'_, R> {
 
 impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetMany<'_, R> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
-        let c = &self.columns;
+        push_input(&self.columns, out.reborrow())?;
         out.push_sql(
-            "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, \
-             i.client_id COLLATE \"C\" AS client_id, i.connection_id, i.state, i.clock_value, i.ord \
-             FROM unnest(",
-        );
-        out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
-        out.push_sql(
-            "::bigint[]) WITH ORDINALITY \
-             AS i(document_id, client_id, connection_id, state, clock_value, ord)), \
-             locked AS MATERIALIZED (SELECT e.document_id, e.client_id, e.clock_value, \
+            ", locked AS MATERIALIZED (SELECT e.document_id, e.client_id, e.clock_value, \
              e.state IS NULL AS is_leave, e.last_seen <= ",
         );
         self.cutoff.walk_ast(out.reborrow())?;
@@ -178,6 +161,91 @@ impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetMany<'_, R> {
     }
 }
 
+/// `set_many` for a batch whose keys are all distinct (the common case: coalesced heartbeats
+/// of different clients): the conditional upsert of [`set`] over `unnest` of the column
+/// arrays, and nothing else. With one update per key, an update applied exactly when the
+/// upsert returned its row, so no old row needs reading or locking. Rows are written in key
+/// order (the arrays are sorted), as [`SetMany`] locks them, so concurrent batches queue
+/// rather than deadlock.
+///
+/// One row per input element, in input order: whether it applied.
+#[derive(Debug)]
+pub(crate) struct SetManyDistinct<'a, R> {
+    columns: BatchColumns<'a>,
+    applies: R,
+}
+
+/// The lean batch statement for `columns` whose keys are distinct (see [`SetManyDistinct`]).
+pub(crate) fn set_many_distinct(
+    columns: BatchColumns<'_>,
+    timeout: PgInterval,
+) -> SetManyDistinct<'_, impl QueryFragment<Pg> + Send> {
+    SetManyDistinct {
+        columns,
+        applies: applies(timeout),
+    }
+}
+
+/// Marker type: [`SetManyDistinct`]'s SQL text never changes.
+pub(crate) struct SetManyDistinctId;
+
+impl<R> QueryId for SetManyDistinct<'_, R> {
+    type QueryId = SetManyDistinctId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<R> diesel::query_builder::Query for SetManyDistinct<'_, R> {
+    type SqlType = diesel::sql_types::Bool;
+}
+
+impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetManyDistinct<'_, R> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        push_input(&self.columns, out.reborrow())?;
+        out.push_sql(
+            ", applied AS (INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \
+             \"connection_id\", \"state\", \"clock_value\", \"last_seen\") \
+             SELECT document_id, client_id, connection_id, state, clock_value, CURRENT_TIMESTAMP \
+             FROM input ORDER BY ord \
+             ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
+             \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
+             \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
+             WHERE ",
+        );
+        self.applies.walk_ast(out.reborrow())?;
+        out.push_sql(
+            " RETURNING document_id, client_id) \
+             SELECT applied.document_id IS NOT NULL \
+             FROM input LEFT JOIN applied USING (document_id, client_id) ORDER BY input.ord",
+        );
+        Ok(())
+    }
+}
+
+/// `WITH input AS (…)`: the batch's column arrays as rows, ids in byte order (`COLLATE "C"`,
+/// as the table's), numbered by `ord`.
+fn push_input<'b>(c: &'b BatchColumns<'_>, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
+    out.push_sql(
+        "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, \
+         i.client_id COLLATE \"C\" AS client_id, i.connection_id, i.state, i.clock_value, i.ord \
+         FROM unnest(",
+    );
+    out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
+    out.push_sql("::text[], ");
+    out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
+    out.push_sql("::text[], ");
+    out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
+    out.push_sql("::text[], ");
+    out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
+    out.push_sql("::jsonb[], ");
+    out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
+    out.push_sql(
+        "::bigint[]) WITH ORDINALITY \
+         AS i(document_id, client_id, connection_id, state, clock_value, ord))",
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +264,31 @@ mod tests {
              OR (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) \
              OR (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") \
              AND (excluded.\"state\" IS NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL)))"
+        );
+    }
+
+    #[test]
+    fn distinct_batches_skip_the_old_row_read() {
+        let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
+        let plan = crate::postgres::batch::BatchPlan::new(&updates);
+        let query = set_many_distinct(plan.columns(&updates), super::super::thirty_seconds());
+        assert_eq!(
+            super::super::text(&query),
+            "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, i.client_id COLLATE \"C\" \
+             AS client_id, i.connection_id, i.state, i.clock_value, i.ord FROM unnest($1::text[], \
+             $2::text[], $3::text[], $4::jsonb[], $5::bigint[]) WITH ORDINALITY AS i(document_id, \
+             client_id, connection_id, state, clock_value, ord)), applied AS (INSERT INTO \
+             \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \"state\", \
+             \"clock_value\", \"last_seen\") SELECT document_id, client_id, connection_id, state, \
+             clock_value, CURRENT_TIMESTAMP FROM input ORDER BY ord ON CONFLICT (\"document_id\", \
+             \"client_id\") DO UPDATE SET \"connection_id\" = excluded.\"connection_id\", \"state\" = \
+             excluded.\"state\", \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = \
+             excluded.\"last_seen\" WHERE (((\"awareness_entries\".\"last_seen\" <= (now() - $6)) OR \
+             (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) OR \
+             (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") AND (excluded.\"state\" IS \
+             NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL))) RETURNING document_id, client_id) \
+             SELECT applied.document_id IS NOT NULL FROM input LEFT JOIN applied USING (document_id, \
+             client_id) ORDER BY input.ord"
         );
     }
 

@@ -1,0 +1,169 @@
+//! Write coalescing ("natural batching", as group commit does it): concurrent `set` calls that
+//! queue while every pooled connection is busy go out together as **one** `set_many`
+//! statement, taken by whichever caller next gets a connection.
+//!
+//! - No timer: a `set` on a store with an idle connection and an empty queue runs at once, as
+//!   the plain upsert — a lone writer waits for nothing. Only callers that would have waited for
+//!   a connection anyway are batched.
+//! - Each caller gets exactly its own outcome: the batch statement resolves every update as if
+//!   the `set`s ran one after another in arrival order (`set_many`'s rules).
+//! - Errors reach only the callers whose updates were in the failed statement.
+//! - Cancellation: a batch holding other callers' updates runs on its own task, so dropping the
+//!   caller that started it loses nobody's write or answer; a caller dropped while queued still
+//!   has its update written (as a `set` already sent would be) and its answer is discarded.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use diesel::pg::data_types::PgInterval;
+use diesel_async::pooled_connection::bb8::PooledConnection;
+use diesel_async::AsyncPgConnection;
+use tokio::sync::oneshot;
+
+use crate::entry::{AwarenessUpdate, SetOutcome};
+use crate::error::{Error, Result};
+
+/// Most updates one coalesced statement carries; more wait for the next connection.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// The queue of `set`s waiting for a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Coalescer {
+    queue: Mutex<VecDeque<Queued>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Queued {
+    id: u64,
+    update: AwarenessUpdate,
+    reply: oneshot::Sender<Result<SetOutcome>>,
+}
+
+/// A caller's place in the queue.
+pub(crate) struct Ticket {
+    id: u64,
+    reply: oneshot::Receiver<Result<SetOutcome>>,
+}
+
+/// What a caller holding a connection does next.
+pub(crate) enum Turn {
+    /// Its update was taken by another caller's batch: wait for the answer.
+    Wait(Ticket),
+    /// Only its own update was queued: run it here, alone.
+    Alone(AwarenessUpdate),
+    /// It took a batch with other callers' updates: run it on its own task, then wait.
+    Batch(Batch, Ticket),
+}
+
+/// Updates taken from the queue to go out in one statement.
+pub(crate) struct Batch(Vec<Queued>);
+
+impl Coalescer {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        // Every critical section is a push or a drain, which cannot leave the queue half-done.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True when no `set` is waiting.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    /// Queues `update`.
+    pub(crate) fn enqueue(&self, update: &AwarenessUpdate) -> Ticket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.queue().push_back(Queued {
+            id,
+            update: update.clone(),
+            reply,
+        });
+        Ticket { id, reply: answer }
+    }
+
+    /// Takes the caller's update back out if nobody took it yet (its connection attempt
+    /// failed): true when it was still queued, so the caller reports its own error.
+    pub(crate) fn withdraw(&self, ticket: &Ticket) -> bool {
+        let mut queue = self.queue();
+        match queue.iter().position(|q| q.id == ticket.id) {
+            Some(at) => {
+                queue.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The caller got a connection: takes what is queued (at most [`MAX_BATCH`]).
+    pub(crate) fn take(&self, ticket: Ticket) -> Turn {
+        let taken: Vec<Queued> = {
+            let mut queue = self.queue();
+            let n = queue.len().min(MAX_BATCH);
+            queue.drain(..n).collect()
+        };
+        match taken.as_slice() {
+            [] => Turn::Wait(ticket),
+            [only] if only.id == ticket.id => {
+                let only = taken.into_iter().next().map(|q| q.update);
+                match only {
+                    Some(update) => Turn::Alone(update),
+                    None => Turn::Wait(ticket),
+                }
+            }
+            _ => Turn::Batch(Batch(taken), ticket),
+        }
+    }
+}
+
+impl Ticket {
+    /// The outcome of this caller's update, from whichever batch carried it.
+    pub(crate) async fn outcome(self) -> Result<SetOutcome> {
+        self.reply.await.unwrap_or_else(|_| {
+            Err(Error::Connection(
+                "the coalesced write carrying this update was abandoned (runtime shutting down)"
+                    .into(),
+            ))
+        })
+    }
+}
+
+impl Batch {
+    /// Runs the batch as one `set_many` statement on `conn` and answers every caller in it.
+    pub(crate) async fn run(
+        self,
+        mut conn: PooledConnection<'static, AsyncPgConnection>,
+        timeout: PgInterval,
+    ) {
+        let (updates, replies): (Vec<AwarenessUpdate>, Vec<_>) =
+            self.0.into_iter().map(|q| (q.update, q.reply)).unzip();
+        match super::store::set_many_on(&mut conn, &updates, timeout).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A caller that was dropped no longer listens.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(replicate(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// The same failure for each caller of a failed batch (`Error` is not `Clone`: it carries
+/// diesel's error). Kinds are kept, so `is_connection_error` answers the same for each.
+fn replicate(error: &Error) -> Error {
+    use diesel::result::Error as DieselError;
+    match error {
+        Error::Database(DieselError::DatabaseError(kind, info)) => Error::Database(
+            DieselError::DatabaseError(*kind, Box::new(info.message().to_owned())),
+        ),
+        Error::Connection(reason) => Error::Connection(reason.clone()),
+        Error::PoolTimeout(waited) => Error::PoolTimeout(*waited),
+        other => Error::Database(DieselError::QueryBuilderError(other.to_string().into())),
+    }
+}
