@@ -173,7 +173,7 @@ impl Report {
                 .map(|r| r.fig.ops_per_s)
         };
         for i in 0..self.rows.len() {
-            if self.rows[i].system != "store" {
+            if !self.rows[i].system.starts_with("store") {
                 continue;
             }
             let (op, tasks, ops) = (
@@ -183,6 +183,43 @@ impl Report {
             );
             self.rows[i].baseline = find(&self.rows, &op, "pgbench", tasks).map(|b| ops / b);
             self.rows[i].peer = find(&self.rows, &op, "redis", tasks).map(|b| ops / b);
+        }
+    }
+
+    /// Figures that compare rows with each other: `set_many` against single `set`s, and the
+    /// latency a lone writer pays for write coalescing.
+    fn derived(&mut self) {
+        let find = |op: &str, system: &str, tasks: usize| {
+            self.rows
+                .iter()
+                .find(|r| r.op == op && r.system == system && r.tasks == tasks)
+                .map(|r| r.fig)
+        };
+        let mut lines = Vec::new();
+        if let (Some(many), Some(single)) = (
+            find("set_many of 16", "store", 1),
+            find("set heartbeat (existing)", "store uncoalesced", 1),
+        ) {
+            lines.push(format!(
+                "set_many of 16 at 1 task: {:.0} rows/s = {:.1}x single-set rows/s ({:.0})",
+                many.rows_per_s,
+                many.rows_per_s / single.ops_per_s,
+                single.ops_per_s
+            ));
+        }
+        if let (Some(on), Some(off)) = (
+            find("set heartbeat (existing)", "store", 1),
+            find("set heartbeat (existing)", "store uncoalesced", 1),
+        ) {
+            lines.push(format!(
+                "set heartbeat at 1 task, p50 with coalescing {:.3} ms vs without {:.3} ms ({:+.1} %)",
+                ms(on.p50),
+                ms(off.p50),
+                (ms(on.p50) / ms(off.p50) - 1.0) * 100.0
+            ));
+        }
+        for line in lines {
+            self.note(&line);
         }
     }
 
@@ -344,6 +381,12 @@ async fn main() {
     ));
     load_base_data(&url);
     let store = Arc::new(open_store(&url, 16, sync_default).await);
+    let set_stores = workloads::SetStores {
+        coalescing: store.clone(),
+        url: url.clone(),
+        // The same server over TLS: the URL's sslmode replaced by prefer.
+        tls_url: with_sslmode(&url, "prefer"),
+    };
     let mut redis_conn = Redis::connect(&cfg.redis_addr).await.unwrap_or_else(|e| {
         panic!(
             "Redis at {} is needed for the peer baseline (set REDIS_ADDR): {e}",
@@ -365,16 +408,18 @@ async fn main() {
         other => panic!("SCRIPT LOAD: {other:?}"),
     };
 
-    set_workloads(&cfg, &mut report, &url, &store, &stmts, &sha).await;
+    set_workloads(&cfg, &mut report, &url, &set_stores, &stmts, &sha).await;
+    drop(set_stores);
     read_workloads(&cfg, &mut report, &url, &store, &stmts).await;
     sync_and_unlogged(&cfg, &mut report, &url, &stmts).await;
-    memory_store(&cfg, &mut report).await;
+    memory_store(&cfg, &mut report, &sha).await;
     expiry(&cfg, &mut report, &url, &store, &stmts).await;
     drop(store);
     heartbeat_workload(&cfg, &mut report, &url, &stmts).await;
 
     redis_conn.call(&[b"FLUSHDB"]).await.expect("redis FLUSHDB");
     report.ratios();
+    report.derived();
     let table = report.markdown();
     let machine = machine();
     let out = format!(
@@ -393,6 +438,18 @@ async fn main() {
         &cfg.admin_url,
         &format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
     );
+}
+
+/// `url` with `sslmode` set to `mode` (replacing any given).
+fn with_sslmode(url: &str, mode: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("sslmode="))
+        .collect();
+    let sslmode = format!("sslmode={mode}");
+    params.push(&sslmode);
+    format!("{base}?{}", params.join("&"))
 }
 
 fn machine() -> String {

@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::pg::{pgbench, psql, script};
 use crate::redis::{Redis, Reply};
-use crate::stats::{median, run_tasks};
+use crate::stats::{median, run_tasks, Figure};
 use crate::*;
 
 /// The expiry timeout the benchmark's stores and pgbench use: a day, so no preloaded or
@@ -94,21 +94,157 @@ enum SetKind {
     Insert,
 }
 
+/// One side of a comparison: runs `per_task` operations from each of `tasks` tasks.
+type Side<'a> = (
+    &'static str,
+    Box<dyn Fn(usize, usize) -> futures_util::future::BoxFuture<'a, Figure> + 'a>,
+);
+
+/// Runs every side `cfg.runs` times, interleaved run by run so machine noise hits all sides
+/// alike, and reports each side's median: the one loop every comparison shares.
+async fn compare(
+    cfg: &Config,
+    report: &mut Report,
+    name: &str,
+    tasks: usize,
+    per_task: usize,
+    rows_differ: bool,
+    sides: &[Side<'_>],
+) {
+    let mut figures: Vec<Vec<Figure>> = sides.iter().map(|_| Vec::new()).collect();
+    for _ in 0..cfg.runs {
+        for (i, (_, run)) in sides.iter().enumerate() {
+            figures[i].push(run(tasks, per_task).await);
+        }
+    }
+    for ((system, _), figs) in sides.iter().zip(figures) {
+        report.push(name, system, tasks, median(figs), rows_differ);
+    }
+}
+
+/// `set`s of `kind` through `store` (each checked against the outcome it must have).
+fn store_sets(store: Arc<PostgresAwarenessStore>, kind: SetKind) -> Box<SideFn> {
+    Box::new(move |tasks, per_task| {
+        let st = store.clone();
+        Box::pin(async move {
+            let base = next_base();
+            run_tasks(tasks, per_task, move |t, i| {
+                let st = st.clone();
+                async move {
+                    let u = set_update(kind, tasks, t, i, base);
+                    let outcome = st.set(&u).await.expect("set");
+                    assert_eq!(outcome.is_applied(), kind != SetKind::Stale, "{u:?}");
+                    1
+                }
+            })
+            .await
+        })
+    })
+}
+
+type SideFn = dyn Fn(usize, usize) -> futures_util::future::BoxFuture<'static, Figure>;
+
+/// pgbench running `path` with the key spread of `set_update`.
+fn pgbench_sets(url: String, path: std::path::PathBuf, rows_per_op: f64) -> Box<SideFn> {
+    Box::new(move |tasks, per_task| {
+        let (url, path) = (url.clone(), path.clone());
+        Box::pin(async move {
+            let base = next_base();
+            pgbench(
+                &url,
+                &path,
+                tasks,
+                per_task,
+                &defines(&[
+                    ("per", (KEYS as usize / tasks).to_string()),
+                    ("nc", tasks.to_string()),
+                    ("clock", base.to_string()),
+                    ("base", base.to_string()),
+                    ("n", "0".into()),
+                ]),
+                rows_per_op,
+                store_sync(),
+            )
+        })
+    })
+}
+
+/// The Redis peer: the same updates through the Lua script.
+fn redis_sets(cfg: Config, sha: Arc<String>, kind: SetKind) -> Box<SideFn> {
+    Box::new(move |tasks, per_task| {
+        let (cfg, sha) = (cfg.clone(), sha.clone());
+        Box::pin(async move {
+            let base = next_base();
+            let conns = redis_conns(&cfg, tasks).await;
+            run_tasks(tasks, per_task, move |t, i| {
+                let conns = conns.clone();
+                let sha = sha.clone();
+                async move {
+                    let u = set_update(kind, tasks, t, i, base);
+                    let doc: i64 = u.document_id.parse().unwrap_or(0);
+                    let client: i64 = u.client_id.parse().unwrap_or(0);
+                    let applied =
+                        redis_set(&conns[t], &sha, doc, client, &u.connection_id, u.clock).await;
+                    assert_eq!(applied == 1, kind != SetKind::Stale);
+                    1
+                }
+            })
+            .await
+        })
+    })
+}
+
+/// The stores a `set` comparison runs: write coalescing on (the default, kept open), and —
+/// opened for each run and closed after it, so pgbench at 64 clients still finds free server
+/// connections — without coalescing, and with it over TLS (`sslmode=prefer`; every other
+/// PostgreSQL side runs plaintext, as the Redis peer does).
+pub struct SetStores {
+    pub coalescing: Arc<PostgresAwarenessStore>,
+    pub url: String,
+    pub tls_url: String,
+}
+
+/// `set`s of `kind` through a store opened on `url` for the run (16 connections).
+fn fresh_store_sets(url: String, coalesce: bool, kind: SetKind) -> Box<SideFn> {
+    Box::new(move |tasks, per_task| {
+        let url = url.clone();
+        Box::pin(async move {
+            let store = Arc::new(
+                open_store(&url, 16, PostgresOptions::default().synchronous_commit)
+                    .await
+                    .with_coalesced_writes(coalesce),
+            );
+            let run = store_sets(store, kind)(tasks, per_task);
+            run.await
+        })
+    })
+}
+
 pub async fn set_workloads(
     cfg: &Config,
     report: &mut Report,
     url: &str,
-    store: &Arc<PostgresAwarenessStore>,
+    stores: &SetStores,
     stmts: &Statements,
     sha: &Arc<String>,
 ) {
-    report.note("set workloads (store | pgbench of the store's SQL | Redis Lua)");
+    report.note(
+        "set workloads (store with write coalescing | without | over TLS | pgbench of the store's \
+         SQL | Redis Lua); pgbench of a 16-row batch upsert beside the heartbeat",
+    );
     // Redis gets the same 10k heartbeat keys at clock 1.
     let preload = redis_conns(cfg, 1).await;
     for k in 0..KEYS {
         redis_set(&preload[0], sha, k / PER_DOC, k, &k.to_string(), 1).await;
     }
     let vars = ["doc", "k", "conn", "state", "clock", "timeout::interval"];
+    let batch_path = script(
+        &cfg.out_dir,
+        "set_batch16",
+        &["\\set r random(0, :per / 16 - 1)", "\\set clock :clock + 1"],
+        BATCH16_SQL,
+        &[],
+    );
     for (name, kind) in [
         ("set heartbeat (existing)", SetKind::Heartbeat),
         ("set stale", SetKind::Stale),
@@ -138,67 +274,46 @@ pub async fn set_workloads(
             ],
         };
         let path = script(&cfg.out_dir, "set", sets, &stmts.set, &vars);
-        for tasks in CONCURRENCY {
+        let concurrency: &[usize] = if kind == SetKind::Heartbeat {
+            &[1, 4, 16, 64]
+        } else {
+            &CONCURRENCY
+        };
+        for &tasks in concurrency {
             let per_task = cfg.count(20_000, tasks);
-            let (mut s, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..cfg.runs {
-                // The store.
-                let base = next_base();
-                let st = store.clone();
-                s.push(
-                    run_tasks(tasks, per_task, move |t, i| {
-                        let st = st.clone();
-                        async move {
-                            let u = set_update(kind, tasks, t, i, base);
-                            let outcome = st.set(&u).await.expect("set");
-                            assert_eq!(outcome.is_applied(), kind != SetKind::Stale, "{u:?}");
-                            1
-                        }
-                    })
-                    .await,
-                );
-                // pgbench, same SQL and spread.
-                let base = next_base();
-                p.push(pgbench(
-                    url,
-                    &path,
-                    tasks,
-                    per_task,
-                    &defines(&[
-                        ("per", (KEYS as usize / tasks).to_string()),
-                        ("nc", tasks.to_string()),
-                        ("clock", base.to_string()),
-                        ("base", base.to_string()),
-                        ("n", "0".into()),
-                    ]),
-                    1.0,
-                    store_sync(),
+            let mut sides: Vec<Side<'static>> = vec![
+                ("store", store_sets(stores.coalescing.clone(), kind)),
+                (
+                    "store uncoalesced",
+                    fresh_store_sets(stores.url.clone(), false, kind),
+                ),
+            ];
+            if kind == SetKind::Heartbeat {
+                sides.push((
+                    "store TLS",
+                    fresh_store_sets(stores.tls_url.clone(), true, kind),
                 ));
-                // Redis.
-                let base = next_base();
-                let conns = redis_conns(cfg, tasks).await;
-                let sha = sha.clone();
-                r.push(
-                    run_tasks(tasks, per_task, move |t, i| {
-                        let conns = conns.clone();
-                        let sha = sha.clone();
-                        async move {
-                            let u = set_update(kind, tasks, t, i, base);
-                            let doc: i64 = u.document_id.parse().unwrap_or(0);
-                            let client: i64 = u.client_id.parse().unwrap_or(0);
-                            let applied =
-                                redis_set(&conns[t], &sha, doc, client, &u.connection_id, u.clock)
-                                    .await;
-                            assert_eq!(applied == 1, kind != SetKind::Stale);
-                            1
-                        }
-                    })
-                    .await,
-                );
             }
-            report.push(name, "store", tasks, median(s), false);
-            report.push(name, "pgbench", tasks, median(p), false);
-            report.push(name, "redis", tasks, median(r), false);
+            sides.push(("pgbench", pgbench_sets(url.to_owned(), path.clone(), 1.0)));
+            sides.push(("redis", redis_sets(cfg.clone(), sha.clone(), kind)));
+            compare(cfg, report, name, tasks, per_task, false, &sides).await;
+            if kind == SetKind::Heartbeat {
+                let batches = vec![(
+                    "pgbench",
+                    pgbench_sets(url.to_owned(), batch_path.clone(), 16.0),
+                )];
+                let per_batch_task = (per_task / 16).max(2);
+                compare(
+                    cfg,
+                    report,
+                    "upsert batch of 16 (pgbench)",
+                    tasks,
+                    per_batch_task,
+                    true,
+                    &batches,
+                )
+                .await;
+            }
         }
         if kind == SetKind::Insert {
             psql(
@@ -211,28 +326,54 @@ pub async fn set_workloads(
     // set_many of 16 (a y-protocols message with many clients): one statement per batch.
     for tasks in CONCURRENCY {
         let per_task = cfg.count(2_000, tasks);
-        let mut s = Vec::new();
-        for _ in 0..cfg.runs {
-            let base = next_base();
-            let st = store.clone();
-            s.push(
-                run_tasks(tasks, per_task, move |t, i| {
-                    let st = st.clone();
-                    async move {
-                        let batch: Vec<_> = (0..16)
-                            .map(|j| set_update(SetKind::Heartbeat, tasks, t, i * 16 + j, base))
-                            .collect();
-                        let outcomes = st.set_many(&batch).await.expect("set_many");
-                        assert_eq!(outcomes.len(), 16);
-                        16
-                    }
+        let store = stores.coalescing.clone();
+        let batch: Side<'static> = (
+            "store",
+            Box::new(move |tasks, per_task| {
+                let st = store.clone();
+                Box::pin(async move {
+                    let base = next_base();
+                    run_tasks(tasks, per_task, move |t, i| {
+                        let st = st.clone();
+                        async move {
+                            let batch: Vec<_> = (0..16)
+                                .map(|j| set_update(SetKind::Heartbeat, tasks, t, i * 16 + j, base))
+                                .collect();
+                            let outcomes = st.set_many(&batch).await.expect("set_many");
+                            assert_eq!(outcomes.len(), 16);
+                            16
+                        }
+                    })
+                    .await
                 })
-                .await,
-            );
-        }
-        report.push("set_many of 16", "store", tasks, median(s), true);
+            }),
+        );
+        compare(
+            cfg,
+            report,
+            "set_many of 16",
+            tasks,
+            per_task,
+            true,
+            &[batch],
+        )
+        .await;
     }
 }
+
+/// A plain 16-row conditional upsert for pgbench (keys of one client, rising clock): what one
+/// statement can write, the ceiling for `set_many` and for coalesced `set`s.
+const BATCH16_SQL: &str = "INSERT INTO awareness_entries \
+     (document_id, client_id, connection_id, state, clock_value, last_seen) \
+     SELECT (k / 10)::text, k::text, k::text, :state::jsonb, :clock, CURRENT_TIMESTAMP \
+     FROM (SELECT ((:r * 16 + j) * :nc + :client_id) AS k FROM generate_series(0, 15) j) keys \
+     ORDER BY k ON CONFLICT (document_id, client_id) DO UPDATE SET \
+     connection_id = excluded.connection_id, state = excluded.state, \
+     clock_value = excluded.clock_value, last_seen = excluded.last_seen \
+     WHERE awareness_entries.last_seen <= now() - :timeout::interval \
+     OR awareness_entries.clock_value < excluded.clock_value \
+     OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state IS NULL \
+     AND awareness_entries.state IS NOT NULL)";
 
 /// The update a task sends as its `i`-th call (heartbeat, stale or insert), from `base`.
 fn set_update(kind: SetKind, tasks: usize, t: usize, i: usize, base: i64) -> AwarenessUpdate {
@@ -450,9 +591,37 @@ pub async fn sync_and_unlogged(cfg: &Config, report: &mut Report, url: &str, stm
     }
 }
 
-pub async fn memory_store(cfg: &Config, report: &mut Report) {
+/// Bytes Redis uses per awareness entry (hash + expiry-index member, written by the Lua
+/// script), from `used_memory` before and after loading `n` entries into the flushed database.
+async fn redis_bytes_per_entry(cfg: &Config, sha: &str, n: i64) -> f64 {
+    let conns = redis_conns(cfg, 1).await;
+    let used = |reply: Reply| -> f64 {
+        let Reply::Text(info) = reply else {
+            panic!("INFO memory: {reply:?}")
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory in INFO")
+    };
+    let mut c = conns[0].lock().await;
+    c.call(&[b"FLUSHDB"]).await.expect("FLUSHDB");
+    let before = used(c.call(&[b"INFO", b"memory"]).await.expect("INFO"));
+    drop(c);
+    for k in 0..n {
+        redis_set(&conns[0], sha, k / PER_DOC, k, &k.to_string(), 1).await;
+    }
+    let mut c = conns[0].lock().await;
+    let after = used(c.call(&[b"INFO", b"memory"]).await.expect("INFO"));
+    c.call(&[b"FLUSHDB"]).await.expect("FLUSHDB");
+    (after - before) / n as f64
+}
+
+pub async fn memory_store(cfg: &Config, report: &mut Report, sha: &str) {
     let n: i64 = if cfg.quick { 10_000 } else { 1_000_000 };
     report.note(&format!("in-memory store, {n} entries"));
+    let redis_n = n.min(100_000);
+    let redis = redis_bytes_per_entry(cfg, sha, redis_n).await;
     let before = crate::alloc::live_bytes();
     let store = Arc::new(MemoryAwarenessStore::new());
     for k in 0..n {
@@ -462,10 +631,13 @@ pub async fn memory_store(cfg: &Config, report: &mut Report) {
             .expect("memory set");
     }
     let bytes = crate::alloc::live_bytes().saturating_sub(before);
+    let per_entry = bytes as f64 / n as f64;
     report.note(&format!(
-        "  memory per entry at {n} entries: {:.0} bytes (heap, counted by the allocator; ~{}-byte state)",
-        bytes as f64 / n as f64,
-        STATE.len()
+        "  memory per entry at {n} entries: {per_entry:.0} bytes (heap, counted by the allocator; \
+         ~{}-byte state); Redis: {redis:.0} bytes per entry (used_memory, {redis_n} entries) \
+         = {:.2}x Redis",
+        STATE.len(),
+        per_entry / redis
     ));
     for tasks in CONCURRENCY {
         let per_task = cfg.count(200_000, tasks);

@@ -2,24 +2,29 @@
 //! queue while every pooled connection is busy go out together as **one** `set_many`
 //! statement, taken by whichever caller next gets a connection.
 //!
-//! - No timer: a `set` on a store with an idle connection and an empty queue runs at once, as
-//!   the plain upsert — a lone writer waits for nothing. Only callers that would have waited for
-//!   a connection anyway are batched.
+//! - At most a few coalesced statements are in flight at once ([`Coalescer::new`]: a quarter
+//!   of the pool, at least one); a `set` that arrives while they are all busy queues, and the
+//!   next caller to get a slot takes the whole queue. On a database with few cores, a handful of
+//!   statements carrying many rows each beats one statement per row on every connection.
+//! - No timer: a `set` that finds a free slot and an empty queue runs at once, as the plain
+//!   upsert — a lone writer waits for nothing.
 //! - Each caller gets exactly its own outcome: the batch statement resolves every update as if
 //!   the `set`s ran one after another in arrival order (`set_many`'s rules).
-//! - Errors reach only the callers whose updates were in the failed statement.
+//! - Errors reach only the callers whose updates were in the failed statement. A caller waits
+//!   for a slot at most the pool's acquire timeout, as it would for a connection, and then
+//!   fails with [`Error::PoolTimeout`] unless a batch already carries its update.
 //! - Cancellation: a batch holding other callers' updates runs on its own task, so dropping the
 //!   caller that started it loses nobody's write or answer; a caller dropped while queued still
 //!   has its update written (as a `set` already sent would be) and its answer is discarded.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use diesel::pg::data_types::PgInterval;
 use diesel_async::pooled_connection::bb8::PooledConnection;
 use diesel_async::AsyncPgConnection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::entry::{AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
@@ -27,11 +32,13 @@ use crate::error::{Error, Result};
 /// Most updates one coalesced statement carries; more wait for the next connection.
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// The queue of `set`s waiting for a connection.
-#[derive(Debug, Default)]
+/// The queue of `set`s waiting for a slot, and the slots.
+#[derive(Debug)]
 pub(crate) struct Coalescer {
     queue: Mutex<VecDeque<Queued>>,
     next_id: AtomicU64,
+    /// One permit per statement that may be in flight.
+    slots: Arc<Semaphore>,
 }
 
 #[derive(Debug)]
@@ -61,6 +68,30 @@ pub(crate) enum Turn {
 pub(crate) struct Batch(Vec<Queued>);
 
 impl Coalescer {
+    /// A coalescer for a pool of `pool_size` connections: a quarter of them (at least one)
+    /// may carry coalesced statements at once, the rest stay free for reads and other writes.
+    pub(crate) fn new(pool_size: u32) -> Self {
+        let slots = usize::try_from(pool_size / 4).unwrap_or(1).max(1);
+        Self {
+            queue: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// A free slot, when one is free now and nobody is queued: the caller goes alone.
+    pub(crate) fn try_alone(&self) -> Option<OwnedSemaphorePermit> {
+        if !self.is_idle() {
+            return None;
+        }
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    /// Waits for a slot (`None` only if the semaphore were closed, which it never is).
+    pub(crate) async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).acquire_owned().await.ok()
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         // Every critical section is a push or a drain, which cannot leave the queue half-done.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -83,8 +114,8 @@ impl Coalescer {
         Ticket { id, reply: answer }
     }
 
-    /// Takes the caller's update back out if nobody took it yet (its connection attempt
-    /// failed): true when it was still queued, so the caller reports its own error.
+    /// Takes the caller's update back out if no batch took it yet (it waited too long for a
+    /// slot): true when it was still queued, so the caller reports its own timeout.
     pub(crate) fn withdraw(&self, ticket: &Ticket) -> bool {
         let mut queue = self.queue();
         match queue.iter().position(|q| q.id == ticket.id) {
@@ -96,7 +127,7 @@ impl Coalescer {
         }
     }
 
-    /// The caller got a connection: takes what is queued (at most [`MAX_BATCH`]).
+    /// The caller got a slot: takes what is queued (at most [`MAX_BATCH`]).
     pub(crate) fn take(&self, ticket: Ticket) -> Turn {
         let taken: Vec<Queued> = {
             let mut queue = self.queue();
@@ -130,15 +161,24 @@ impl Ticket {
 }
 
 impl Batch {
-    /// Runs the batch as one `set_many` statement on `conn` and answers every caller in it.
-    pub(crate) async fn run(
+    /// Runs the batch as one `set_many` statement on a connection from `conn` and answers
+    /// every caller in it; the slot is held until then.
+    pub(crate) async fn run<F>(
         self,
-        mut conn: PooledConnection<'static, AsyncPgConnection>,
+        conn: F,
         timeout: PgInterval,
-    ) {
+        slot: Option<OwnedSemaphorePermit>,
+    ) where
+        F: std::future::Future<Output = Result<PooledConnection<'static, AsyncPgConnection>>>,
+    {
         let (updates, replies): (Vec<AwarenessUpdate>, Vec<_>) =
             self.0.into_iter().map(|q| (q.update, q.reply)).unzip();
-        match super::store::set_many_on(&mut conn, &updates, timeout).await {
+        let result = match conn.await {
+            Ok(mut conn) => super::store::set_many_on(&mut conn, &updates, timeout).await,
+            Err(error) => Err(error),
+        };
+        drop(slot);
+        match result {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A caller that was dropped no longer listens.

@@ -76,6 +76,7 @@ impl PostgresAwarenessStore {
     /// [`connection_manager`](crate::connection_manager): diesel-async's default manager
     /// connects without TLS and without the session settings.
     pub fn from_pool(pool: PgPool, options: StoreOptions) -> Self {
+        let pool_size = pool.config().max_size;
         Self::with_storage(PgStorage {
             pool,
             options,
@@ -83,7 +84,7 @@ impl PostgresAwarenessStore {
             connect_errors: ConnectErrors::default(),
             coalescer: PostgresOptions::default()
                 .coalesce_writes
-                .then(Arc::default),
+                .then(|| Arc::new(Coalescer::new(pool_size))),
         })
     }
 
@@ -91,7 +92,8 @@ impl PostgresAwarenessStore {
     /// [`PostgresOptions::coalesce_writes`]); for stores made with
     /// [`from_pool`](Self::from_pool), which takes no [`PostgresOptions`].
     pub fn with_coalesced_writes(mut self, coalesce: bool) -> Self {
-        self.layers.inner.coalescer = coalesce.then(Arc::default);
+        let pool_size = self.layers.inner.pool.config().max_size;
+        self.layers.inner.coalescer = coalesce.then(|| Arc::new(Coalescer::new(pool_size)));
         self
     }
 
@@ -112,7 +114,9 @@ impl PostgresAwarenessStore {
             options: options.store,
             timeout: interval(options.store.timeout),
             connect_errors,
-            coalescer: options.coalesce_writes.then(Arc::default),
+            coalescer: options
+                .coalesce_writes
+                .then(|| Arc::new(Coalescer::new(options.pool_size))),
         });
         if options.validate_on_start {
             store.ensure_schema().await?;
@@ -195,29 +199,39 @@ impl PgStorage {
         coalescer: &Coalescer,
         update: &AwarenessUpdate,
     ) -> Result<SetOutcome> {
-        // Nobody waiting and a connection free: nothing to batch with, go at once.
-        if coalescer.is_idle() && self.pool.state().idle_connections > 0 {
+        // A free slot and nobody waiting: nothing to batch with, go at once.
+        if let Some(_slot) = coalescer.try_alone() {
             return self.set_alone(update).await;
         }
         let ticket = coalescer.enqueue(update);
-        let started = std::time::Instant::now();
-        let conn = match self.pool.get_owned().await {
-            Ok(conn) => conn,
-            Err(error) if coalescer.withdraw(&ticket) => return Err(self.run_error(error, started)),
-            // Another caller's batch carries the update already.
+        // As long as a caller would wait for a pooled connection, no longer.
+        let waited = self.pool.config().connection_timeout;
+        let slot = match tokio::time::timeout(waited, coalescer.slot()).await {
+            Ok(slot) => slot,
+            Err(_) if coalescer.withdraw(&ticket) => return Err(Error::PoolTimeout(waited)),
+            // A batch already carries the update.
             Err(_) => return ticket.outcome().await,
         };
         match coalescer.take(ticket) {
             Turn::Wait(ticket) => {
-                drop(conn);
+                drop(slot);
                 ticket.outcome().await
             }
             Turn::Alone(update) => {
-                let mut conn = conn;
-                set_on(&mut conn, &update, self.timeout).await
+                let _slot = slot;
+                self.set_alone(&update).await
             }
             Turn::Batch(batch, ticket) => {
-                tokio::spawn(batch.run(conn, self.timeout));
+                let storage = self.clone();
+                let conn = async move {
+                    let started = std::time::Instant::now();
+                    storage
+                        .pool
+                        .get_owned()
+                        .await
+                        .map_err(|e| storage.run_error(e, started))
+                };
+                tokio::spawn(batch.run(conn, self.timeout, slot));
                 ticket.outcome().await
             }
         }

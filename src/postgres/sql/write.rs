@@ -343,8 +343,8 @@ mod tests {
     #[test]
     fn set_sends_the_dsl_text_with_the_same_binds() {
         let update = AwarenessUpdate::new("doc", "client", "conn", 3, Some(serde_json::json!(1)));
-        let fast = diesel::debug_query::<Pg, _>(&set(&update, super::super::thirty_seconds()))
-            .to_string();
+        let fast =
+            diesel::debug_query::<Pg, _>(&set(&update, super::super::thirty_seconds())).to_string();
         let dsl = diesel::debug_query::<Pg, _>(&set_dsl(&update, super::super::thirty_seconds()))
             .to_string();
         assert_eq!(fast, dsl);
