@@ -203,6 +203,7 @@ impl Hub {
         (n, format!("{}-{n}", self.connection_prefix))
     }
 
+    /// How many rooms are open here, and their connections.
     pub async fn room_count(&self) -> (usize, usize) {
         let rooms = self.rooms.lock().await;
         let connections = rooms.values().map(|r| r.connection_count()).sum();

@@ -227,7 +227,9 @@ async fn signal() {
 }
 
 async fn healthz(State(app): State<App>) -> Response {
-    let (rooms, connections) = app.hub.room_count().await;
+    let (rooms, _) = app.hub.room_count().await;
+    // Connections still open or still announcing their leaves.
+    let connections = app.active.load(Ordering::SeqCst);
     let probe = tokio::time::timeout(
         Duration::from_secs(2),
         app.hub.store.get("synckit-relay-healthz", "0"),
