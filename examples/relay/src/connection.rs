@@ -256,27 +256,37 @@ impl Connection {
         Ok(())
     }
 
-    /// Type 1: only the clientIDs this connection owns are written; a state for another
-    /// connection's clientID refuses the whole frame. Leaves for clientIDs it does not own
-    /// (a y-protocols client removes peers it has not heard from in 30 s) are dropped.
+    /// Type 1: only the clientIDs this connection owns (or may claim) are written. A
+    /// y-websocket client echoes every change it accepts, and removes peers it has not heard
+    /// from in 30 s: such updates for another connection's clientIDs are dropped; a newer
+    /// state for one is a spoof and refuses the whole frame (the connection is closed).
     async fn awareness(&self, payload: &[u8]) -> Result<(), Refusal> {
         let clients = decode_awareness_update(payload, &self.hub.limits)
             .map_err(|e| Refusal::new(INVALID_DATA, format!("malformed awareness update: {e}")))?;
         let mut own = Vec::with_capacity(clients.len());
+        let mut unclaimed = Vec::new();
         for client in &clients {
             let ownership = self
                 .hub
-                .ownership(&self.room, self.number, &self.id, client.client_id)
+                .ownership(
+                    &self.room,
+                    self.number,
+                    &self.id,
+                    client.client_id,
+                    client.clock,
+                )
                 .await
                 .map_err(Refusal::from_store)?;
             match (ownership, &client.state) {
                 (Ownership::Own, _) => own.push(client.clone()),
-                (Ownership::Foreign, None) => tracing::debug!(
-                    connection = %self.id,
-                    client_id = client.client_id,
-                    "dropped a leave for a clientID this connection does not own"
-                ),
-                (Ownership::Foreign, Some(_)) => {
+                (Ownership::Unclaimed, _) => {
+                    unclaimed.push(client.client_id);
+                    own.push(client.clone());
+                }
+                // Echoes of what it was sent, and leaves for peers it timed out: not its to write.
+                (Ownership::Foreign { .. }, None) => {}
+                (Ownership::Foreign { clock }, Some(_)) if client.clock <= clock => {}
+                (Ownership::Foreign { .. }, Some(_)) => {
                     return Err(Refusal::new(
                         POLICY_VIOLATION,
                         format!(
@@ -307,6 +317,9 @@ impl Connection {
         let (mut applied, mut stale) = (Vec::new(), Vec::new());
         for (client, (_, outcome)) in own.into_iter().zip(outcomes) {
             if outcome.is_applied() {
+                if unclaimed.contains(&client.client_id) {
+                    self.hub.claim(&self.room, self.number, client.client_id);
+                }
                 applied.push(client);
             } else {
                 stale.push(client);

@@ -67,8 +67,14 @@ struct RoomState {
 /// Whether a connection may write a clientID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
+    /// This connection announced it first (an update of its was applied).
     Own,
-    Foreign,
+    /// Nobody holds it live: the update may apply, and the connection claims it if it does.
+    Unclaimed,
+    /// Another connection holds it, at this clock. y-websocket clients echo every change they
+    /// accept back to the server, so updates at or below it are echoes (dropped); a higher one
+    /// is a spoof.
+    Foreign { clock: u64 },
 }
 
 impl Room {
@@ -283,32 +289,51 @@ impl Hub {
         Ok(encode_message(&AwarenessMessage::Update(update)))
     }
 
-    /// Whether `connection` may write `client_id` in `room`: the connection that announces a
-    /// clientID first owns it, unless the store holds it live, with a state, for another
-    /// connection (on any instance).
+    /// Whether `connection` may write `client_id` (whose update is at `clock`) in `room`: the
+    /// connection whose update of a clientID is applied first owns it, until it closes; a
+    /// clientID the store holds live for another connection (on any instance) is foreign.
     pub async fn ownership(
         &self,
         room: &Room,
         connection: u64,
         connection_id: &str,
         client_id: u64,
+        clock: u64,
     ) -> synckit_awareness::Result<Ownership> {
-        match room.lock().claims.get(&client_id) {
-            Some(owner) if *owner == connection => return Ok(Ownership::Own),
-            Some(_) => return Ok(Ownership::Foreign),
-            None => {}
+        {
+            let state = room.lock();
+            if state.claims.get(&client_id) == Some(&connection) {
+                return Ok(Ownership::Own);
+            }
+            // The clients were sent this participant at this clock or a newer one: an echo
+            // (no store read for the echoes every client sends of every change it accepts).
+            if let Some(known) = state.view.present_clock(client_id).filter(|k| *k >= clock) {
+                return Ok(Ownership::Foreign { clock: known });
+            }
         }
         let stored = self.store.get(&room.name, &client_id.to_string()).await?;
-        if stored.is_some_and(|e| !e.is_tombstone() && e.connection_id != connection_id) {
-            return Ok(Ownership::Foreign);
-        }
-        let mut state = room.lock();
-        let owner = *state.claims.entry(client_id).or_insert(connection);
-        Ok(if owner == connection {
-            Ownership::Own
+        let stored_clock = stored
+            .as_ref()
+            .map_or(0, |e| u64::try_from(e.clock).unwrap_or(0));
+        let claimed_elsewhere = room
+            .lock()
+            .claims
+            .get(&client_id)
+            .is_some_and(|owner| *owner != connection);
+        let live_elsewhere =
+            stored.is_some_and(|e| !e.is_tombstone() && e.connection_id != connection_id);
+        Ok(if claimed_elsewhere || live_elsewhere {
+            Ownership::Foreign {
+                clock: stored_clock,
+            }
         } else {
-            Ownership::Foreign
+            Ownership::Unclaimed
         })
+    }
+
+    /// `connection` owns `client_id` from now on, unless another connection got there first.
+    pub fn claim(&self, room: &Room, connection: u64, client_id: u64) {
+        room.lock().claims.entry(client_id).or_insert(connection);
     }
 
     /// After a connection's update was applied: relay the applied clients to every local

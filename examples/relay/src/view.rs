@@ -65,6 +65,14 @@ impl View {
         Some(seen.clock)
     }
 
+    /// The clock of a participant the clients see present.
+    pub fn present_clock(&self, client: u64) -> Option<u64> {
+        self.clients
+            .get(&client)
+            .filter(|s| s.present)
+            .map(|s| s.clock)
+    }
+
     /// The participants the clients see present.
     pub fn present(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
