@@ -337,7 +337,9 @@ impl Connection {
         self.hub.release(&self.room, self.number).await;
         match self.hub.store.remove_all_for_connection(&self.id).await {
             Ok(entries) => self.hub.announce_gone(entries).await,
-            Err(error) => tracing::warn!(%error, connection = %self.id, "cannot remove the connection's entries; they expire instead"),
+            Err(error) => {
+                tracing::warn!(%error, connection = %self.id, "cannot remove the connection's entries; they expire instead")
+            }
         }
         tracing::info!(connection = %self.id, room = %self.room.name, "disconnected");
     }

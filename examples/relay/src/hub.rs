@@ -273,18 +273,18 @@ impl Hub {
         }
     }
 
-    /// The full awareness state of the room, as sent to a joining client or a query; the
-    /// room's view learns what the client is told.
+    /// The full awareness state of the room, as sent to a joining client or a query. What it
+    /// holds that this instance's other clients were not told yet (a change whose feed event
+    /// has not arrived) goes to all of them first: the view tracks what *every* local client
+    /// was told, so it must not learn something only the joiner heard.
     pub async fn full_state(&self, room: &Room) -> synckit_awareness::Result<Vec<u8>> {
         let update = encode_awareness_state(&*self.store, &room.name).await?;
-        if let Ok(clients) = decode_awareness_update(&update, &DecodeLimits {
+        let everything = DecodeLimits {
             max_clients: usize::MAX,
             max_state_bytes: usize::MAX,
-        }) {
-            let mut state = room.lock();
-            for client in clients {
-                state.view.observe(client.client_id, client.clock, true);
-            }
+        };
+        if let Ok(clients) = decode_awareness_update(&update, &everything) {
+            room.forward(clients);
         }
         Ok(encode_message(&AwarenessMessage::Update(update)))
     }
@@ -395,7 +395,9 @@ impl Hub {
                 }
                 // The client came back with a newer clock meanwhile: nothing to announce.
                 Ok(SetOutcome::Stale) => {}
-                Err(error) => tracing::warn!(%error, document = %tombstone.document_id, client = %tombstone.client_id, "cannot write the leave of a gone client"),
+                Err(error) => {
+                    tracing::warn!(%error, document = %tombstone.document_id, client = %tombstone.client_id, "cannot write the leave of a gone client")
+                }
             }
         }
         let rooms = self.rooms.lock().await;

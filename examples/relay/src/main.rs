@@ -82,8 +82,7 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -177,7 +176,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         .with_state(app);
 
     // Tests and scripts read this line for the port.
-    println!("synckit-relay {instance} listening on {address} ({store_kind} store)");
+    println!(
+        "synckit-relay {instance} listening on {address} ({store_kind} store, pid {})",
+        std::process::id()
+    );
     tracing::info!(%instance, %address, store = store_kind, timeout = ?args.timeout, prune_interval = ?args.prune_interval, "listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {

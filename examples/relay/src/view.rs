@@ -93,11 +93,19 @@ mod tests {
     #[test]
     fn follows_y_protocols_rule() {
         let mut view = View::default();
-        assert_eq!(view.observe(1, 0, true), Verdict::Ignore, "clock 0 never wins");
+        assert_eq!(
+            view.observe(1, 0, true),
+            Verdict::Ignore,
+            "clock 0 never wins"
+        );
         assert_eq!(view.observe(1, 1, true), Verdict::Forward);
         assert_eq!(view.observe(1, 1, true), Verdict::Ignore);
         assert_eq!(view.observe(1, 2, true), Verdict::Forward);
-        assert_eq!(view.observe(1, 2, false), Verdict::Forward, "same-clock leave");
+        assert_eq!(
+            view.observe(1, 2, false),
+            Verdict::Forward,
+            "same-clock leave"
+        );
         assert_eq!(view.observe(1, 2, false), Verdict::Ignore);
         assert_eq!(view.present(), Vec::<u64>::new());
     }

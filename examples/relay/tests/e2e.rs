@@ -82,15 +82,17 @@ async fn two_instances_real_clients_real_browser() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let stdout = stdout.map(|t| t.join().unwrap_or_default()).unwrap_or_default();
-    let stderr = stderr.map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+    let stdout = stdout
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    let stderr = stderr
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
     let output = format!("--- node stdout ---\n{stdout}\n--- node stderr ---\n{stderr}");
     match status {
         Some(status) if status.success() => {}
         Some(status) => panic!("the Node.js relay tests failed ({status}):\n{output}"),
-        None => panic!(
-            "the Node.js relay tests did not finish within {DEADLINE:?}:\n{output}"
-        ),
+        None => panic!("the Node.js relay tests did not finish within {DEADLINE:?}:\n{output}"),
     }
     println!("{output}");
     println!(
@@ -106,7 +108,10 @@ async fn two_instances_real_clients_real_browser() {
         let live = db
             .scalar("SELECT count(*)::bigint AS n FROM awareness_entries WHERE state IS NOT NULL")
             .await;
-        assert_eq!(live, 0, "{name}: live rows left after every client disconnected");
+        assert_eq!(
+            live, 0,
+            "{name}: live rows left after every client disconnected"
+        );
     }
     let crowd_rooms = db
         .scalar("SELECT count(DISTINCT document_id)::bigint AS n FROM awareness_entries WHERE document_id LIKE 'crowd-%'")

@@ -66,6 +66,9 @@ export const waitFor = async (predicate, ms, message) => {
   }
 }
 
+// Every Node.js WebsocketProvider adds a process 'exit' listener; the crowd test has 200.
+process.setMaxListeners(0)
+
 const providers = new Set()
 
 /** A real y-websocket client in `room` on `relay`, with `state` set once connected. */

@@ -94,7 +94,9 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
       return true
     }
     const started = performance.now()
-    await waitFor(() => clients.every(exact), 60000, () => {
+    // Under 15 s on purpose: Yjs clients re-announce themselves every 15 s, which would hide
+    // a lost relay. Converges in ~2 s here.
+    await waitFor(() => clients.every(exact), 12000, () => {
       const bad = clients.filter((c) => !exact(c))
       return `${bad.length} providers do not see exactly their room's 20 states (first: ${bad[0]?.room} sees ${bad[0]?.awareness.getStates().size})`
     })
