@@ -12,10 +12,11 @@ SCHEMA_DB ?= synckit_schema_check
 PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_CONTAINER_LABEL := synckit-awareness-tests
 
-.PHONY: test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick
+.PHONY: test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick relay relay-web
 
 help:
 	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
+	@echo "make relay         the y-websocket presence server on :1234 (PostgreSQL when DATABASE_URL is set; RELAY_ARGS=--help)"
 	@echo "make test          all tests (DATABASE_URL, else Docker, else a throwaway local cluster)"
 	@echo "make test-faults   PostgreSQL crash-restart and killed backends under load (needs initdb/pg_ctl)"
 	@echo "make check         fmt --check, clippy -D warnings, doc"
@@ -31,7 +32,24 @@ tests/js/node_modules/.installed: tests/js/package-lock.json tests/js/package.js
 	npm ci --prefix tests/js --no-audit --no-fund
 	@touch $@
 
-test: tests/js/node_modules/.installed
+# The relay (examples/relay): its page is bundled from the npm packages pinned in
+# examples/relay/web/package-lock.json; its end-to-end test (in `make test`) runs them too.
+RELAY_WEB := examples/relay/web
+$(RELAY_WEB)/node_modules/.installed: $(RELAY_WEB)/package-lock.json $(RELAY_WEB)/package.json
+	@command -v npm >/dev/null || { echo "npm missing: install Node.js >= 18 with npm (the relay's page and its tests need it)"; exit 2; }
+	npm ci --prefix $(RELAY_WEB) --no-audit --no-fund
+	@touch $@
+
+$(RELAY_WEB)/dist/page.js: $(RELAY_WEB)/node_modules/.installed $(wildcard $(RELAY_WEB)/src/*)
+	npm run --prefix $(RELAY_WEB) --silent build
+
+relay-web: $(RELAY_WEB)/dist/page.js
+
+RELAY_ARGS ?=
+relay: relay-web
+	$(CARGO) run -p synckit-relay --release -- $(RELAY_ARGS)
+
+test: tests/js/node_modules/.installed $(RELAY_WEB)/dist/page.js
 	@tests/support/with-postgres.sh $(MAKE) --no-print-directory test-suite
 
 # The suite itself, with a server already chosen (use `make test`).

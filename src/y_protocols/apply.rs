@@ -17,6 +17,15 @@ use crate::store::AwarenessStore;
 /// clock the entry's `i64` clock, and the JSON `null` state a leave. Both fit: the codec refuses
 /// values above 2^53-1 (JavaScript's `Number.MAX_SAFE_INTEGER`).
 ///
+/// This path follows y-protocols' `applyAwarenessUpdate` exactly, which is stricter than the
+/// store's own rule in one case: y-protocols counts a client the document does not hold as
+/// being at clock 0, and an update needs a higher clock (or the same clock with a leave over a
+/// live state). So an update **at clock 0** is [`SetOutcome::Stale`] and writes nothing unless
+/// the document holds that client live, with a state, at clock 0 and the update is its leave.
+/// (A fresh Yjs `Awareness` sends its initial `{}` at clock 0 when it connects; real peers never
+/// show it, and neither does the store.) Every other update goes through
+/// [`AwarenessStore::set_many`] and its rule.
+///
 /// Returns one `(clientID, outcome)` per client in the update, in wire order. Malformed input
 /// (truncated varints, lengths past the end, invalid UTF-8 or JSON, more clients or larger
 /// states than `limits` allow) fails with [`Error::Codec`](crate::Error::Codec), and an update
@@ -41,8 +50,37 @@ pub async fn apply_awareness_update(
             state: client.state.clone(),
         })
         .collect();
-    let outcomes = store.set_many(&updates).await?;
+    // Every update is checked first, so bad input fails whole even when some would be stale.
+    let max_state_bytes = store.options().max_state_bytes;
+    for update in &updates {
+        crate::validate::check_update(update, max_state_bytes)?;
+    }
+    let mut outcomes = vec![SetOutcome::Stale; updates.len()];
+    let mut forwarded = Vec::with_capacity(updates.len());
+    for (index, update) in updates.into_iter().enumerate() {
+        if update.clock > 0 || leaves_live_state_at_clock_zero(store, &update).await? {
+            forwarded.push((index, update));
+        }
+    }
+    let (indexes, forwarded): (Vec<usize>, Vec<AwarenessUpdate>) = forwarded.into_iter().unzip();
+    for (index, outcome) in indexes.into_iter().zip(store.set_many(&forwarded).await?) {
+        outcomes[index] = outcome;
+    }
     Ok(clients.iter().map(|c| c.client_id).zip(outcomes).collect())
+}
+
+/// Whether y-protocols would apply `update`, which is at clock 0: only a leave for a client the
+/// document holds live, with a state, at clock 0 (`currClock === clock && state === null &&
+/// states.has(clientID)`); a client it does not hold counts as clock 0 and needs a higher one.
+async fn leaves_live_state_at_clock_zero(
+    store: &dyn AwarenessStore,
+    update: &AwarenessUpdate,
+) -> Result<bool> {
+    if update.state.is_some() {
+        return Ok(false);
+    }
+    let current = store.get(&update.document_id, &update.client_id).await?;
+    Ok(current.is_some_and(|entry| entry.clock == 0 && !entry.is_tombstone()))
 }
 
 /// Encodes the live entries of `document_id` (not expired, not tombstones) as one y-protocols

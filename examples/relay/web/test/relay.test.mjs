@@ -1,0 +1,317 @@
+// End-to-end: real y-websocket clients against relay processes sharing one PostgreSQL database.
+// Run by examples/relay/tests/e2e.rs (make test), which provides the databases and the binary.
+import { describe, test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { writeFileSync, mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import WebSocket from 'ws'
+import * as encoding from 'lib0/encoding'
+import { startRelay, connect, destroyAll, waitFor, health, percentile, env } from './harness.mjs'
+
+const report = {}
+const save = () => {
+  const path = process.env.RELAY_REPORT
+  if (path) { mkdirSync(dirname(path), { recursive: true }); writeFileSync(path, JSON.stringify(report, null, 2)) }
+}
+const note = (key, value) => { report[key] = value; save(); console.log(`# ${key}: ${JSON.stringify(value)}`) }
+
+describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
+  let A, B
+  before(async () => {
+    const databaseUrl = env('RELAY_DB_URL')
+    ;[A, B] = await Promise.all([
+      startRelay({ name: 'A', databaseUrl, extra: ['--max-message-bytes', '262144'] }),
+      startRelay({ name: 'B', databaseUrl, extra: ['--max-message-bytes', '262144'] })
+    ])
+  })
+  after(async () => {
+    destroyAll()
+    await Promise.all([A?.stop(), B?.stop()])
+  })
+
+  test('1. alice on A and bob on B see each other; changes cross instances (latency)', async () => {
+    const alice = connect(A, 'room-1', { user: { name: 'alice' } })
+    const bob = connect(B, 'room-1', { user: { name: 'bob' } })
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
+    assert.deepEqual(alice.stateOf(bob), { user: { name: 'bob' } })
+    assert.deepEqual(bob.stateOf(alice), { user: { name: 'alice' } })
+
+    const samples = { aToB: [], bToA: [] }
+    for (let i = 0; i < 300; i++) {
+      const [from, to, list] = i % 2 === 0 ? [alice, bob, samples.aToB] : [bob, alice, samples.bToA]
+      const started = performance.now()
+      from.awareness.setLocalStateField('seq', i)
+      await waitFor(() => to.stateOf(from)?.seq === i, 5000, `update ${i} crosses`)
+      list.push(performance.now() - started)
+    }
+    const all = [...samples.aToB, ...samples.bToA].sort((a, b) => a - b)
+    const round = (x) => Math.round(x * 100) / 100
+    note('delivery_latency_ms', {
+      samples: all.length,
+      p50: round(percentile(all, 50)),
+      p99: round(percentile(all, 99)),
+      max: round(all[all.length - 1]),
+      a_to_b_p50: round(percentile(samples.aToB.sort((a, b) => a - b), 50)),
+      b_to_a_p50: round(percentile(samples.bToA.sort((a, b) => a - b), 50))
+    })
+    alice.destroy()
+    bob.destroy()
+  })
+
+  test('2. bob closes his provider: alice sees bob leave', async () => {
+    const alice = connect(A, 'room-2', { user: { name: 'alice' } })
+    const bob = connect(B, 'room-2', { user: { name: 'bob' } })
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
+    const started = performance.now()
+    bob.destroy()
+    await waitFor(() => !alice.sees(bob), 5000, 'alice sees bob leave')
+    note('close_to_leave_ms', Math.round(performance.now() - started))
+    // And a fresh client on A sees only alice: the leave is in the store, not just relayed.
+    const carol = connect(A, 'room-2', { user: { name: 'carol' } })
+    await waitFor(() => carol.sees(alice), 5000, 'carol sees alice')
+    assert.equal(carol.sees(bob), false, 'carol does not see bob')
+    alice.destroy()
+    carol.destroy()
+  })
+
+  test('4. 200 providers over both instances in 10 rooms: everyone sees exactly their room', async () => {
+    const rooms = Array.from({ length: 10 }, (_, r) => `crowd-${r}`)
+    const clients = []
+    for (let i = 0; i < 200; i++) {
+      const room = rooms[i % 10]
+      const client = connect(i % 2 === 0 ? A : B, room, { user: { name: `p${i}` }, i })
+      client.room = room
+      clients.push(client)
+    }
+    const expected = new Map(rooms.map((room) => [room, new Set(clients.filter((c) => c.room === room).map((c) => c.id))]))
+    const exact = (c) => {
+      const states = c.awareness.getStates()
+      const want = expected.get(c.room)
+      if (states.size !== want.size) return false
+      for (const [id, state] of states) {
+        if (!want.has(id) || state?.user?.name === undefined) return false
+      }
+      return true
+    }
+    const started = performance.now()
+    // Under 15 s on purpose: Yjs clients re-announce themselves every 15 s, which would hide
+    // a lost relay. Converges in ~2 s here.
+    await waitFor(() => clients.every(exact), 12000, () => {
+      const bad = clients.filter((c) => !exact(c))
+      return `${bad.length} providers do not see exactly their room's 20 states (first: ${bad[0]?.room} sees ${bad[0]?.awareness.getStates().size})`
+    })
+    note('crowd_converged_ms', Math.round(performance.now() - started))
+    for (const c of clients) c.destroy()
+    await waitFor(async () => (await health(A)).connections === 0 && (await health(B)).connections === 0, 30000, 'both relays closed every connection')
+    // Every room's presence is empty: a fresh observer per room receives no one (the table's
+    // live rows; e2e.rs checks the rows themselves afterwards).
+    for (const room of rooms) {
+      const observer = connect(A, room)
+      observer.awareness.setLocalState(null)
+      await waitFor(() => observer.connected() && observer.provider.synced, 5000, `observer in ${room} synced`)
+      assert.equal(observer.awareness.getStates().size, 0, `${room} is empty`)
+      observer.destroy()
+    }
+  })
+
+  test('5. malformed and spoofing frames are refused, change nothing, and hurt no one else', async () => {
+    const alice = connect(A, 'guarded', { user: { name: 'alice' } })
+    const bob = connect(B, 'guarded', { user: { name: 'bob' } })
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
+    const aliceClock = alice.clock
+
+    const awarenessFrame = (clients, { truncate = 0 } = {}) => {
+      const update = encoding.createEncoder()
+      encoding.writeVarUint(update, clients.length)
+      for (const [id, clock, state] of clients) {
+        encoding.writeVarUint(update, id)
+        encoding.writeVarUint(update, clock)
+        encoding.writeVarString(update, JSON.stringify(state))
+      }
+      let bytes = encoding.toUint8Array(update)
+      bytes = bytes.slice(0, bytes.length - truncate)
+      const frame = encoding.createEncoder()
+      encoding.writeVarUint(frame, 1)
+      encoding.writeVarUint8Array(frame, bytes)
+      return encoding.toUint8Array(frame)
+    }
+    const refused = async (relay, payload, binary = true) => {
+      const ws = new WebSocket(`${relay.ws}/guarded`)
+      await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
+      ws.send(payload, { binary })
+      const [code, reason] = await new Promise((resolve) => ws.once('close', (c, r) => resolve([c, r.toString()])))
+      return { code, reason }
+    }
+    const cases = [
+      ['truncated awareness update', awarenessFrame([[4242, 1, { evil: 1 }], [4243, 1, { evil: 2 }]], { truncate: 3 }), 1007, /malformed/],
+      ['state that is not JSON', (() => { const e = encoding.createEncoder(); encoding.writeVarUint(e, 1); const u = encoding.createEncoder(); encoding.writeVarUint(u, 1); encoding.writeVarUint(u, 4244); encoding.writeVarUint(u, 1); encoding.writeVarString(u, '{nope'); encoding.writeVarUint8Array(e, encoding.toUint8Array(u)); return encoding.toUint8Array(e) })(), 1007, /JSON/],
+      ['unknown message type', new Uint8Array([9, 1, 2, 3]), 1003, /unknown y-websocket message type 9/],
+      ['auth message', new Uint8Array([2, 0]), 1003, /auth/],
+      ['malformed sync message', new Uint8Array([0, 7, 1]), 1007, /sync/],
+      ['oversized message', (() => { const big = new Uint8Array(300000); big[0] = 1; return big })(), 1009, /exceeds the limit/],
+      ['spoofed state for alice', awarenessFrame([[alice.id, aliceClock + 5, { user: { name: 'mallory' } }]]), 1008, /belongs to another connection/],
+      ['own client plus spoofed alice', awarenessFrame([[4245, 1, { ok: 1 }], [alice.id, aliceClock + 9, { user: { name: 'mallory' } }]]), 1008, /belongs to another connection/]
+    ]
+    for (const [name, payload, code, reason] of cases) {
+      const closed = await refused(name.includes('oversized') ? B : A, payload)
+      assert.equal(closed.code, code, `${name}: close code (reason ${closed.reason})`)
+      assert.match(closed.reason, reason, `${name}: close reason`)
+    }
+    const text = await refused(A, 'hello', false)
+    assert.equal(text.code, 1003, 'a text frame is refused')
+
+    // A leave for alice from a connection that does not own her is dropped, not applied.
+    const ws = new WebSocket(`${B.ws}/guarded`)
+    await new Promise((resolve) => ws.once('open', resolve))
+    ws.send(awarenessFrame([[alice.id, aliceClock + 50, null]]))
+    ws.send(awarenessFrame([[4246, 1, { legit: true }]]))
+    await waitFor(() => bob.sees(4246) && alice.sees(4246), 5000, 'the raw client\'s own state arrives')
+    ws.close()
+    await waitFor(() => !bob.sees(4246), 5000, 'the raw client leaves when it closes')
+
+    // Nothing changed for alice and bob: same state, same clock, still connected, still live.
+    assert.ok(bob.sees(alice) && alice.sees(bob), 'alice and bob still see each other')
+    assert.deepEqual(bob.stateOf(alice), { user: { name: 'alice' } })
+    assert.equal(bob.awareness.meta.get(alice.id).clock, aliceClock)
+    assert.ok(alice.connected() && bob.connected(), 'their connections were not touched')
+    const observer = connect(A, 'guarded')
+    observer.awareness.setLocalState(null)
+    await waitFor(() => observer.provider.synced && observer.awareness.getStates().size === 2, 5000, () => `observer sees alice and bob only: ${[...observer.awareness.getStates().keys()]}`)
+    for (const id of [4242, 4243, 4244, 4245, 4246]) assert.equal(observer.awareness.getStates().has(id), false, `client ${id} stored`)
+    alice.awareness.setLocalStateField('after', true)
+    await waitFor(() => bob.stateOf(alice)?.after === true, 5000, 'alice can still update')
+    observer.destroy()
+    alice.destroy()
+    bob.destroy()
+  })
+
+  test('6. the page in a real browser: two pages on two instances see each other\'s pointer', async () => {
+    const { chromium } = await import('playwright-core')
+    const browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-quic', '--disable-component-update', '--disable-sync']
+    })
+    try {
+      const pageA = await browser.newPage({ viewport: { width: 800, height: 640 } })
+      const pageB = await browser.newPage({ viewport: { width: 800, height: 640 } })
+      const errors = []
+      for (const page of [pageA, pageB]) page.on('pageerror', (e) => errors.push(String(e)))
+      await pageA.goto(`${A.http}/canvas?name=Ada&color=%23e6194b`)
+      await pageB.goto(`${B.http}/canvas?name=Grace&color=%234363d8`)
+      for (const page of [pageA, pageB]) {
+        await page.waitForFunction(() => document.querySelectorAll('#people li').length === 2, null, { timeout: 15000 })
+      }
+      const adaId = await pageA.evaluate(() => window.relayPage.doc.clientID)
+      const board = await pageA.locator('#board').boundingBox()
+      await pageA.mouse.move(board.x + board.width * 0.25, board.y + board.height * 0.5)
+      await pageA.mouse.move(board.x + board.width * 0.75, board.y + board.height * 0.25, { steps: 10 })
+      const pointer = pageB.locator(`#board .pointer[data-client="${adaId}"]`)
+      await pointer.waitFor({ timeout: 10000 })
+      await pageB.waitForFunction((id) => {
+        const li = document.querySelector(`#people li[data-client="${id}"]`)
+        return li && Math.abs(Number(li.dataset.x) - 0.75) < 0.02 && Math.abs(Number(li.dataset.y) - 0.25) < 0.02
+      }, adaId, { timeout: 10000 })
+      assert.match(await pointer.textContent(), /Ada · A/)
+      assert.equal(await pageB.locator(`#people li[data-client="${adaId}"]`).getAttribute('data-instance'), 'A')
+      const graceLi = pageB.locator('#people li.me')
+      assert.equal(await graceLi.getAttribute('data-instance'), 'B')
+      // Grace points too, so the screenshot shows both.
+      const boardB = await pageB.locator('#board').boundingBox()
+      await pageB.mouse.move(boardB.x + boardB.width * 0.4, boardB.y + boardB.height * 0.7, { steps: 5 })
+      const graceId = await pageB.evaluate(() => window.relayPage.doc.clientID)
+      await pageA.locator(`#board .pointer[data-client="${graceId}"]`).waitFor({ timeout: 10000 })
+      await pageB.locator(`#board .pointer[data-client="${graceId}"]`).waitFor({ timeout: 10000 })
+      if (process.env.RELAY_SCREENSHOT) {
+        mkdirSync(dirname(process.env.RELAY_SCREENSHOT), { recursive: true })
+        await pageB.screenshot({ path: process.env.RELAY_SCREENSHOT })
+        note('screenshot', process.env.RELAY_SCREENSHOT)
+      }
+      assert.deepEqual(errors, [], 'no page errors')
+    } finally {
+      await browser.close()
+    }
+  })
+})
+
+describe('SIGKILL of an instance (3 s timeout, 250 ms prune interval, separate database)', () => {
+  const timeoutMs = 3000
+  const pruneMs = 250
+  let C, D
+  before(async () => {
+    const databaseUrl = env('RELAY_DB_URL_SHORT')
+    ;[C, D] = await Promise.all([
+      startRelay({ name: 'C', databaseUrl, timeout: `${timeoutMs}ms`, pruneInterval: `${pruneMs}ms` }),
+      startRelay({ name: 'D', databaseUrl, timeout: `${timeoutMs}ms`, pruneInterval: `${pruneMs}ms` })
+    ])
+  })
+  after(async () => {
+    destroyAll()
+    await Promise.all([C?.stop(), D?.stop()])
+  })
+
+  test('3. bob\'s instance is killed: alice sees him leave once, no ghost; he rejoins at the same clock and is seen again', async () => {
+    const alice = connect(C, 'kill', { user: { name: 'alice' } })
+    const bob = connect(D, 'kill', { user: { name: 'bob' } })
+    // Yjs clients refresh every 15 s; with a 3 s server timeout, the test refreshes alice (and
+    // bob until the kill) every 500 ms.
+    let beat = 0
+    let bobBeats = true
+    const heartbeat = setInterval(() => {
+      beat++
+      alice.awareness.setLocalStateField('beat', beat)
+      if (bobBeats) bob.awareness.setLocalStateField('beat', beat)
+    }, 500)
+    const bobSeen = [] // [time, present] as alice's awareness reports bob
+    alice.awareness.on('change', ({ added, removed }) => {
+      if (added.includes(bob.id)) bobSeen.push([performance.now(), true])
+      if (removed.includes(bob.id)) bobSeen.push([performance.now(), false])
+    })
+    try {
+      const rounds = [
+        { name: 'clock unchanged', bump: false },
+        { name: 'clock bumped once while away (equals the leave\'s clock)', bump: true }
+      ]
+      const results = []
+      for (const round of rounds) {
+        await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
+        bobBeats = false
+        await new Promise((resolve) => setTimeout(resolve, 600)) // bob's last beat has crossed
+        const clockBefore = bob.clock
+        const killedAt = performance.now()
+        await D.stop('SIGKILL')
+        await waitFor(() => !alice.sees(bob), timeoutMs + pruneMs + 5000, 'alice sees bob disappear')
+        const leaveMs = performance.now() - killedAt
+        assert.ok(leaveMs <= timeoutMs + pruneMs + 1500, `leave after ${Math.round(leaveMs)} ms, within timeout + prune interval (+1.5 s slack)`)
+        // No ghost: bob stays away while his instance is down (two prune intervals and more).
+        await new Promise((resolve) => setTimeout(resolve, 4 * pruneMs))
+        assert.equal(alice.sees(bob), false, 'no ghost while D is down')
+        if (round.bump) bob.awareness.setLocalStateField('away', true)
+        const clockAtReconnect = bob.clock
+        assert.equal(clockAtReconnect, clockBefore + (round.bump ? 1 : 0))
+        const leavesSeen = bobSeen.filter(([t, present]) => t >= killedAt && !present).length
+        assert.equal(leavesSeen, 1, 'alice saw bob leave exactly once')
+        const restartedAt = performance.now()
+        D = await startRelay({ name: 'D', port: D.port, databaseUrl: env('RELAY_DB_URL_SHORT'), timeout: `${timeoutMs}ms`, pruneInterval: `${pruneMs}ms` })
+        await waitFor(() => bob.connected(), 10000, 'bob reconnects to the restarted D')
+        const reconnectedAt = performance.now()
+        await waitFor(() => alice.sees(bob), 5000, `alice sees bob again (${round.name}; bob clock ${bob.clock}, alice has ${alice.awareness.meta.get(bob.id)?.clock})`)
+        const seenAgainAt = performance.now()
+        assert.ok(bob.clock > clockAtReconnect, 'bob re-announced at a higher clock (y-protocols remedy)')
+        assert.equal(bobSeen.filter(([t, present]) => t >= killedAt && t < reconnectedAt && present).length, 0, 'no ghost before bob reconnected')
+        results.push({
+          round: round.name,
+          sigkill_to_leave_ms: Math.round(leaveMs),
+          restart_to_reconnect_ms: Math.round(reconnectedAt - restartedAt),
+          reconnect_to_seen_again_ms: Math.round(seenAgainAt - reconnectedAt),
+          bob_clock: { before_kill: clockBefore, at_reconnect: clockAtReconnect, after_remedy: bob.clock }
+        })
+        bobBeats = true
+      }
+      note('sigkill', { timeout_ms: timeoutMs, prune_interval_ms: pruneMs, rounds: results })
+    } finally {
+      clearInterval(heartbeat)
+      alice.destroy()
+      bob.destroy()
+    }
+  })
+})
