@@ -470,7 +470,7 @@ mod tests {
         .unwrap();
         assert_eq!(old_name.postgres.acquire_timeout_ms, 1234);
         let feed = AwarenessSettings::from_lookup(lookup(&[
-            ("SYNCKIT__AWARENESS__POSTGRES__COALESCE_WRITES", "false"),
+            ("SYNCKIT__AWARENESS__POSTGRES__COALESCE_WRITES", "true"),
             ("SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED", "true"),
             (
                 "SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED_CHANNEL",
@@ -478,8 +478,8 @@ mod tests {
             ),
         ]))
         .unwrap();
-        assert!(!feed.postgres.options(feed.store_options()).coalesce_writes);
-        assert!(AwarenessSettings::default().postgres.coalesce_writes);
+        assert!(feed.postgres.options(feed.store_options()).coalesce_writes);
+        assert!(!AwarenessSettings::default().postgres.coalesce_writes);
         let options = feed.postgres.change_feed_options();
         assert!(options.publish);
         assert_eq!(options.channel, "presence");

@@ -198,7 +198,7 @@ impl Report {
         let mut lines = Vec::new();
         if let (Some(many), Some(single)) = (
             find("set_many of 16", "store", 1),
-            find("set heartbeat (existing)", "store uncoalesced", 1),
+            find("set heartbeat (existing)", "store", 1),
         ) {
             lines.push(format!(
                 "set_many of 16 at 1 task: {:.0} rows/s = {:.1}x single-set rows/s ({:.0})",
@@ -208,8 +208,8 @@ impl Report {
             ));
         }
         if let (Some(on), Some(off)) = (
+            find("set heartbeat (existing)", "store coalescing", 1),
             find("set heartbeat (existing)", "store", 1),
-            find("set heartbeat (existing)", "store uncoalesced", 1),
         ) {
             lines.push(format!(
                 "set heartbeat at 1 task, p50 with coalescing {:.3} ms vs without {:.3} ms ({:+.1} %)",
@@ -382,7 +382,7 @@ async fn main() {
     load_base_data(&url);
     let store = Arc::new(open_store(&url, 16, sync_default).await);
     let set_stores = workloads::SetStores {
-        coalescing: store.clone(),
+        default: store.clone(),
         url: url.clone(),
         // The same server over TLS: the URL's sslmode replaced by prefer.
         tls_url: with_sslmode(&url, "prefer"),

@@ -194,12 +194,12 @@ fn redis_sets(cfg: Config, sha: Arc<String>, kind: SetKind) -> Box<SideFn> {
     })
 }
 
-/// The stores a `set` comparison runs: write coalescing on (the default, kept open), and —
-/// opened for each run and closed after it, so pgbench at 64 clients still finds free server
-/// connections — without coalescing, and with it over TLS (`sslmode=prefer`; every other
-/// PostgreSQL side runs plaintext, as the Redis peer does).
+/// The stores a `set` comparison runs: the default store (kept open), and — opened for each run
+/// and closed after it, so pgbench at 64 clients still finds free server connections — with
+/// write coalescing on, and the default over TLS (`sslmode=prefer`; every other PostgreSQL side
+/// runs plaintext, as the Redis peer does).
 pub struct SetStores {
-    pub coalescing: Arc<PostgresAwarenessStore>,
+    pub default: Arc<PostgresAwarenessStore>,
     pub url: String,
     pub tls_url: String,
 }
@@ -229,8 +229,8 @@ pub async fn set_workloads(
     sha: &Arc<String>,
 ) {
     report.note(
-        "set workloads (store with write coalescing | without | over TLS | pgbench of the store's \
-         SQL | Redis Lua); pgbench of a 16-row batch upsert beside the heartbeat",
+        "set workloads (store | with write coalescing | over TLS | pgbench of the store's SQL | \
+         Redis Lua); pgbench of a 16-row batch upsert beside the heartbeat",
     );
     // Redis gets the same 10k heartbeat keys at clock 1.
     let preload = redis_conns(cfg, 1).await;
@@ -282,16 +282,16 @@ pub async fn set_workloads(
         for &tasks in concurrency {
             let per_task = cfg.count(20_000, tasks);
             let mut sides: Vec<Side<'static>> = vec![
-                ("store", store_sets(stores.coalescing.clone(), kind)),
+                ("store", store_sets(stores.default.clone(), kind)),
                 (
-                    "store uncoalesced",
-                    fresh_store_sets(stores.url.clone(), false, kind),
+                    "store coalescing",
+                    fresh_store_sets(stores.url.clone(), true, kind),
                 ),
             ];
             if kind == SetKind::Heartbeat {
                 sides.push((
                     "store TLS",
-                    fresh_store_sets(stores.tls_url.clone(), true, kind),
+                    fresh_store_sets(stores.tls_url.clone(), false, kind),
                 ));
             }
             sides.push(("pgbench", pgbench_sets(url.to_owned(), path.clone(), 1.0)));
@@ -326,7 +326,7 @@ pub async fn set_workloads(
     // set_many of 16 (a y-protocols message with many clients): one statement per batch.
     for tasks in CONCURRENCY {
         let per_task = cfg.count(2_000, tasks);
-        let store = stores.coalescing.clone();
+        let store = stores.default.clone();
         let batch: Side<'static> = (
             "store",
             Box::new(move |tasks, per_task| {

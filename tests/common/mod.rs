@@ -337,8 +337,8 @@ async fn postgres_stores_coalescing(coalesce: bool) -> Stores {
 }
 
 /// Stamps each `async fn name(stores: Stores)` named in the calling test file as one test per
-/// store: `memory::name`, `postgres::name` (write coalescing on, the default) and
-/// `postgres_uncoalesced::name`: one suite, every store (as River runs one conformance suite per
+/// store: `memory::name`, `postgres::name` (write coalescing on) and
+/// `postgres_uncoalesced::name` (off, the default): one suite, every store (as River runs one conformance suite per
 /// driver). Use as `common::both_stores!(test_a, test_b);`.
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
