@@ -39,10 +39,19 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     const samples = { aToB: [], bToA: [] }
     for (let i = 0; i < 300; i++) {
       const [from, to, list] = i % 2 === 0 ? [alice, bob, samples.aToB] : [bob, alice, samples.bToA]
+      // Timed by the receiving awareness's own 'change' event (no polling granularity).
+      let arrived
+      const seen = new Promise((resolve) => {
+        const onChange = () => {
+          if (to.stateOf(from)?.seq === i) { arrived = performance.now(); to.awareness.off('change', onChange); resolve() }
+        }
+        to.awareness.on('change', onChange)
+      })
       const started = performance.now()
       from.awareness.setLocalStateField('seq', i)
-      await waitFor(() => to.stateOf(from)?.seq === i, 5000, `update ${i} crosses`)
-      list.push(performance.now() - started)
+      await waitFor(() => arrived !== undefined, 5000, `update ${i} crosses`)
+      await seen
+      list.push(arrived - started)
     }
     const all = [...samples.aToB, ...samples.bToA].sort((a, b) => a - b)
     const round = (x) => Math.round(x * 100) / 100
