@@ -324,3 +324,22 @@ describe('SIGKILL of an instance (3 s timeout, 250 ms prune interval, separate d
     }
   })
 })
+
+describe('no DATABASE_URL: one instance on the memory store', () => {
+  test('clients see each other and a closed one leaves', async () => {
+    const M = await startRelay({ name: 'M', databaseUrl: '' })
+    try {
+      assert.equal((await health(M)).store, 'memory')
+      const alice = connect(M, 'mem', { user: { name: 'alice' } })
+      const bob = connect(M, 'mem', { user: { name: 'bob' } })
+      await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
+      bob.destroy()
+      await waitFor(() => !alice.sees(bob), 5000, 'alice sees bob leave')
+      alice.destroy()
+      await waitFor(async () => (await health(M)).connections === 0, 5000, 'every connection closed')
+    } finally {
+      destroyAll()
+      await M.stop()
+    }
+  })
+})
