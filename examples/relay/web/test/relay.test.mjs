@@ -194,6 +194,22 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     bob.destroy()
   })
 
+  test('7. SIGTERM: the instance closes its connections and announces their leaves, then exits 0', async () => {
+    const E = await startRelay({ name: 'E', databaseUrl: env('RELAY_DB_URL') })
+    const alice = connect(A, 'room-term', { user: { name: 'alice' } })
+    const carol = connect(E, 'room-term', { user: { name: 'carol' } })
+    await waitFor(() => alice.sees(carol) && carol.sees(alice), 10000, 'alice and carol see each other')
+    const started = performance.now()
+    E.proc.kill('SIGTERM')
+    // Far below the 30 s timeout: the leave comes from the shutdown, not from expiry.
+    await waitFor(() => !alice.sees(carol), 5000, 'alice sees carol leave')
+    note('sigterm_to_leave_ms', Math.round(performance.now() - started))
+    const [code, signal] = await E.exited
+    assert.equal(code, 0, `E exited with ${code ?? signal}`)
+    carol.destroy()
+    alice.destroy()
+  })
+
   test('6. the page in a real browser: two pages on two instances see each other\'s pointer', async () => {
     const { chromium } = await import('playwright-core')
     const browser = await chromium.launch({
