@@ -157,6 +157,8 @@ pub async fn serve(
             .send(Outgoing::Close(refusal.code, reason));
     }
     connection.close().await;
+    // The writer ends once every sender of its inbox is gone (the room dropped its copy).
+    drop(connection);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 

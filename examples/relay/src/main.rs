@@ -43,7 +43,7 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: IpAddr,
-    /// PostgreSQL URL; without it the relay runs alone on the in-memory store.
+    /// PostgreSQL URL; without it (or empty) the relay runs alone on the in-memory store.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Awareness timeout: an entry not refreshed for this long is gone (y-protocols: 30s;
@@ -102,7 +102,12 @@ async fn run(args: Args) -> Result<(), Failure> {
     let options = StoreOptions::default()
         .with_timeout(args.timeout)
         .with_max_state_bytes(args.max_state_bytes);
-    let (store, feed, store_kind): (Arc<dyn AwarenessStore>, _, _) = match &args.database_url {
+    // An empty DATABASE_URL counts as unset.
+    let database_url = args
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty());
+    let (store, feed, store_kind): (Arc<dyn AwarenessStore>, _, _) = match database_url {
         Some(url) => {
             let store = PostgresAwarenessStore::connect(
                 url,

@@ -69,14 +69,13 @@ export const waitFor = async (predicate, ms, message) => {
 // Every Node.js WebsocketProvider adds a process 'exit' listener; the crowd test has 200.
 process.setMaxListeners(0)
 
-const providers = new Set()
+const clients = new Set()
 
 /** A real y-websocket client in `room` on `relay`, with `state` set once connected. */
 export const connect = (relay, room, state) => {
   const doc = new Y.Doc()
   const provider = new WebsocketProvider(relay.ws, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true })
   if (state !== undefined) provider.awareness.setLocalState(state)
-  providers.add(provider)
   const client = {
     doc,
     provider,
@@ -86,12 +85,14 @@ export const connect = (relay, room, state) => {
     sees: (other) => provider.awareness.getStates().has(other.id ?? other),
     stateOf: (other) => provider.awareness.getStates().get(other.id ?? other),
     connected: () => provider.wsconnected,
-    destroy () { providers.delete(provider); provider.destroy(); doc.destroy() }
+    // Destroying the doc also stops its Awareness's timer, which would keep Node.js running.
+    destroy () { clients.delete(client); provider.destroy(); doc.destroy() }
   }
+  clients.add(client)
   return client
 }
 
-export const destroyAll = () => { for (const p of [...providers]) { providers.delete(p); p.destroy() } }
+export const destroyAll = () => { for (const client of [...clients]) client.destroy() }
 
 export const health = async (relay) => (await fetch(`${relay.http}/healthz`)).json()
 

@@ -39,10 +39,19 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     const samples = { aToB: [], bToA: [] }
     for (let i = 0; i < 300; i++) {
       const [from, to, list] = i % 2 === 0 ? [alice, bob, samples.aToB] : [bob, alice, samples.bToA]
+      // Timed by the receiving awareness's own 'change' event (no polling granularity).
+      let arrived
+      const seen = new Promise((resolve) => {
+        const onChange = () => {
+          if (to.stateOf(from)?.seq === i) { arrived = performance.now(); to.awareness.off('change', onChange); resolve() }
+        }
+        to.awareness.on('change', onChange)
+      })
       const started = performance.now()
       from.awareness.setLocalStateField('seq', i)
-      await waitFor(() => to.stateOf(from)?.seq === i, 5000, `update ${i} crosses`)
-      list.push(performance.now() - started)
+      await waitFor(() => arrived !== undefined, 5000, `update ${i} crosses`)
+      await seen
+      list.push(arrived - started)
     }
     const all = [...samples.aToB, ...samples.bToA].sort((a, b) => a - b)
     const round = (x) => Math.round(x * 100) / 100
@@ -185,6 +194,22 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     bob.destroy()
   })
 
+  test('7. SIGTERM: the instance closes its connections and announces their leaves, then exits 0', async () => {
+    const E = await startRelay({ name: 'E', databaseUrl: env('RELAY_DB_URL') })
+    const alice = connect(A, 'room-term', { user: { name: 'alice' } })
+    const carol = connect(E, 'room-term', { user: { name: 'carol' } })
+    await waitFor(() => alice.sees(carol) && carol.sees(alice), 10000, 'alice and carol see each other')
+    const started = performance.now()
+    E.proc.kill('SIGTERM')
+    // Far below the 30 s timeout: the leave comes from the shutdown, not from expiry.
+    await waitFor(() => !alice.sees(carol), 5000, 'alice sees carol leave')
+    note('sigterm_to_leave_ms', Math.round(performance.now() - started))
+    const [code, signal] = await E.exited
+    assert.equal(code, 0, `E exited with ${code ?? signal}`)
+    carol.destroy()
+    alice.destroy()
+  })
+
   test('6. the page in a real browser: two pages on two instances see each other\'s pointer', async () => {
     const { chromium } = await import('playwright-core')
     const browser = await chromium.launch({
@@ -312,6 +337,25 @@ describe('SIGKILL of an instance (3 s timeout, 250 ms prune interval, separate d
       clearInterval(heartbeat)
       alice.destroy()
       bob.destroy()
+    }
+  })
+})
+
+describe('no DATABASE_URL: one instance on the memory store', () => {
+  test('clients see each other and a closed one leaves', async () => {
+    const M = await startRelay({ name: 'M', databaseUrl: '' })
+    try {
+      assert.equal((await health(M)).store, 'memory')
+      const alice = connect(M, 'mem', { user: { name: 'alice' } })
+      const bob = connect(M, 'mem', { user: { name: 'bob' } })
+      await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
+      bob.destroy()
+      await waitFor(() => !alice.sees(bob), 5000, 'alice sees bob leave')
+      alice.destroy()
+      await waitFor(async () => (await health(M)).connections === 0, 5000, 'every connection closed')
+    } finally {
+      destroyAll()
+      await M.stop()
     }
   })
 })
