@@ -163,24 +163,7 @@ async fn postgres_has_jsonb_key_order(stores: common::Stores) {
     .await;
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::common::memory_stores().await).await;
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() {
-                super::$name(super::common::postgres_stores().await).await;
-            })*
-        }
-    };
-}
-
-both_stores!(
+common::both_stores!(
     clock_zero_follows_y_protocols,
     clock_zero_over_expired_is_stale
 );
