@@ -229,16 +229,13 @@ impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetMany<'_, R> {
             " AS expired \
              FROM \"awareness_entries\" e JOIN input USING (document_id, client_id) \
              ORDER BY e.document_id, e.client_id FOR UPDATE OF e), \
-             applied AS (INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \
-             \"connection_id\", \"state\", \"clock_value\", \"last_seen\") \
-             SELECT document_id, client_id, connection_id, state, clock_value, CURRENT_TIMESTAMP \
-             FROM input WHERE (SELECT count(*) FROM locked) >= 0 ORDER BY ord \
-             ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
-             \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
-             \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
-             WHERE ",
+             applied AS (",
         );
-        self.applies.walk_ast(out.reborrow())?;
+        push_upsert_from_input(
+            "WHERE (SELECT count(*) FROM locked) >= 0 ",
+            &self.applies,
+            out.reborrow(),
+        )?;
         out.push_sql(
             " \
              RETURNING document_id, client_id, xmax = 0 AS inserted) \
@@ -291,17 +288,8 @@ impl<R> diesel::query_builder::Query for SetManyDistinct<'_, R> {
 impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetManyDistinct<'_, R> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         push_input(&self.columns, out.reborrow())?;
-        out.push_sql(
-            ", applied AS (INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \
-             \"connection_id\", \"state\", \"clock_value\", \"last_seen\") \
-             SELECT document_id, client_id, connection_id, state, clock_value, CURRENT_TIMESTAMP \
-             FROM input ORDER BY ord \
-             ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
-             \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
-             \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
-             WHERE ",
-        );
-        self.applies.walk_ast(out.reborrow())?;
+        out.push_sql(", applied AS (");
+        push_upsert_from_input("", &self.applies, out.reborrow())?;
         out.push_sql(
             " RETURNING document_id, client_id) \
              SELECT applied.document_id IS NOT NULL \
@@ -309,6 +297,30 @@ impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetManyDistinct<'_, R> {
         );
         Ok(())
     }
+}
+
+/// The conditional upsert of [`set_dsl`] over the batch's `input` rows, in `ord` order, after
+/// `filter` (a `WHERE` clause or nothing): the one hand-written copy of its column and `SET`
+/// lists, which the pinned tests compare with [`set_dsl`]'s.
+fn push_upsert_from_input<'b>(
+    filter: &'static str,
+    applies: &'b impl QueryFragment<Pg>,
+    mut out: AstPass<'_, 'b, Pg>,
+) -> QueryResult<()> {
+    out.push_sql(
+        "INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \
+         \"state\", \"clock_value\", \"last_seen\") \
+         SELECT document_id, client_id, connection_id, state, clock_value, CURRENT_TIMESTAMP \
+         FROM input ",
+    );
+    out.push_sql(filter);
+    out.push_sql(
+        "ORDER BY ord ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
+         \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
+         \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
+         WHERE ",
+    );
+    applies.walk_ast(out.reborrow())
 }
 
 /// `WITH input AS (…)`: the batch's column arrays as rows, ids in byte order (`COLLATE "C"`,
@@ -368,6 +380,37 @@ mod tests {
              OR (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") \
              AND (excluded.\"state\" IS NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL)))"
         );
+    }
+
+    /// The batch statements' hand-written upsert says what `set_dsl` says.
+    #[test]
+    fn batch_upserts_share_the_set_statements_lists() {
+        let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
+        let plan = crate::postgres::batch::BatchPlan::new(&updates);
+        let single = super::super::text(&set_dsl(&updates[0], super::super::thirty_seconds()));
+        let conflict = |sql: &str| -> String {
+            let from = sql.find("ON CONFLICT").unwrap_or_default();
+            let to = sql[from..].find(" WHERE ").map_or(sql.len(), |i| from + i);
+            sql[from..to].to_owned()
+        };
+        let columns = |sql: &str| -> String {
+            let from = sql.find("INSERT INTO").unwrap_or_default();
+            let to = sql[from..].find(')').map_or(sql.len(), |i| from + i);
+            sql[from..to].to_owned()
+        };
+        for batch in [
+            super::super::text(&set_many(
+                plan.columns(&updates),
+                super::super::thirty_seconds(),
+            )),
+            super::super::text(&set_many_distinct(
+                plan.columns(&updates),
+                super::super::thirty_seconds(),
+            )),
+        ] {
+            assert_eq!(conflict(&batch), conflict(&single));
+            assert_eq!(columns(&batch), columns(&single));
+        }
     }
 
     #[test]
