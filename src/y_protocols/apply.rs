@@ -50,9 +50,11 @@ pub async fn apply_awareness_update(
             state: client.state.clone(),
         })
         .collect();
-    // Every update is checked first, so bad input fails whole even when some would be stale.
+    // Bad input fails whole, even when some updates would be stale: `set_many` checks every
+    // update it gets before writing any; the clock-0 ones it may not get are checked here,
+    // before anything is read or written (checking them all here would check most twice).
     let max_state_bytes = store.options().max_state_bytes;
-    for update in &updates {
+    for update in updates.iter().filter(|u| u.clock == 0) {
         crate::validate::check_update(update, max_state_bytes)?;
     }
     let mut outcomes = vec![SetOutcome::Stale; updates.len()];

@@ -170,6 +170,11 @@ impl Connection {
             YMessage::Sync(SyncMessage::SyncStep1(txn.state_vector())).encode_v1()
         };
         self.send(step1);
+        self.send_full_state().await
+    }
+
+    /// Everyone's awareness state in the room, to this client.
+    async fn send_full_state(&self) -> Result<(), Refusal> {
         let state = self
             .hub
             .full_state(&self.room)
@@ -203,15 +208,7 @@ impl Connection {
                     .map_err(|e| Refusal::new(INVALID_DATA, format!("malformed message: {e}")))?
                 {
                     AwarenessMessage::Update(update) => self.awareness(&update).await,
-                    AwarenessMessage::Query => {
-                        let state = self
-                            .hub
-                            .full_state(&self.room)
-                            .await
-                            .map_err(Refusal::from_store)?;
-                        self.send(state);
-                        Ok(())
-                    }
+                    AwarenessMessage::Query => self.send_full_state().await,
                 }
             }
             Some(MESSAGE_AUTH) => Err(Refusal::new(
