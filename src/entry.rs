@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::schema::awareness_entries;
 
 /// One client's awareness in one document, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = awareness_entries, check_for_backend(diesel::pg::Pg))]
 pub struct AwarenessEntry {
     /// The shared document (room).
@@ -24,6 +24,13 @@ pub struct AwarenessEntry {
     pub clock: i64,
     /// When the entry was last written (the database's clock on PostgreSQL).
     pub last_seen: DateTime<Utc>,
+    /// The principal that owns this client id while the entry is fresh (see
+    /// [`AwarenessUpdate::owner`]); `None`: nobody owns it.
+    pub owner: Option<String>,
+    /// The server instance that last wrote the entry
+    /// ([`PostgresAwarenessStore::start_instance`](crate::PostgresAwarenessStore::start_instance));
+    /// `None` for a store not running as an instance (and always in memory).
+    pub instance_id: Option<String>,
 }
 
 impl AwarenessEntry {
@@ -33,7 +40,7 @@ impl AwarenessEntry {
     }
 
     /// The update a server broadcasts to tell peers this client is gone: the next clock and no
-    /// state (what y-protocols' `removeAwarenessStates` sends).
+    /// state (what y-protocols' `removeAwarenessStates` sends), written as the entry's owner.
     pub fn leave_update(&self) -> AwarenessUpdate {
         AwarenessUpdate::leave(
             self.document_id.clone(),
@@ -41,6 +48,7 @@ impl AwarenessEntry {
             self.connection_id.clone(),
             self.clock.saturating_add(1),
         )
+        .with_owner(self.owner.clone())
     }
 }
 
@@ -48,6 +56,29 @@ impl AwarenessEntry {
 /// store is returned.
 pub(crate) fn sort_by_key(entries: &mut [AwarenessEntry]) {
     entries.sort_by(|a, b| (&a.document_id, &a.client_id).cmp(&(&b.document_id, &b.client_id)));
+}
+
+/// What one pruning round removed ([`AwarenessStore::take_departed`](crate::AwarenessStore::take_departed)).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Departed {
+    /// Entries that expired (not written for the timeout), by (document, client).
+    pub expired: Vec<AwarenessEntry>,
+    /// Fresh entries of instances whose lease lapsed (their server crashed or lost the
+    /// database), by (document, client): their participants are gone although their timeout
+    /// has not passed.
+    pub abandoned: Vec<AwarenessEntry>,
+}
+
+impl Departed {
+    /// Every removed entry: the expired ones, then the abandoned ones.
+    pub fn into_entries(self) -> impl Iterator<Item = AwarenessEntry> {
+        self.expired.into_iter().chain(self.abandoned)
+    }
+
+    /// True when the round removed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.expired.is_empty() && self.abandoned.is_empty()
+    }
 }
 
 /// What a client sends: its new awareness state with a clock.
@@ -63,6 +94,17 @@ pub struct AwarenessUpdate {
     pub clock: i64,
     /// The new state; `None` means the client left.
     pub state: Option<Value>,
+    /// The authenticated principal sending the update (the user id your server authenticated
+    /// the connection as), or `None` when the server does not authenticate.
+    ///
+    /// The first write of a (document, client) records its owner; while that entry is fresh
+    /// (tombstones included), an update from another owner — or from `None` over an owned
+    /// entry — is [`SetOutcome::Forbidden`] and changes nothing. The same owner on a new
+    /// connection (a reconnect) writes as usual. Once the entry is removed or expired, the
+    /// client id is free again. Entries written with `None` belong to nobody: any writer may
+    /// take them (and its owner then holds them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl AwarenessUpdate {
@@ -80,7 +122,14 @@ impl AwarenessUpdate {
             connection_id: connection_id.into(),
             clock,
             state,
+            owner: None,
         }
+    }
+
+    /// This update sent by `owner` (see [`owner`](Self::owner)).
+    pub fn with_owner(mut self, owner: Option<String>) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// A leave: the client is gone, its clock is kept as a tombstone.
@@ -94,19 +143,55 @@ impl AwarenessUpdate {
     }
 }
 
-/// Whether a [`set`](crate::AwarenessStore::set) changed the store.
+/// Whether a [`set`](crate::AwarenessStore::set) changed the store, and if not, why. Every
+/// outcome but [`Applied`](Self::Applied) changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SetOutcome {
     /// The update replaced (or created) the entry.
     Applied,
-    /// The update lost to the stored entry's clock; nothing changed.
+    /// The update lost to the stored entry's clock.
     Stale,
+    /// The client id is owned by another principal while its entry is fresh
+    /// ([`AwarenessUpdate::owner`]): a spoofing attempt, or a collision of client ids.
+    Forbidden,
+    /// The update would add a participant to a document that already has
+    /// [`max_clients_per_document`](crate::StoreOptions::max_clients_per_document) live ones.
+    DocumentFull,
+    /// The update would add a participant for a connection that already writes
+    /// [`max_clients_per_connection`](crate::StoreOptions::max_clients_per_connection) live
+    /// ones.
+    ConnectionFull,
 }
 
 impl SetOutcome {
     /// True for [`SetOutcome::Applied`].
     pub fn is_applied(self) -> bool {
         matches!(self, SetOutcome::Applied)
+    }
+
+    /// The outcome's name as in metrics and traces: `applied`, `stale`, `forbidden`,
+    /// `document_full`, `connection_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetOutcome::Applied => "applied",
+            SetOutcome::Stale => "stale",
+            SetOutcome::Forbidden => "forbidden",
+            SetOutcome::DocumentFull => "document_full",
+            SetOutcome::ConnectionFull => "connection_full",
+        }
+    }
+
+    /// The outcome for the code the PostgreSQL statements return (see `postgres/sql/write.rs`).
+    pub(crate) fn from_code(code: i16) -> Option<Self> {
+        Some(match code {
+            0 => SetOutcome::Applied,
+            1 => SetOutcome::Stale,
+            2 => SetOutcome::Forbidden,
+            3 => SetOutcome::DocumentFull,
+            4 => SetOutcome::ConnectionFull,
+            _ => return None,
+        })
     }
 }

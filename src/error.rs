@@ -22,6 +22,10 @@ pub enum Field {
     Clock,
     /// `state`
     State,
+    /// `owner`
+    Owner,
+    /// `instance_id`
+    InstanceId,
 }
 
 impl Field {
@@ -33,6 +37,8 @@ impl Field {
             Field::ConnectionId => "connection_id",
             Field::Clock => "clock",
             Field::State => "state",
+            Field::Owner => "owner",
+            Field::InstanceId => "instance_id",
         }
     }
 }
@@ -126,6 +132,19 @@ pub enum Error {
     /// nothing was applied.
     #[error("malformed y-protocols awareness data: {0}")]
     Codec(#[from] crate::y_protocols::CodecError),
+    /// The store runs as an instance whose lease is not known to be valid: its renewals
+    /// failed for longer than the lease (the process was paused, or lost the database, and
+    /// other instances may have removed its entries), or it was shut down. Nothing was
+    /// written; writes resume once a renewal succeeds (not after a shutdown).
+    #[error(
+        "instance {instance_id} holds no valid lease ({reason}); nothing was written"
+    )]
+    LeaseLost {
+        /// The instance.
+        instance_id: String,
+        /// Why: `renewals failed for longer than the lease` or `shut down`.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Debug for Error {
@@ -146,6 +165,14 @@ impl fmt::Debug for Error {
             Error::Migration(reason) => f.debug_tuple("Migration").field(reason).finish(),
             Error::Config(reason) => f.debug_tuple("Config").field(reason).finish(),
             Error::Codec(e) => f.debug_tuple("Codec").field(e).finish(),
+            Error::LeaseLost {
+                instance_id,
+                reason,
+            } => f
+                .debug_struct("LeaseLost")
+                .field("instance_id", instance_id)
+                .field("reason", reason)
+                .finish(),
         }
     }
 }

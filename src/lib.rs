@@ -5,6 +5,7 @@
 mod entry;
 mod error;
 mod memory;
+pub mod metrics;
 mod postgres;
 mod pruner;
 mod schema_report;
@@ -22,7 +23,7 @@ pub mod schema {
     include!("../schema.rs");
 }
 
-pub use entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+pub use entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 pub use error::{Error, Field, InvalidReason, Result};
 pub use memory::MemoryAwarenessStore;
 pub use postgres::migrations::{
@@ -35,13 +36,17 @@ pub use postgres::schema_check::{
 pub use postgres::secret::DatabaseUrl;
 pub use postgres::{
     build_pool, connection_manager, AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind,
-    ChangeStream, FeedEvent, PgPool, PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
+    ChangeStream, FeedEvent, InstanceOptions, PgPool, PostgresAwarenessStore, PostgresOptions,
+    DEFAULT_CHANNEL, DEFAULT_LEASE,
 };
 pub use postgres::{DocumentActivity, InspectedEntry, StoreStats};
 pub use pruner::Pruner;
 pub use schema_report::{ExpectedIndex, SchemaDifference, SchemaReport};
 pub use settings::{AwarenessSettings, PostgresSettings, Provider, ENV_PREFIX};
-pub use store::{AwarenessStore, StoreOptions, DEFAULT_TIMEOUT};
+pub use store::{
+    AwarenessStore, StoreOptions, DEFAULT_MAX_CLIENTS_PER_CONNECTION,
+    DEFAULT_MAX_CLIENTS_PER_DOCUMENT, DEFAULT_TIMEOUT,
+};
 pub use validate::{DEFAULT_MAX_STATE_BYTES, MAX_ID_BYTES, MAX_STATE_DEPTH};
 
 // Re-exported so hosts can name the types in signatures without matching versions by hand.

@@ -34,6 +34,7 @@ struct Stored {
     state: Option<Value>,
     clock: i64,
     last_seen: DateTime<Utc>,
+    owner: Option<String>,
 }
 
 impl Stored {
@@ -45,6 +46,8 @@ impl Stored {
             state: self.state.clone(),
             clock: self.clock,
             last_seen: self.last_seen,
+            owner: self.owner.clone(),
+            instance_id: None,
         }
     }
 }
@@ -142,6 +145,49 @@ fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
         || (update.clock == existing.clock && update.state.is_none() && existing.state.is_some())
 }
 
+/// Why `update` may not be applied over `existing` (the key's fresh entry, if any), checked in
+/// the contract's order: ownership, then clocks, then the limits on joining participants.
+fn refusal(
+    entries: &Entries,
+    options: &StoreOptions,
+    cutoff: DateTime<Utc>,
+    update: &AwarenessUpdate,
+    existing: Option<&Stored>,
+) -> Option<SetOutcome> {
+    if let Some(existing) = existing {
+        if existing.owner.is_some() && existing.owner != update.owner {
+            return Some(SetOutcome::Forbidden);
+        }
+        if !wins(update, existing) {
+            return Some(SetOutcome::Stale);
+        }
+    }
+    let joins = update.state.is_some() && existing.is_none_or(|e| e.state.is_none());
+    if !joins {
+        return None;
+    }
+    let live = |s: &Stored| s.state.is_some() && s.last_seen > cutoff;
+    let in_document = entries
+        .documents
+        .get(&update.document_id)
+        .map_or(0, |clients| clients.values().filter(|s| live(s)).count());
+    let on_connection = entries
+        .by_connection
+        .get(&update.connection_id)
+        .map_or(0, |keys| {
+            keys.iter()
+                .filter(|(document_id, client_id)| {
+                    entries
+                        .documents
+                        .get(document_id)
+                        .and_then(|clients| clients.get(client_id))
+                        .is_some_and(live)
+                })
+                .count()
+        });
+    options.refuses_join(in_document as u64, on_connection as u64)
+}
+
 crate::storage::awareness_store!(MemoryAwarenessStore, "memory", |store| store);
 
 #[async_trait]
@@ -177,18 +223,21 @@ impl Storage for MemoryAwarenessStore {
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
         let cutoff = self.expiry_cutoff();
+        let options = self.options;
         let outcome = self.write(|entries| {
+            let existing = entries
+                .documents
+                .get(&update.document_id)
+                .and_then(|clients| clients.get(&update.client_id));
+            let fresh = existing.filter(|e| e.last_seen > cutoff);
+            if let Some(refused) = refusal(entries, &options, cutoff, update, fresh) {
+                return refused;
+            }
+            let previous_connection = existing.map(|e| e.connection_id.clone());
             let clients = entries
                 .documents
                 .entry(update.document_id.clone())
                 .or_default();
-            let previous_connection = match clients.get(&update.client_id) {
-                Some(existing) if existing.last_seen > cutoff && !wins(update, existing) => {
-                    return SetOutcome::Stale;
-                }
-                Some(existing) => Some(existing.connection_id.clone()),
-                None => None,
-            };
             clients.insert(
                 update.client_id.clone(),
                 Stored {
@@ -196,6 +245,7 @@ impl Storage for MemoryAwarenessStore {
                     state: update.state.clone(),
                     clock: update.clock,
                     last_seen: Utc::now(),
+                    owner: update.owner.clone(),
                 },
             );
             if previous_connection.as_deref() != Some(update.connection_id.as_str()) {

@@ -62,6 +62,14 @@ pub enum SchemaDifference {
     },
     /// A needed index is missing.
     MissingIndex(ExpectedIndex),
+    /// A difference in another table of the crate's (`awareness_instances`); the difference
+    /// itself is worded as for the entries table.
+    OtherTable {
+        /// The table.
+        table: &'static str,
+        /// What differs there ([`MissingTable`](Self::MissingTable): the table is missing).
+        difference: Box<SchemaDifference>,
+    },
 }
 
 impl fmt::Display for SchemaDifference {
@@ -104,6 +112,10 @@ impl fmt::Display for SchemaDifference {
                 index.columns.join(", "),
                 index.purpose
             ),
+            Self::OtherTable { table, difference } => match **difference {
+                Self::MissingTable => write!(f, "table {table} is missing"),
+                ref other => write!(f, "table {table}: {other}"),
+            },
         }
     }
 }

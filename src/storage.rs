@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 
-use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::Result;
 use crate::store::StoreOptions;
 
@@ -32,6 +32,13 @@ pub(crate) trait Storage: Send + Sync {
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>>;
     async fn prune_expired(&self) -> Result<u64>;
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>>;
+    /// The expired entries, unless the storage knows instances.
+    async fn take_departed(&self) -> Result<Departed> {
+        Ok(Departed {
+            expired: self.take_expired().await?,
+            abandoned: Vec::new(),
+        })
+    }
     fn options(&self) -> StoreOptions;
 }
 
@@ -170,6 +177,13 @@ macro_rules! awareness_store {
                 $crate::trace::traced(span, $crate::storage::Storage::take_expired($storage)).await
             }
 
+            async fn take_departed(&self) -> $crate::error::Result<$crate::entry::Departed> {
+                let $this = self;
+                let span = $crate::storage::span!("awareness.take_departed", $name);
+                $crate::trace::traced(span, $crate::storage::Storage::take_departed($storage))
+                    .await
+            }
+
             fn options(&self) -> $crate::store::StoreOptions {
                 let $this = self;
                 $crate::storage::Storage::options($storage)
@@ -182,14 +196,21 @@ macro_rules! awareness_store {
 /// [`traced`](crate::trace::traced) fills in when it ends.
 macro_rules! span {
     ($op:literal, $store:literal $(, $($field:tt)*)?) => {
-        tracing::debug_span!(
-            $op,
-            store = $store,
-            $($($field)*,)?
-            outcome = tracing::field::Empty,
-            rows = tracing::field::Empty,
-            elapsed_us = tracing::field::Empty
-        )
+        $crate::trace::Operation {
+            name: match $op.split_once('.') {
+                Some((_, name)) => name,
+                None => $op,
+            },
+            store: $store,
+            span: tracing::debug_span!(
+                $op,
+                store = $store,
+                $($($field)*,)?
+                outcome = tracing::field::Empty,
+                rows = tracing::field::Empty,
+                elapsed_us = tracing::field::Empty
+            ),
+        }
     };
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::Result;
 use crate::validate::DEFAULT_MAX_STATE_BYTES;
 
@@ -21,13 +21,33 @@ pub struct StoreOptions {
     pub timeout: Duration,
     /// Largest state accepted, in bytes of compact JSON.
     pub max_state_bytes: usize,
+    /// Most live participants (fresh entries with a state) one document may hold; an update
+    /// that would add one more is [`SetOutcome::DocumentFull`]. `None`: no limit.
+    /// Default [`DEFAULT_MAX_CLIENTS_PER_DOCUMENT`].
+    pub max_clients_per_document: Option<u32>,
+    /// Most live participants one connection may write, across documents; an update that would
+    /// add one more is [`SetOutcome::ConnectionFull`]. `None`: no limit.
+    /// Default [`DEFAULT_MAX_CLIENTS_PER_CONNECTION`].
+    pub max_clients_per_connection: Option<u32>,
 }
+
+/// Default [`StoreOptions::max_clients_per_document`]: far above any real room (y-websocket
+/// rooms rarely hold more than a few dozen people), low enough that one hostile client cannot
+/// fill a document's presence with thousands of fake participants.
+pub const DEFAULT_MAX_CLIENTS_PER_DOCUMENT: u32 = 1_000;
+
+/// Default [`StoreOptions::max_clients_per_connection`]: a y-websocket connection carries one
+/// Yjs client per document; a server multiplexing documents over one connection id needs one
+/// per document it serves on it.
+pub const DEFAULT_MAX_CLIENTS_PER_CONNECTION: u32 = 64;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             timeout: DEFAULT_TIMEOUT,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_clients_per_document: Some(DEFAULT_MAX_CLIENTS_PER_DOCUMENT),
+            max_clients_per_connection: Some(DEFAULT_MAX_CLIENTS_PER_CONNECTION),
         }
     }
 }
@@ -43,6 +63,37 @@ impl StoreOptions {
     pub fn with_max_state_bytes(mut self, max_state_bytes: usize) -> Self {
         self.max_state_bytes = max_state_bytes;
         self
+    }
+
+    /// Options with another limit of live participants per document (`None`: unlimited).
+    pub fn with_max_clients_per_document(mut self, max: Option<u32>) -> Self {
+        self.max_clients_per_document = max;
+        self
+    }
+
+    /// Options with another limit of live participants per connection (`None`: unlimited).
+    pub fn with_max_clients_per_connection(mut self, max: Option<u32>) -> Self {
+        self.max_clients_per_connection = max;
+        self
+    }
+
+    /// True when an update with a state for a client without a live entry would exceed a
+    /// limit, given the live participants the document and the connection already hold: the
+    /// outcome it gets, else `None`.
+    pub(crate) fn refuses_join(&self, in_document: u64, on_connection: u64) -> Option<SetOutcome> {
+        if self
+            .max_clients_per_document
+            .is_some_and(|max| in_document >= u64::from(max))
+        {
+            Some(SetOutcome::DocumentFull)
+        } else if self
+            .max_clients_per_connection
+            .is_some_and(|max| on_connection >= u64::from(max))
+        {
+            Some(SetOutcome::ConnectionFull)
+        } else {
+            None
+        }
     }
 }
 
@@ -63,7 +114,11 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
 
     /// Applies `update` when no live entry exists, when its clock is higher, or when the clocks
     /// are equal and the update is a leave over a live state; otherwise returns
-    /// [`SetOutcome::Stale`] and changes nothing. Deciding and writing are one atomic step.
+    /// [`SetOutcome::Stale`] and changes nothing. An update over a fresh entry owned by another
+    /// principal is [`SetOutcome::Forbidden`] ([`AwarenessUpdate::owner`]); one that would add a
+    /// participant beyond a limit is [`SetOutcome::DocumentFull`] or
+    /// [`SetOutcome::ConnectionFull`] ([`StoreOptions`]). Deciding and writing are one atomic
+    /// step.
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome>;
 
     /// Applies many updates with the same rules as [`set`](Self::set), as if one after another in
@@ -96,8 +151,21 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
     async fn prune_expired(&self) -> Result<u64>;
 
     /// Deletes every expired entry and returns them, in one atomic step, so nothing expires
-    /// unseen between a read and a delete. The [`Pruner`](crate::Pruner) uses this.
+    /// unseen between a read and a delete.
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>>;
+
+    /// What the [`Pruner`](crate::Pruner) removes each round, in one atomic step: the expired
+    /// entries and, on a store whose writers run as instances
+    /// ([`PostgresAwarenessStore::start_instance`](crate::PostgresAwarenessStore::start_instance)),
+    /// every entry of an instance whose lease lapsed (it crashed or lost the database), fresh
+    /// or not. Each entry is returned by exactly one call, whichever store or process makes it.
+    /// Stores without instances take the expired entries.
+    async fn take_departed(&self) -> Result<Departed> {
+        Ok(Departed {
+            expired: self.take_expired().await?,
+            abandoned: Vec::new(),
+        })
+    }
 
     /// The options this store runs with.
     fn options(&self) -> StoreOptions;

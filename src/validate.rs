@@ -37,6 +37,9 @@ pub(crate) fn check_update(update: &AwarenessUpdate, max_state_bytes: usize) -> 
     check_id(Field::DocumentId, &update.document_id)?;
     check_id(Field::ClientId, &update.client_id)?;
     check_id(Field::ConnectionId, &update.connection_id)?;
+    if let Some(owner) = &update.owner {
+        check_id(Field::Owner, owner)?;
+    }
     if update.clock < 0 {
         return Err(Error::invalid(
             Field::Clock,

@@ -57,7 +57,7 @@ async fn batch_statement_prepared(store: &PostgresAwarenessStore) -> i64 {
     let mut conn = store.pool().get().await.expect("connection");
     diesel::sql_query(
         "SELECT count(*) AS n FROM pg_prepared_statements \
-         WHERE statement LIKE '%FROM input LEFT JOIN applied%' \
+         WHERE statement LIKE 'WITH input AS %' \
          AND statement NOT LIKE '%pg_prepared_statements%'",
     )
     .get_result::<N>(&mut *conn)

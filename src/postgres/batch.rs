@@ -35,8 +35,9 @@ pub(crate) struct BatchPlan {
     groups: Vec<KeyGroup>,
 }
 
-/// What the statement reports for one sent row (see [`SetMany`](super::sql::write::SetMany)).
-pub(crate) type SentResult = (bool, Option<bool>, Option<i64>, Option<bool>, Option<bool>);
+/// What the statement reports for one sent row (see [`SetMany`](super::sql::write::SetMany)):
+/// its outcome code, then what the exact form reads of the old row.
+pub(crate) type SentResult = (i16, Option<bool>, Option<i64>, Option<bool>, Option<bool>);
 
 /// The existing entry an update of the key was decided against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,24 +72,32 @@ impl BatchPlan {
         }
     }
 
+    /// True when some key's updates come from different owners: such a batch is applied one
+    /// update after another (its outcomes depend on which owner came first; a server sending
+    /// one client id for two principals in one batch is rare enough not to need one statement).
+    pub(crate) fn has_mixed_owners(&self, updates: &[AwarenessUpdate]) -> bool {
+        self.groups.iter().any(|group| {
+            let owner = &updates[group.sent].owner;
+            group.positions.iter().any(|&i| &updates[i].owner != owner)
+        })
+    }
+
     /// True when no key occurs twice: every update is sent, and the lean statement
     /// ([`SetManyDistinct`](super::sql::write::SetManyDistinct)) decides each exactly.
     pub(crate) fn is_distinct(&self) -> bool {
         self.groups.iter().all(|group| group.positions.len() == 1)
     }
 
-    /// Every update's outcome, in input order, from the lean statement's rows (whether each
-    /// key's update applied, in the order of [`columns`](Self::columns)), for a batch that
+    /// Every update's outcome, in input order, from the lean statement's rows (each key's
+    /// outcome code, in the order of [`columns`](Self::columns)), for a batch that
     /// [`is_distinct`](Self::is_distinct). `None` when the rows do not match the plan.
-    pub(crate) fn outcomes_distinct(&self, applied: &[bool]) -> Option<Vec<SetOutcome>> {
-        if applied.len() != self.groups.len() || !self.is_distinct() {
+    pub(crate) fn outcomes_distinct(&self, codes: &[i16]) -> Option<Vec<SetOutcome>> {
+        if codes.len() != self.groups.len() || !self.is_distinct() {
             return None;
         }
         let mut outcomes = vec![SetOutcome::Stale; self.groups.len()];
-        for (group, &applied) in self.groups.iter().zip(applied) {
-            if applied {
-                outcomes[group.sent] = SetOutcome::Applied;
-            }
+        for (group, &code) in self.groups.iter().zip(codes) {
+            outcomes[group.sent] = SetOutcome::from_code(code)?;
         }
         Some(outcomes)
     }
@@ -103,6 +112,7 @@ impl BatchPlan {
             columns.connection_ids.push(&u.connection_id);
             columns.states.push(&u.state);
             columns.clocks.push(u.clock);
+            columns.owners.push(u.owner.as_deref());
         }
         columns
     }
@@ -118,11 +128,19 @@ impl BatchPlan {
             return None;
         }
         let mut outcomes = vec![SetOutcome::Stale; updates.len()];
-        for (group, &(applied, inserted, clock, is_leave, expired)) in self.groups.iter().zip(rows)
-        {
-            if !applied {
+        for (group, &(code, inserted, clock, is_leave, expired)) in self.groups.iter().zip(rows) {
+            match SetOutcome::from_code(code)? {
+                SetOutcome::Applied => {}
                 // The existing entry ranks at or above the key's maximum: every update is stale.
-                continue;
+                SetOutcome::Stale => continue,
+                // Another principal owns the key, or the key's highest update could not join:
+                // the key's other updates (same owner, same key) are refused alike.
+                refused => {
+                    for &i in &group.positions {
+                        outcomes[i] = refused;
+                    }
+                    continue;
+                }
             }
             let existing = match (clock, is_leave, expired) {
                 (Some(_), _, Some(true)) => Existing::Absent,
@@ -202,10 +220,11 @@ mod tests {
         assert!(plan.is_distinct());
         // Rows come in key order: a, b, c.
         assert_eq!(
-            plan.outcomes_distinct(&[true, false, true]).unwrap(),
-            [S, A, A]
+            plan.outcomes_distinct(&[0, 1, 2]).unwrap(),
+            [S, SetOutcome::Forbidden, A]
         );
-        assert!(plan.outcomes_distinct(&[true]).is_none());
+        assert!(plan.outcomes_distinct(&[0]).is_none());
+        assert!(plan.outcomes_distinct(&[0, 0, 9]).is_none());
         assert!(!BatchPlan::new(&[up("a", 1, false), up("a", 2, false)]).is_distinct());
     }
 
@@ -220,20 +239,26 @@ mod tests {
         ];
         let plan = BatchPlan::new(&updates);
         // Existing live entry at clock 2: 1 is stale, 5 applies, 3 stale, leave 5 applies.
-        let rows = [(true, Some(false), Some(2), Some(false), Some(false))];
+        let rows = [(0, Some(false), Some(2), Some(false), Some(false))];
         assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, A, S, A, S]);
         // No entry: the first update applies too.
-        let rows = [(true, Some(true), None, None, None)];
+        let rows = [(0, Some(true), None, None, None)];
         assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [A, A, S, A, S]);
         // Expired entry at a high clock counts as absent.
-        let rows = [(true, Some(false), Some(9), Some(false), Some(true))];
+        let rows = [(0, Some(false), Some(9), Some(false), Some(true))];
         assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [A, A, S, A, S]);
         // A row inserted concurrently: only the sent update is known to have applied.
-        let rows = [(true, Some(false), None, None, None)];
+        let rows = [(0, Some(false), None, None, None)];
         assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, S, S, A, S]);
         // The sent update lost: everything is stale.
-        let rows = [(false, None, Some(7), Some(false), Some(false))];
+        let rows = [(1, None, Some(7), Some(false), Some(false))];
         assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, S, S, S, S]);
+        // Owned by someone else: every update of the key is forbidden.
+        let rows = [(2, None, Some(7), Some(false), Some(false))];
+        assert_eq!(
+            plan.outcomes(&updates, &rows).unwrap(),
+            [SetOutcome::Forbidden; 5]
+        );
         assert!(plan.outcomes(&updates, &[]).is_none());
     }
 }

@@ -21,7 +21,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use diesel::pg::data_types::PgInterval;
 use diesel_async::pooled_connection::bb8::PooledConnection;
 use diesel_async::AsyncPgConnection;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -166,7 +165,7 @@ impl Batch {
     pub(crate) async fn run<F>(
         self,
         conn: F,
-        timeout: PgInterval,
+        storage: super::store::PgStorage,
         slot: Option<OwnedSemaphorePermit>,
     ) where
         F: std::future::Future<Output = Result<PooledConnection<'static, AsyncPgConnection>>>,
@@ -174,7 +173,7 @@ impl Batch {
         let (updates, replies): (Vec<AwarenessUpdate>, Vec<_>) =
             self.0.into_iter().map(|q| (q.update, q.reply)).unzip();
         let result = match conn.await {
-            Ok(mut conn) => super::store::set_many_on(&mut conn, &updates, timeout).await,
+            Ok(mut conn) => storage.set_many_pooled(&mut conn, &updates).await,
             Err(error) => Err(error),
         };
         drop(slot);

@@ -5,6 +5,7 @@ mod coalesce;
 mod connect;
 mod feed;
 mod inspect;
+mod instance;
 pub(crate) mod migrations;
 mod options;
 mod publishing;
@@ -20,5 +21,6 @@ pub use feed::{
     DEFAULT_CHANNEL,
 };
 pub use inspect::{DocumentActivity, InspectedEntry, StoreStats};
+pub use instance::{InstanceOptions, DEFAULT_LEASE};
 pub use options::PostgresOptions;
 pub use store::{PgPool, PostgresAwarenessStore};

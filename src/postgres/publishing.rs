@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 
 use super::feed::{ChangeKind, Feed};
-use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::Result;
 use crate::storage::Storage;
 use crate::store::StoreOptions;
@@ -20,6 +20,11 @@ pub(crate) struct Publishing<S> {
 }
 
 impl<S> Publishing<S> {
+    /// Announces entries removed outside `Storage` (an instance's shutdown).
+    pub(crate) fn publish_removed(&self, entries: &[AwarenessEntry]) {
+        self.feed.publish_entries(ChangeKind::Remove, entries);
+    }
+
     /// `inner` with a feed that publishes nothing (see `with_change_feed`).
     pub(crate) fn new(inner: S) -> Self {
         Self {
@@ -90,6 +95,17 @@ impl<S: Storage> Storage for Publishing<S> {
         let taken = self.inner.take_expired().await?;
         self.feed.publish_entries(ChangeKind::Expire, &taken);
         Ok(taken)
+    }
+
+    /// Expired entries as [`ChangeKind::Expire`], a lapsed instance's as
+    /// [`ChangeKind::Remove`].
+    async fn take_departed(&self) -> Result<Departed> {
+        let departed = self.inner.take_departed().await?;
+        self.feed
+            .publish_entries(ChangeKind::Expire, &departed.expired);
+        self.feed
+            .publish_entries(ChangeKind::Remove, &departed.abandoned);
+        Ok(departed)
     }
 
     fn options(&self) -> StoreOptions {

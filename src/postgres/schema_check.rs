@@ -8,7 +8,7 @@ use diesel::{Column, Table};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::error::Result;
-use crate::schema::awareness_entries;
+use crate::schema::{awareness_entries, awareness_instances};
 pub use crate::schema_report::{ExpectedIndex, SchemaDifference, SchemaReport, TABLE};
 
 /// One column the crate expects.
@@ -63,8 +63,16 @@ where
 pub fn expected_columns() -> Vec<ExpectedColumn> {
     // Destructuring all_columns stops compiling when schema.rs gains or loses a column, so this
     // list cannot drift from the generated schema.
-    let (document_id, client_id, connection_id, state, clock_value, last_seen) =
-        awareness_entries::all_columns;
+    let (
+        document_id,
+        client_id,
+        connection_id,
+        state,
+        clock_value,
+        last_seen,
+        owner,
+        instance_id,
+    ) = awareness_entries::all_columns;
     const C: Option<&str> = Some("C");
     vec![
         column(document_id, C),
@@ -73,6 +81,21 @@ pub fn expected_columns() -> Vec<ExpectedColumn> {
         column(state, None),
         column(clock_value, None),
         column(last_seen, None),
+        column(owner, C),
+        column(instance_id, C),
+    ]
+}
+
+/// The instance-lease table's name.
+pub const INSTANCES_TABLE: &str = "awareness_instances";
+
+/// The columns of `awareness_instances` that `schema.rs` declares.
+pub fn expected_instance_columns() -> Vec<ExpectedColumn> {
+    let (instance_id, lease_expires_at, started_at) = awareness_instances::all_columns;
+    vec![
+        column(instance_id, Some("C")),
+        column(lease_expires_at, None),
+        column(started_at, None),
     ]
 }
 
@@ -87,11 +110,18 @@ pub fn expected_primary_key() -> Vec<&'static str> {
 
 /// Indexes the store's queries need, besides the primary key.
 pub fn expected_indexes() -> Vec<ExpectedIndex> {
-    vec![ExpectedIndex {
-        name: "awareness_entries_connection_id_idx",
-        columns: &["connection_id"],
-        purpose: "remove_all_for_connection",
-    }]
+    vec![
+        ExpectedIndex {
+            name: "awareness_entries_connection_id_idx",
+            columns: &["connection_id"],
+            purpose: "remove_all_for_connection",
+        },
+        ExpectedIndex {
+            name: "awareness_entries_instance_id_idx",
+            columns: &["instance_id"],
+            purpose: "an instance's shutdown",
+        },
+    ]
 }
 
 #[derive(QueryableByName)]
@@ -121,21 +151,58 @@ struct IndexDef {
 }
 
 /// Reads the live schema (the connection's `current_schema()`) and compares it with the
-/// expected one.
+/// expected one: `awareness_entries`, then `awareness_instances`.
 pub async fn validate_schema(conn: &mut AsyncPgConnection) -> Result<SchemaReport> {
+    let mut differences = Vec::new();
+    check_table(
+        conn,
+        TABLE,
+        &expected_columns(),
+        &expected_primary_key(),
+        &expected_indexes(),
+        &mut differences,
+    )
+    .await?;
+    let mut instances = Vec::new();
+    check_table(
+        conn,
+        INSTANCES_TABLE,
+        &expected_instance_columns(),
+        &["instance_id"],
+        &[],
+        &mut instances,
+    )
+    .await?;
+    differences.extend(
+        instances
+            .into_iter()
+            .map(|difference| SchemaDifference::OtherTable {
+                table: INSTANCES_TABLE,
+                difference: Box::new(difference),
+            }),
+    );
+    Ok(SchemaReport { differences })
+}
+
+/// Compares one table with what the crate expects of it, adding each difference.
+async fn check_table(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    expected: &[ExpectedColumn],
+    expected_pk: &[&'static str],
+    expected_indexes: &[ExpectedIndex],
+    differences: &mut Vec<SchemaDifference>,
+) -> Result<()> {
     let live: Vec<LiveColumn> = diesel::sql_query(crate::postgres::sql::raw::TABLE_COLUMNS)
-        .bind::<diesel::sql_types::Text, _>(TABLE)
+        .bind::<diesel::sql_types::Text, _>(table)
         .load(conn)
         .await?;
-
-    let mut differences = Vec::new();
     if live.is_empty() {
         differences.push(SchemaDifference::MissingTable);
-        return Ok(SchemaReport { differences });
+        return Ok(());
     }
 
-    let expected = expected_columns();
-    for want in &expected {
+    for want in expected {
         let Some(found) = live.iter().find(|c| c.column_name == want.name) else {
             differences.push(SchemaDifference::MissingColumn(want.name));
             continue;
@@ -173,32 +240,36 @@ pub async fn validate_schema(conn: &mut AsyncPgConnection) -> Result<SchemaRepor
 
     let primary_key: Vec<String> =
         diesel::sql_query(crate::postgres::sql::raw::PRIMARY_KEY_COLUMNS)
-            .bind::<diesel::sql_types::Text, _>(TABLE)
+            .bind::<diesel::sql_types::Text, _>(table)
             .load::<Named>(conn)
             .await?
             .into_iter()
             .map(|n| n.name)
             .collect();
-    let expected_pk = expected_primary_key();
     if primary_key != expected_pk {
         differences.push(SchemaDifference::WrongPrimaryKey {
-            expected: expected_pk,
+            expected: expected_pk.to_vec(),
             found: primary_key,
         });
     }
 
-    // Matched by definition, not by name: any B-tree index on exactly these columns serves.
+    // Matched by definition, not by name: any B-tree index on exactly these columns serves
+    // (partial or not).
     let indexes: Vec<IndexDef> = diesel::sql_query(crate::postgres::sql::raw::INDEX_DEFINITIONS)
-        .bind::<diesel::sql_types::Text, _>(TABLE)
+        .bind::<diesel::sql_types::Text, _>(table)
         .load(conn)
         .await?;
-    for index in expected_indexes() {
+    for index in expected_indexes {
         let key = format!("USING btree ({})", index.columns.join(", "));
-        if !indexes.iter().any(|i| i.indexdef.ends_with(&key)) {
-            differences.push(SchemaDifference::MissingIndex(index));
+        let matches = |def: &str| {
+            def.strip_suffix(key.as_str()).is_some()
+                || def.contains(&format!("{key} WHERE "))
+        };
+        if !indexes.iter().any(|i| matches(&i.indexdef)) {
+            differences.push(SchemaDifference::MissingIndex(index.clone()));
         }
     }
-    Ok(SchemaReport { differences })
+    Ok(())
 }
 
 async fn type_name(conn: &mut AsyncPgConnection, oid: u32) -> Result<String> {

@@ -12,14 +12,16 @@ use diesel_async::pooled_connection::PoolError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::coalesce::{Coalescer, Turn};
+use super::instance::{InstanceOptions, Lease};
+use super::sql::write::WriteContext;
 use super::connect::ConnectErrors;
 use super::options::PostgresOptions;
 use super::publishing::Publishing;
 use super::sql;
-use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::{Error, Result};
 use crate::postgres::migrations::{run_migrations, MigrationReport};
 use crate::postgres::schema_check::validate_schema;
@@ -53,6 +55,8 @@ pub(crate) struct PgStorage {
     connect_errors: ConnectErrors,
     /// Queue of `set`s coalesced into one statement when connections are busy; `None`: off.
     coalescer: Option<Arc<Coalescer>>,
+    /// The instance this store runs as, once started; shared by every clone.
+    instance: Arc<OnceLock<Arc<Lease>>>,
 }
 
 impl fmt::Debug for PostgresAwarenessStore {
@@ -85,6 +89,7 @@ impl PostgresAwarenessStore {
             coalescer: PostgresOptions::default()
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(pool_size))),
+            instance: Arc::default(),
         })
     }
 
@@ -117,6 +122,7 @@ impl PostgresAwarenessStore {
             coalescer: options
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(options.pool_size))),
+            instance: Arc::default(),
         });
         if options.validate_on_start {
             store.ensure_schema().await?;
@@ -160,6 +166,76 @@ impl PostgresAwarenessStore {
         }
     }
 
+    /// Runs this store (and every clone of it) as the instance `options` names: registers its
+    /// lease in `awareness_instances`, renews it in the background every
+    /// [`renew_every`](InstanceOptions::renew_every), and stamps every later write with the
+    /// instance id. When the instance stops renewing (its process crashed or lost the
+    /// database) for longer than the lease, the next pruning round of any store on the
+    /// database ([`Pruner`](crate::Pruner), [`AwarenessStore::take_departed`](crate::AwarenessStore::take_departed))
+    /// removes all of its entries and reports them, so their leaves go out in seconds.
+    ///
+    /// While the instance's own clock says its lease may have lapsed (renewals failing for
+    /// longer than the lease), writes fail with [`Error::LeaseLost`] and write nothing; the
+    /// next successful renewal registers the instance again (reporting the take-over, see
+    /// [`lease_takeovers`](Self::lease_takeovers)) and writes resume. Stop with
+    /// [`shutdown`](Self::shutdown). Fails with [`Error::Config`] when the store already runs
+    /// as an instance or the options are invalid.
+    pub async fn start_instance(&self, options: InstanceOptions) -> Result<()> {
+        let storage = &self.layers.inner;
+        if storage.instance.get().is_some() {
+            return Err(Error::Config(
+                "this store already runs as an instance".to_owned(),
+            ));
+        }
+        let lease = Lease::start(storage.pool.clone(), options).await?;
+        storage.instance.set(lease).map_err(|_| {
+            Error::Config("this store already runs as an instance".to_owned())
+        })
+    }
+
+    /// The instance id this store writes under, once [`start_instance`](Self::start_instance)
+    /// ran.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.layers.inner.instance.get().map(|lease| lease.id.as_str())
+    }
+
+    /// How many times this instance found its lease taken over by another instance (after a
+    /// pause or an outage longer than the lease) and registered again. Each time, its entries
+    /// had been removed and their leaves announced; its clients' next updates recreate them.
+    pub fn lease_takeovers(&self) -> u64 {
+        self.layers.inner.instance.get().map_or(0, |lease| lease.takeovers())
+    }
+
+    /// Whether this store may write now: true without an instance; with one, while its lease is
+    /// known to be valid (see [`start_instance`](Self::start_instance)).
+    pub fn holds_lease(&self) -> bool {
+        self.layers.inner.instance.get().is_none_or(|lease| lease.is_valid())
+    }
+
+    /// A graceful stop of this store's instance: stops renewing, deletes its lease and every
+    /// entry it wrote, in one statement, and returns the removed entries that were not expired
+    /// (by document and client) so the server can broadcast their leaves. Later writes through
+    /// this store fail with [`Error::LeaseLost`]. Without an instance, removes nothing.
+    pub async fn shutdown(&self) -> Result<Vec<AwarenessEntry>> {
+        let Some(lease) = self.layers.inner.instance.get() else {
+            return Ok(Vec::new());
+        };
+        lease.stop();
+        let mut conn = self.conn().await?;
+        let removed: Vec<Departing> = diesel::sql_query(sql::lease::SHUTDOWN)
+            .bind::<diesel::sql_types::Text, _>(&lease.id)
+            .bind::<diesel::sql_types::Interval, _>(self.timeout())
+            .load(&mut conn)
+            .await?;
+        let fresh: Vec<AwarenessEntry> = removed
+            .into_iter()
+            .filter(|d| !d.expired)
+            .map(|d| d.entry)
+            .collect();
+        self.layers.publish_removed(&fresh);
+        Ok(fresh)
+    }
+
     /// A pooled connection, or why there is none.
     pub(super) async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
         self.layers.inner.conn().await
@@ -171,13 +247,34 @@ impl PostgresAwarenessStore {
     }
 }
 
+/// An entry removed by a pruning round or a shutdown, with whether it was expired.
+#[derive(diesel::QueryableByName)]
+struct Departing {
+    #[diesel(embed)]
+    entry: AwarenessEntry,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    expired: bool,
+}
+
 impl PgStorage {
     async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
         let started = std::time::Instant::now();
-        self.pool
+        let conn = self
+            .pool
             .get()
             .await
-            .map_err(|e| self.run_error(e, started))
+            .map_err(|e| self.run_error(e, started));
+        crate::metrics::pool_checkout(&self.pool, started);
+        conn
+    }
+
+    /// What a write needs besides its updates, or why this store may not write now.
+    fn write_context(&self) -> Result<WriteContext<'_>> {
+        let instance_id = match self.instance.get() {
+            Some(lease) => Some(lease.check()?),
+            None => None,
+        };
+        Ok(WriteContext::new(self.timeout, instance_id, &self.options))
     }
 
     fn run_error(&self, error: RunError, started: std::time::Instant) -> Error {
@@ -187,10 +284,21 @@ impl PgStorage {
         }
     }
 
-    /// `set` alone: the plain conditional upsert on a connection of its own.
+    /// `set` alone: the one statement on a connection of its own.
     async fn set_alone(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        let context = self.write_context()?;
         let mut conn = self.conn().await?;
-        set_on(&mut conn, update, self.timeout).await
+        set_on(&mut conn, update, context).await
+    }
+
+    /// `set_many` on a connection of its own.
+    pub(super) async fn set_many_pooled(
+        &self,
+        conn: &mut AsyncPgConnection,
+        updates: &[AwarenessUpdate],
+    ) -> Result<Vec<SetOutcome>> {
+        let context = self.write_context()?;
+        set_many_on(conn, updates, context).await
     }
 
     /// `set` through the coalescer (see `coalesce.rs`).
@@ -223,6 +331,7 @@ impl PgStorage {
             }
             Turn::Batch(batch, ticket) => {
                 let storage = self.clone();
+                let runner = self.clone();
                 let conn = async move {
                     let started = std::time::Instant::now();
                     storage
@@ -231,7 +340,7 @@ impl PgStorage {
                         .await
                         .map_err(|e| storage.run_error(e, started))
                 };
-                tokio::spawn(batch.run(conn, self.timeout, slot));
+                tokio::spawn(batch.run(conn, runner, slot));
                 ticket.outcome().await
             }
         }
@@ -261,37 +370,49 @@ impl PgStorage {
     }
 }
 
-/// `set` as one conditional upsert on `conn`.
+/// `set` as one statement on `conn` (see `sql/write.rs`).
 async fn set_on(
     conn: &mut AsyncPgConnection,
     update: &AwarenessUpdate,
-    timeout: PgInterval,
+    context: WriteContext<'_>,
 ) -> Result<SetOutcome> {
-    let rows = sql::write::set(update, timeout).execute(conn).await?;
-    Ok(if rows == 0 {
-        SetOutcome::Stale
-    } else {
-        SetOutcome::Applied
-    })
+    let code: i16 = sql::write::set(update, context).get_result(conn).await?;
+    SetOutcome::from_code(code).ok_or_else(|| unexpected("set", code))
+}
+
+fn unexpected(what: &str, code: i16) -> Error {
+    Error::Database(diesel::result::Error::DeserializationError(
+        format!("{what}: the database returned the unknown outcome code {code}").into(),
+    ))
 }
 
 /// `set_many` as one statement on `conn`: the lean one when every key is distinct, else the
-/// one that reads the old rows to resolve repeated keys (see `postgres/batch.rs`).
-pub(super) async fn set_many_on(
+/// one that reads the old rows to resolve repeated keys (see `postgres/batch.rs`). A batch
+/// where one key comes from several owners is applied one update after another.
+async fn set_many_on(
     conn: &mut AsyncPgConnection,
     updates: &[AwarenessUpdate],
-    timeout: PgInterval,
+    context: WriteContext<'_>,
 ) -> Result<Vec<SetOutcome>> {
     let plan = super::batch::BatchPlan::new(updates);
+    if plan.has_mixed_owners(updates) {
+        let mut outcomes = Vec::with_capacity(updates.len());
+        for update in updates {
+            outcomes.push(set_on(conn, update, context).await?);
+        }
+        return Ok(outcomes);
+    }
     let mut attempt = 0;
     loop {
         let outcomes = if plan.is_distinct() {
-            sql::write::set_many_distinct(plan.columns(updates), timeout)
-                .load::<bool>(conn)
+            sql::write::set_many_distinct(plan.columns(updates), context)
+                .distinct()
+                .load::<i16>(conn)
                 .await
                 .map(|rows| plan.outcomes_distinct(&rows))
         } else {
-            sql::write::set_many(plan.columns(updates), timeout)
+            sql::write::set_many(plan.columns(updates), context)
+                .exact()
                 .load::<super::batch::SentResult>(conn)
                 .await
                 .map(|rows| plan.outcomes(updates, &rows))
@@ -333,7 +454,7 @@ fn pool_error_to_error(e: PoolError) -> Error {
     }
 }
 
-fn interval(timeout: std::time::Duration) -> PgInterval {
+pub(super) fn interval(timeout: std::time::Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX))
 }
 
@@ -363,8 +484,9 @@ impl Storage for PgStorage {
 
     /// One statement for the whole batch (see `postgres/batch.rs` and `sql::write`).
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
+        let context = self.write_context()?;
         let mut conn = self.conn().await?;
-        set_many_on(&mut conn, updates, self.timeout).await
+        set_many_on(&mut conn, updates, context).await
     }
 
     async fn remove(&self, document: &str, client: &str) -> Result<bool> {
@@ -409,6 +531,25 @@ impl Storage for PgStorage {
             .await?;
         sort_by_key(&mut taken);
         Ok(taken)
+    }
+
+    /// One statement: lapsed leases, expired entries and the entries of lapsed instances (see
+    /// `sql/lease.rs`).
+    async fn take_departed(&self) -> Result<Departed> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Departing> = diesel::sql_query(sql::lease::TAKE_DEPARTED)
+            .bind::<diesel::sql_types::Interval, _>(self.timeout)
+            .load(&mut conn)
+            .await?;
+        let mut departed = Departed::default();
+        for row in rows {
+            if row.expired {
+                departed.expired.push(row.entry);
+            } else {
+                departed.abandoned.push(row.entry);
+            }
+        }
+        Ok(departed)
     }
 
     fn options(&self) -> StoreOptions {

@@ -38,6 +38,22 @@ pub async fn apply_awareness_update(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<Vec<(u64, SetOutcome)>> {
+    apply_awareness_update_as(store, document_id, connection_id, None, bytes, limits).await
+}
+
+/// [`apply_awareness_update`] for a connection authenticated as `owner`: every client in the
+/// update is written as `owner` ([`AwarenessUpdate::owner`]), so a client id another principal
+/// holds is [`SetOutcome::Forbidden`] and untouched, and the store's limits on live
+/// participants per document and per connection apply ([`SetOutcome::DocumentFull`],
+/// [`SetOutcome::ConnectionFull`]); the other clients of the update are decided as usual.
+pub async fn apply_awareness_update_as(
+    store: &dyn AwarenessStore,
+    document_id: &str,
+    connection_id: &str,
+    owner: Option<&str>,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Vec<(u64, SetOutcome)>> {
     let clients = decode_awareness_update(bytes, limits)?;
     let updates: Vec<AwarenessUpdate> = clients
         .iter()
@@ -48,6 +64,7 @@ pub async fn apply_awareness_update(
             // The codec refuses anything above 2^53-1, so this never saturates.
             clock: i64::try_from(client.clock).unwrap_or(i64::MAX),
             state: client.state.clone(),
+            owner: owner.map(str::to_owned),
         })
         .collect();
     // Bad input fails whole, even when some updates would be stale: `set_many` checks every

@@ -21,7 +21,7 @@ mod apply;
 mod codec;
 mod varint;
 
-pub use apply::{apply_awareness_update, encode_awareness_state};
+pub use apply::{apply_awareness_update, apply_awareness_update_as, encode_awareness_state};
 
 pub use codec::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,

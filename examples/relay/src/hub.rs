@@ -393,8 +393,9 @@ impl Hub {
                             .push(update);
                     }
                 }
-                // The client came back with a newer clock meanwhile: nothing to announce.
-                Ok(SetOutcome::Stale) => {}
+                // The client came back with a newer clock meanwhile (or another principal
+                // took the id): nothing to announce.
+                Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(%error, document = %tombstone.document_id, client = %tombstone.client_id, "cannot write the leave of a gone client")
                 }

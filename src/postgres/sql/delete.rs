@@ -49,7 +49,8 @@ mod tests {
     const RETURNING: &str =
         "\"awareness_entries\".\"document_id\", \"awareness_entries\".\"client_id\", \
         \"awareness_entries\".\"connection_id\", \"awareness_entries\".\"state\", \
-        \"awareness_entries\".\"clock_value\", \"awareness_entries\".\"last_seen\"";
+        \"awareness_entries\".\"clock_value\", \"awareness_entries\".\"last_seen\", \
+        \"awareness_entries\".\"owner\", \"awareness_entries\".\"instance_id\"";
 
     #[test]
     fn remove_deletes_one_key() {

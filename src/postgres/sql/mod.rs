@@ -5,6 +5,8 @@
 //! - [`read`]: `get`, `get_all`, `get_expired`, `inspect_document`;
 //! - [`write`]: `set` (one conditional upsert) and `set_many` (one statement per batch);
 //! - [`delete`]: `remove`, `remove_all_for_connection`, `prune_expired`, `take_expired`;
+//! - [`lease`]: the instance leases: renewal, the pruning round that takes over lapsed
+//!   instances' entries, graceful shutdown;
 //! - [`raw`]: the statements diesel's DSL cannot say (operator statistics, catalog queries of
 //!   the schema validator), as SQL text.
 //!
@@ -12,6 +14,7 @@
 //! [`live`] (fresh and not a tombstone), with the same predicates as text for [`raw`].
 
 pub(crate) mod delete;
+pub(crate) mod lease;
 pub(crate) mod raw;
 pub(crate) mod read;
 pub(crate) mod write;
@@ -101,44 +104,6 @@ macro_rules! live_sql {
 }
 
 pub(crate) use {expired_sql, fresh_sql, live_sql};
-
-/// A statement whose SQL text is the same on every call, declared cacheable.
-///
-/// diesel marks every `ON CONFLICT ... DO UPDATE` unsafe to cache (its SQL would change if the
-/// `SET` list were empty, which becomes `DO NOTHING`) and gives it no static query id, so
-/// diesel-async parsed, planned and closed the upsert on every `set`: three protocol messages
-/// and a re-plan per heartbeat (measured: see docs/performance.md). The `SET` list here is
-/// fixed and never empty, so the text cannot change: keyed by `Id`, the statement is prepared
-/// once per connection.
-#[derive(Debug)]
-pub(crate) struct Prepared<Q, Id> {
-    query: Q,
-    id: std::marker::PhantomData<fn() -> Id>,
-}
-
-impl<Q, Id> Prepared<Q, Id> {
-    pub(crate) fn new(query: Q) -> Self {
-        Self {
-            query,
-            id: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<Q, Id: 'static> QueryId for Prepared<Q, Id> {
-    type QueryId = Id;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl<Q: QueryFragment<Pg>, Id> QueryFragment<Pg> for Prepared<Q, Id> {
-    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.query.walk_ast(pass)
-    }
-
-    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
-        Ok(true)
-    }
-}
 
 /// The SQL text of `query`, without its binds (for the tests that pin each statement).
 #[cfg(test)]

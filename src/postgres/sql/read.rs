@@ -78,7 +78,8 @@ mod tests {
     const COLUMNS: &str =
         "\"awareness_entries\".\"document_id\", \"awareness_entries\".\"client_id\", \
         \"awareness_entries\".\"connection_id\", \"awareness_entries\".\"state\", \
-        \"awareness_entries\".\"clock_value\", \"awareness_entries\".\"last_seen\"";
+        \"awareness_entries\".\"clock_value\", \"awareness_entries\".\"last_seen\", \
+        \"awareness_entries\".\"owner\", \"awareness_entries\".\"instance_id\"";
 
     #[test]
     fn get_is_a_primary_key_lookup_of_a_fresh_entry() {

@@ -1,84 +1,225 @@
-//! The writes: `set` as one conditional upsert and `set_many` as one statement per batch.
+//! The writes: `set` as one statement around the conditional upsert, and `set_many` as one
+//! statement per batch.
 //!
-//! Each returns a concrete (unboxed) query type with a static query id, which diesel-async
-//! prepares once per connection and caches, so the hot path parses nothing after warm-up (the
-//! upsert needs [`Prepared`] for that; see there).
+//! Every write decides, in its one statement, the contract's rules in order (docs/contract.md):
+//!
+//! 1. **ownership** — a fresh entry owned by a principal is written only by that principal
+//!    (`owner`); expired entries are free;
+//! 2. **clocks** — the existing fresh entry loses to a higher clock, or to a leave at its clock;
+//! 3. **limits** — an update with a state for a client that has no live entry *joins*; it is
+//!    refused when the document or the connection already holds its maximum of live
+//!    participants.
+//!
+//! Rules 1 and 2 sit in the upsert's `DO UPDATE … WHERE` (the row is locked and re-read there,
+//! so they are exact under any concurrency). Rule 3 filters the rows the upsert proposes, from
+//! counts read in the statement's snapshot: two statements joining one document at the same
+//! instant can both see room for one more (docs/contract.md says so); inside one batch, joins
+//! are numbered so that a batch can never exceed a limit by itself.
+//!
+//! Each statement also returns, per update, its outcome as a code ([`SetOutcome::from_code`]):
+//! 0 applied, 1 stale, 2 forbidden, 3 document full, 4 connection full. The code of a refused
+//! update is worked out from the statement's snapshot, so under a race it may name the wrong
+//! reason (never "applied" for an update that was not).
+//!
+//! Scalars are bound once, in a `p` row every part of the statement reads; the statements'
+//! SQL text never changes, so each is prepared once per connection (static query ids).
+//!
+//! [`SetOutcome::from_code`]: crate::entry::SetOutcome
 
 use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::upsert::excluded;
+use diesel::sql_types::{Array, BigInt, Interval, Jsonb, Nullable, SmallInt, Text};
 
-use super::{cutoff, expired, Cutoff, Prepared};
 use crate::entry::AwarenessUpdate;
-use crate::schema::awareness_entries::dsl::*;
+use crate::store::StoreOptions;
 
-/// The contract's rule 1 as one statement: insert, or replace the existing row only when it is
-/// expired, older, or the same clock being left. `execute` returns 1 when applied, 0 when stale.
-///
-/// The statement is [`set_dsl`]; what goes out is [`SetStatement`], the same SQL text cut once
-/// at its binds, so a `set` spends no time rebuilding its text (see there).
-pub(crate) fn set(update: &AwarenessUpdate, timeout: PgInterval) -> SetStatement<'_> {
-    SetStatement { update, timeout }
+/// `$alias` is live: a state, not expired (`p.timeout` is the expiry timeout).
+macro_rules! live_row {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".state IS NOT NULL AND ",
+            $alias,
+            ".last_seen > now() - p.timeout"
+        )
+    };
 }
 
-/// The `set` upsert in diesel's DSL: the definition of its SQL.
-pub(crate) fn set_dsl<'a>(
-    update: &'a AwarenessUpdate,
-    timeout: PgInterval,
-) -> impl QueryFragment<Pg> + QueryId + Send + 'a {
-    use diesel::query_dsl::methods::FilterDsl;
-    Prepared::<_, SetId>::new(
-        diesel::insert_into(awareness_entries)
-            .values((
-                document_id.eq(&update.document_id),
-                client_id.eq(&update.client_id),
-                connection_id.eq(&update.connection_id),
-                state.eq(&update.state),
-                clock_value.eq(update.clock),
-                last_seen.eq(diesel::dsl::now),
-            ))
-            .on_conflict((document_id, client_id))
-            .do_update()
-            .set((
-                connection_id.eq(excluded(connection_id)),
-                state.eq(excluded(state)),
-                clock_value.eq(excluded(clock_value)),
-                last_seen.eq(excluded(last_seen)),
-            ))
-            .filter(applies(timeout)),
+/// The column list every write inserts, and the `DO UPDATE SET` of the upsert.
+const INSERT_COLUMNS: &str = "INSERT INTO awareness_entries (document_id, client_id, \
+     connection_id, state, clock_value, last_seen, owner, instance_id) ";
+
+/// Rules 1 and 2 on the conflicting row (`awareness_entries`) and the proposed one
+/// (`excluded`): expired, or owned by the writer (or nobody) and beaten on clocks.
+const UPSERT: &str = concat!(
+    " ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = excluded.connection_id, \
+     state = excluded.state, clock_value = excluded.clock_value, last_seen = excluded.last_seen, \
+     owner = excluded.owner, instance_id = excluded.instance_id \
+     WHERE awareness_entries.last_seen <= now() - (SELECT timeout FROM p) \
+     OR ((awareness_entries.owner IS NULL OR awareness_entries.owner = excluded.owner) \
+     AND (awareness_entries.clock_value < excluded.clock_value \
+     OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state IS NULL \
+     AND awareness_entries.state IS NOT NULL)))"
+);
+
+/// The code of an update `$u` that was not applied, as far as the key's fresh row `f` (NULL
+/// columns when none) tells: 2 when another principal owns it, 1 when it wins on clocks.
+macro_rules! refused_by_row {
+    ($u:literal) => {
+        concat!(
+            "WHEN f.owner IS NOT NULL AND f.owner IS DISTINCT FROM ",
+            $u,
+            ".owner THEN 2 WHEN f.document_id IS NOT NULL AND NOT (f.clock_value < ",
+            $u,
+            ".clock_value OR (f.clock_value = ",
+            $u,
+            ".clock_value AND ",
+            $u,
+            ".state IS NULL AND f.state IS NOT NULL)) THEN 1 "
+        )
+    };
+}
+
+/// The `set` statement (see the module docs). Binds: `$1` document, `$2` client, `$3`
+/// connection, `$4` state, `$5` clock, `$6` timeout, `$7` owner, `$8` instance, `$9` and `$10`
+/// the limits per document and per connection (NULL: none).
+const SET_SQL: &str = concat!(
+    "WITH p AS (SELECT $1::text COLLATE \"C\" AS document_id, $2::text COLLATE \"C\" AS client_id, \
+     $3::text COLLATE \"C\" AS connection_id, $4::jsonb AS state, $5::bigint AS clock_value, \
+     $6::interval AS timeout, $7::text COLLATE \"C\" AS owner, $8::text COLLATE \"C\" AS instance_id, \
+     $9::bigint AS max_document, $10::bigint AS max_connection), ",
+    // Rule 3: a leave, a client already live, or room in the document and the connection.
+    "joining AS (SELECT p.state IS NOT NULL \
+     AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) \
+     AND NOT EXISTS (SELECT 1 FROM awareness_entries l WHERE l.document_id = p.document_id \
+     AND l.client_id = p.client_id AND ",
+    live_row!("l"),
+    ") AS joins FROM p), \
+     room AS (SELECT NOT joining.joins OR p.max_document IS NULL \
+     OR (SELECT count(*) FROM awareness_entries d WHERE d.document_id = p.document_id AND ",
+    live_row!("d"),
+    ") < p.max_document AS in_document, NOT joining.joins OR p.max_connection IS NULL \
+     OR (SELECT count(*) FROM awareness_entries c WHERE c.connection_id = p.connection_id AND ",
+    live_row!("c"),
+    ") < p.max_connection AS on_connection FROM p, joining), \
+     applied AS (",
+);
+
+/// The rest of [`SET_SQL`] after [`INSERT_COLUMNS`].
+const SET_SQL_TAIL: &str = concat!(
+    "SELECT p.document_id, p.client_id, p.connection_id, p.state, p.clock_value, \
+     CURRENT_TIMESTAMP, p.owner, p.instance_id FROM p, room \
+     WHERE room.in_document AND room.on_connection",
+    "{UPSERT}",
+    " RETURNING 1) \
+     SELECT (CASE WHEN EXISTS (SELECT 1 FROM applied) THEN 0 ",
+    refused_by_row!("p"),
+    "WHEN NOT room.in_document THEN 3 WHEN NOT room.on_connection THEN 4 ELSE 1 END)::smallint \
+     FROM p CROSS JOIN room LEFT JOIN awareness_entries f ON f.document_id = p.document_id \
+     AND f.client_id = p.client_id AND f.last_seen > now() - p.timeout"
+);
+
+/// The whole `set` text, built once.
+static SET_TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{SET_SQL}{INSERT_COLUMNS}{}",
+        SET_SQL_TAIL.replace("{UPSERT}", UPSERT)
     )
+});
+
+/// [`SET_TEXT`] cut at its ten binds.
+static SET_PIECES: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| cut_at_binds(&SET_TEXT, 10));
+
+/// What every write needs besides its updates: the expiry timeout, the writing instance and
+/// the limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteContext<'a> {
+    pub(crate) timeout: PgInterval,
+    pub(crate) instance_id: Option<&'a str>,
+    pub(crate) max_document: Option<i64>,
+    pub(crate) max_connection: Option<i64>,
+}
+
+impl<'a> WriteContext<'a> {
+    pub(crate) fn new(
+        timeout: PgInterval,
+        instance_id: Option<&'a str>,
+        options: &StoreOptions,
+    ) -> Self {
+        Self {
+            timeout,
+            instance_id,
+            max_document: options.max_clients_per_document.map(i64::from),
+            max_connection: options.max_clients_per_connection.map(i64::from),
+        }
+    }
+}
+
+/// `set`: rules 1-3 and the write in one statement; returns the outcome code (see the module
+/// docs).
+pub(crate) fn set<'a>(update: &'a AwarenessUpdate, context: WriteContext<'a>) -> SetStatement<'a> {
+    SetStatement { update, context }
+}
+
+/// The `set` statement for one update (see [`SET_SQL`]).
+#[derive(Debug)]
+pub(crate) struct SetStatement<'a> {
+    update: &'a AwarenessUpdate,
+    context: WriteContext<'a>,
 }
 
 /// [`set`]'s statement identity for the prepared-statement cache.
 pub(crate) struct SetId;
 
-/// [`set_dsl`]'s statement with its SQL text built once per process.
-///
-/// diesel-async builds a statement's SQL text on every call, before it looks the statement up
-/// in its prepared-statement cache; for the upsert that meant walking diesel's query tree and
-/// quoting every identifier on every `set` — 45 % of the client's instructions per `set`
-/// (callgrind, 2026-11-26). Here the text is [`set_dsl`]'s, cut at its six bind placeholders
-/// the first time it is needed, and each call only pushes those pieces and its binds: the same
-/// text (a test checks), a few copies instead of a tree walk.
-#[derive(Debug)]
-pub(crate) struct SetStatement<'a> {
-    update: &'a AwarenessUpdate,
-    timeout: PgInterval,
+impl QueryId for SetStatement<'_> {
+    type QueryId = SetId;
+    const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-/// [`set_dsl`]'s text between its binds `$1`..`$6`: seven pieces (empty when it cannot be built,
-/// which `walk_ast` reports as an error rather than sending wrong SQL).
-static SET_TEXT: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let sample = AwarenessUpdate::new("d", "c", "k", 0, None);
-    let mut builder = diesel::pg::PgQueryBuilder::default();
-    let dsl = set_dsl(&sample, PgInterval::from_microseconds(0));
-    match dsl.to_sql(&mut builder, &Pg) {
-        Ok(()) => cut_at_binds(&diesel::query_builder::QueryBuilder::finish(builder), 6),
-        Err(_) => Vec::new(),
+impl diesel::query_builder::Query for SetStatement<'_> {
+    type SqlType = SmallInt;
+}
+
+impl QueryFragment<Pg> for SetStatement<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10] = SET_PIECES.as_slice() else {
+            return Err(diesel::result::Error::QueryBuilderError(
+                "the set statement's SQL text could not be built".into(),
+            ));
+        };
+        let u = self.update;
+        let c = &self.context;
+        out.push_sql(p0);
+        out.push_bind_param::<Text, _>(&u.document_id)?;
+        out.push_sql(p1);
+        out.push_bind_param::<Text, _>(&u.client_id)?;
+        out.push_sql(p2);
+        out.push_bind_param::<Text, _>(&u.connection_id)?;
+        out.push_sql(p3);
+        out.push_bind_param::<Nullable<Jsonb>, _>(&u.state)?;
+        out.push_sql(p4);
+        out.push_bind_param::<BigInt, _>(&u.clock)?;
+        out.push_sql(p5);
+        out.push_bind_param::<Interval, _>(&c.timeout)?;
+        out.push_sql(p6);
+        out.push_bind_param::<Nullable<Text>, _>(&u.owner)?;
+        out.push_sql(p7);
+        out.push_bind_param::<Nullable<Text>, _>(&c.instance_id)?;
+        out.push_sql(p8);
+        out.push_bind_param::<Nullable<BigInt>, _>(&c.max_document)?;
+        out.push_sql(p9);
+        out.push_bind_param::<Nullable<BigInt>, _>(&c.max_connection)?;
+        out.push_sql(p10);
+        Ok(())
     }
-});
+
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
 
 /// `sql` cut at its placeholders `$1`..`$binds`, in order: `binds + 1` pieces, or none when a
 /// placeholder is missing or out of order.
@@ -101,58 +242,7 @@ fn cut_at_binds(sql: &str, binds: usize) -> Vec<String> {
     pieces
 }
 
-impl QueryId for SetStatement<'_> {
-    type QueryId = SetId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Pg> for SetStatement<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        use diesel::sql_types::{BigInt, Interval, Jsonb, Nullable, Text};
-        let [p0, p1, p2, p3, p4, p5, p6] = SET_TEXT.as_slice() else {
-            return Err(diesel::result::Error::QueryBuilderError(
-                "the set statement's SQL text could not be built".into(),
-            ));
-        };
-        let u = self.update;
-        out.push_sql(p0);
-        out.push_bind_param::<Text, _>(&u.document_id)?;
-        out.push_sql(p1);
-        out.push_bind_param::<Text, _>(&u.client_id)?;
-        out.push_sql(p2);
-        out.push_bind_param::<Text, _>(&u.connection_id)?;
-        out.push_sql(p3);
-        out.push_bind_param::<Nullable<Jsonb>, _>(&u.state)?;
-        out.push_sql(p4);
-        out.push_bind_param::<BigInt, _>(&u.clock)?;
-        out.push_sql(p5);
-        out.push_bind_param::<Interval, _>(&self.timeout)?;
-        out.push_sql(p6);
-        Ok(())
-    }
-
-    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
-        Ok(true)
-    }
-}
-
-/// The contract's rule 1 as the upsert's `DO UPDATE ... WHERE`: the existing row is expired,
-/// older, or the same clock being left. Shared by [`set`] and [`SetMany`].
-fn applies(
-    timeout: PgInterval,
-) -> impl AppearsOnTable<awareness_entries, SqlType = diesel::sql_types::Bool>
-       + QueryFragment<Pg>
-       + QueryId
-       + Send {
-    expired(timeout)
-        .or(clock_value.lt(excluded(clock_value)))
-        .or(clock_value
-            .eq(excluded(clock_value))
-            .and(excluded(state).is_null())
-            .and(state.is_not_null()))
-}
-
-/// Column arrays of a batch for [`SetMany`]: one element per distinct key, sorted by key.
+/// Column arrays of a batch: one element per distinct key, sorted by key.
 #[derive(Debug, Default)]
 pub(crate) struct BatchColumns<'a> {
     pub(crate) document_ids: Vec<&'a str>,
@@ -160,312 +250,306 @@ pub(crate) struct BatchColumns<'a> {
     pub(crate) connection_ids: Vec<&'a str>,
     pub(crate) states: Vec<&'a Option<serde_json::Value>>,
     pub(crate) clocks: Vec<i64>,
+    pub(crate) owners: Vec<Option<&'a str>>,
 }
 
-/// `set_many` as one statement: the conditional upsert of [`set`] over `unnest` of column
-/// arrays (at most one row per key, see `batch.rs`), plus what the caller needs to resolve
-/// duplicates of a key inside the batch.
+/// `set_many` as one statement: the upsert of [`set`] over `unnest` of column arrays (at most
+/// one row per key, see `batch.rs`), plus what the caller needs to resolve duplicates of a key
+/// inside the batch.
 ///
 /// * `locked` locks the existing rows of the batch's keys (`FOR UPDATE`, in key order, so two
 ///   batches lock in the same order) and reads their (clock, is-leave, expired). Under READ
 ///   COMMITTED a locked row is re-read at its newest version, and the lock keeps it until
 ///   commit, so these are exactly the rows the upsert then decides against.
-/// * The `(SELECT count(*) FROM locked) >= 0` filter is an uncorrelated sub-select, run once before
-///   the first row is inserted: it forces every lock to be taken before any write (data-changing
-///   CTEs otherwise run in an unspecified order).
+/// * The `(SELECT count(*) FROM locked) >= 0` filter is an uncorrelated sub-select, run once
+///   before the first row is inserted: it forces every lock to be taken before any write
+///   (data-changing CTEs otherwise run in an unspecified order).
 /// * `xmax = 0` in `RETURNING` is true for a freshly inserted row and false for an updated one
-///   (PostgreSQL's well-known upsert idiom): it tells "no row" from "a row inserted concurrently
-///   after `locked` read", the one case where the old clock cannot be known.
+///   (PostgreSQL's well-known upsert idiom): it tells "no row" from "a row inserted
+///   concurrently after `locked` read", the one case where the old clock cannot be known.
 ///
-/// One row per input element, in input order: `(applied, inserted, old_clock, old_is_leave,
-/// old_expired)`; the old columns are NULL when `locked` found no row.
+/// One row per key, in key order: `(code, inserted, old_clock, old_is_leave, old_expired)`;
+/// the old columns are NULL when `locked` found no row.
 #[derive(Debug)]
-pub(crate) struct SetMany<'a, R> {
+pub(crate) struct SetMany<'a> {
     columns: BatchColumns<'a>,
-    cutoff: Cutoff,
-    applies: R,
+    context: WriteContext<'a>,
+    exact: bool,
 }
 
-/// The batch statement for `columns` (see [`SetMany`]).
-pub(crate) fn set_many(
-    columns: BatchColumns<'_>,
-    timeout: PgInterval,
-) -> SetMany<'_, impl QueryFragment<Pg> + Send> {
+/// The batch statement that resolves repeated keys (see [`SetMany`]).
+pub(crate) fn set_many<'a>(columns: BatchColumns<'a>, context: WriteContext<'a>) -> SetMany<'a> {
     SetMany {
         columns,
-        cutoff: cutoff(timeout),
-        applies: applies(timeout),
+        context,
+        exact: true,
     }
 }
 
-/// Marker type: [`SetMany`]'s SQL text never changes (six array binds whatever the batch
-/// size), so one prepared statement per connection serves every batch.
-pub(crate) struct SetManyId;
+/// `set_many` for a batch whose keys are all distinct (the common case: a y-protocols message,
+/// or coalesced heartbeats of different clients): the upsert over `unnest` of the column
+/// arrays and the outcome codes, without the `locked` read of old rows (with one update per
+/// key, the code is the outcome). One row per key, in key order: the code.
+pub(crate) fn set_many_distinct<'a>(
+    columns: BatchColumns<'a>,
+    context: WriteContext<'a>,
+) -> SetMany<'a> {
+    SetMany {
+        columns,
+        context,
+        exact: false,
+    }
+}
 
-impl<R> QueryId for SetMany<'_, R> {
+/// Marker types: the batch statements' SQL texts never change (the same binds whatever the
+/// batch size), so one prepared statement per connection serves every batch.
+pub(crate) struct SetManyId;
+pub(crate) struct SetManyDistinctId;
+
+/// [`SetMany`] in its exact form, typed for loading.
+#[derive(Debug)]
+pub(crate) struct Exact<'a>(pub(crate) SetMany<'a>);
+
+/// [`SetMany`] in its distinct form, typed for loading.
+#[derive(Debug)]
+pub(crate) struct Distinct<'a>(pub(crate) SetMany<'a>);
+
+impl QueryId for Exact<'_> {
     type QueryId = SetManyId;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<R> diesel::query_builder::Query for SetMany<'_, R> {
-    type SqlType = (
-        diesel::sql_types::Bool,
-        diesel::sql_types::Nullable<diesel::sql_types::Bool>,
-        diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
-        diesel::sql_types::Nullable<diesel::sql_types::Bool>,
-        diesel::sql_types::Nullable<diesel::sql_types::Bool>,
-    );
-}
-
-impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetMany<'_, R> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        push_input(&self.columns, out.reborrow())?;
-        out.push_sql(
-            ", locked AS MATERIALIZED (SELECT e.document_id, e.client_id, e.clock_value, \
-             e.state IS NULL AS is_leave, e.last_seen <= ",
-        );
-        self.cutoff.walk_ast(out.reborrow())?;
-        out.push_sql(
-            " AS expired \
-             FROM \"awareness_entries\" e JOIN input USING (document_id, client_id) \
-             ORDER BY e.document_id, e.client_id FOR UPDATE OF e), \
-             applied AS (",
-        );
-        push_upsert_from_input(
-            "WHERE (SELECT count(*) FROM locked) >= 0 ",
-            &self.applies,
-            out.reborrow(),
-        )?;
-        out.push_sql(
-            " \
-             RETURNING document_id, client_id, xmax = 0 AS inserted) \
-             SELECT applied.document_id IS NOT NULL, applied.inserted, \
-             locked.clock_value, locked.is_leave, locked.expired \
-             FROM input LEFT JOIN applied USING (document_id, client_id) \
-             LEFT JOIN locked USING (document_id, client_id) ORDER BY input.ord",
-        );
-        Ok(())
-    }
-}
-
-/// `set_many` for a batch whose keys are all distinct (the common case: coalesced heartbeats
-/// of different clients): the conditional upsert of [`set`] over `unnest` of the column
-/// arrays, and nothing else. With one update per key, an update applied exactly when the
-/// upsert returned its row, so no old row needs reading or locking. Rows are written in key
-/// order (the arrays are sorted), as [`SetMany`] locks them, so concurrent batches queue
-/// rather than deadlock.
-///
-/// One row per input element, in input order: whether it applied.
-#[derive(Debug)]
-pub(crate) struct SetManyDistinct<'a, R> {
-    columns: BatchColumns<'a>,
-    applies: R,
-}
-
-/// The lean batch statement for `columns` whose keys are distinct (see [`SetManyDistinct`]).
-pub(crate) fn set_many_distinct(
-    columns: BatchColumns<'_>,
-    timeout: PgInterval,
-) -> SetManyDistinct<'_, impl QueryFragment<Pg> + Send> {
-    SetManyDistinct {
-        columns,
-        applies: applies(timeout),
-    }
-}
-
-/// Marker type: [`SetManyDistinct`]'s SQL text never changes.
-pub(crate) struct SetManyDistinctId;
-
-impl<R> QueryId for SetManyDistinct<'_, R> {
+impl QueryId for Distinct<'_> {
     type QueryId = SetManyDistinctId;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<R> diesel::query_builder::Query for SetManyDistinct<'_, R> {
-    type SqlType = diesel::sql_types::Bool;
+impl diesel::query_builder::Query for Exact<'_> {
+    type SqlType = (
+        SmallInt,
+        Nullable<diesel::sql_types::Bool>,
+        Nullable<BigInt>,
+        Nullable<diesel::sql_types::Bool>,
+        Nullable<diesel::sql_types::Bool>,
+    );
 }
 
-impl<R: QueryFragment<Pg>> QueryFragment<Pg> for SetManyDistinct<'_, R> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        push_input(&self.columns, out.reborrow())?;
-        out.push_sql(", applied AS (");
-        push_upsert_from_input("", &self.applies, out.reborrow())?;
-        out.push_sql(
-            " RETURNING document_id, client_id) \
-             SELECT applied.document_id IS NOT NULL \
-             FROM input LEFT JOIN applied USING (document_id, client_id) ORDER BY input.ord",
-        );
-        Ok(())
+impl diesel::query_builder::Query for Distinct<'_> {
+    type SqlType = SmallInt;
+}
+
+impl QueryFragment<Pg> for Exact<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(out)
     }
 }
 
-/// The conditional upsert of [`set_dsl`] over the batch's `input` rows, in `ord` order, after
-/// `filter` (a `WHERE` clause or nothing): the one hand-written copy of its column and `SET`
-/// lists, which the pinned tests compare with [`set_dsl`]'s.
-fn push_upsert_from_input<'b>(
-    filter: &'static str,
-    applies: &'b impl QueryFragment<Pg>,
-    mut out: AstPass<'_, 'b, Pg>,
-) -> QueryResult<()> {
-    out.push_sql(
-        "INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \
-         \"state\", \"clock_value\", \"last_seen\") \
-         SELECT document_id, client_id, connection_id, state, clock_value, CURRENT_TIMESTAMP \
-         FROM input ",
-    );
-    out.push_sql(filter);
-    out.push_sql(
-        "ORDER BY ord ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
-         \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
-         \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
-         WHERE ",
-    );
-    applies.walk_ast(out.reborrow())
+impl QueryFragment<Pg> for Distinct<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(out)
+    }
 }
 
-/// `WITH input AS (…)`: the batch's column arrays as rows, ids in byte order (`COLLATE "C"`,
-/// as the table's), numbered by `ord`.
-fn push_input<'b>(c: &'b BatchColumns<'_>, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
-    out.push_sql(
-        "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, \
-         i.client_id COLLATE \"C\" AS client_id, i.connection_id, i.state, i.clock_value, i.ord \
-         FROM unnest(",
-    );
-    out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
-    out.push_sql("::text[], ");
-    out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
-    out.push_sql("::text[], ");
-    out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
-    out.push_sql("::text[], ");
-    out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
-    out.push_sql("::jsonb[], ");
-    out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
-    out.push_sql(
-        "::bigint[]) WITH ORDINALITY \
-         AS i(document_id, client_id, connection_id, state, clock_value, ord))",
-    );
-    Ok(())
+impl<'a> SetMany<'a> {
+    /// This statement, typed by its form for loading.
+    pub(crate) fn exact(self) -> Exact<'a> {
+        Exact(self)
+    }
+
+    /// This statement, typed by its form for loading.
+    pub(crate) fn distinct(self) -> Distinct<'a> {
+        Distinct(self)
+    }
+}
+
+impl QueryFragment<Pg> for SetMany<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let c = &self.columns;
+        let x = &self.context;
+        // The batch as rows, ids in byte order (`COLLATE "C"`, as the table's), numbered.
+        out.push_sql(
+            "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, \
+             i.client_id COLLATE \"C\" AS client_id, i.connection_id COLLATE \"C\" AS connection_id, \
+             i.state, i.clock_value, i.owner COLLATE \"C\" AS owner, i.ord FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
+        out.push_sql("::jsonb[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.owners)?;
+        out.push_sql(
+            "::text[]) WITH ORDINALITY \
+             AS i(document_id, client_id, connection_id, state, clock_value, owner, ord)), \
+             p AS (SELECT ",
+        );
+        out.push_bind_param::<Interval, _>(&x.timeout)?;
+        out.push_sql("::interval AS timeout, ");
+        out.push_bind_param::<Nullable<Text>, _>(&x.instance_id)?;
+        out.push_sql("::text COLLATE \"C\" AS instance_id, ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&x.max_document)?;
+        out.push_sql("::bigint AS max_document, ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&x.max_connection)?;
+        out.push_sql(concat!(
+            "::bigint AS max_connection), ",
+            // Rule 3: which rows join, and how many live participants their documents and
+            // connections hold (one count per document and per connection).
+            "joining AS (SELECT input.*, input.state IS NOT NULL \
+             AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) \
+             AND NOT EXISTS (SELECT 1 FROM awareness_entries l \
+             WHERE l.document_id = input.document_id AND l.client_id = input.client_id AND ",
+            live_row!("l"),
+            ") AS joins FROM input, p), \
+             in_document AS (SELECT d.document_id, count(*) AS live FROM awareness_entries d, p \
+             WHERE d.document_id IN (SELECT document_id FROM joining WHERE joins) AND ",
+            live_row!("d"),
+            " GROUP BY d.document_id), \
+             on_connection AS (SELECT c.connection_id, count(*) AS live FROM awareness_entries c, p \
+             WHERE c.connection_id IN (SELECT connection_id FROM joining WHERE joins) AND ",
+            live_row!("c"),
+            " GROUP BY c.connection_id), ",
+            // The n-th join of a document (or connection) in the batch needs room for n.
+            "counted AS (SELECT j.*, \
+             j.joins AND p.max_document IS NOT NULL AND coalesce(d.live, 0) \
+             + count(*) FILTER (WHERE j.joins) OVER (PARTITION BY j.document_id ORDER BY j.ord) \
+             > p.max_document AS document_full, \
+             j.joins AND p.max_connection IS NOT NULL AND coalesce(c.live, 0) \
+             + count(*) FILTER (WHERE j.joins) OVER (PARTITION BY j.connection_id ORDER BY j.ord) \
+             > p.max_connection AS connection_full \
+             FROM joining j CROSS JOIN p \
+             LEFT JOIN in_document d ON d.document_id = j.document_id \
+             LEFT JOIN on_connection c ON c.connection_id = j.connection_id), "
+        ));
+        if self.exact {
+            out.push_sql(
+                "locked AS MATERIALIZED (SELECT e.document_id, e.client_id, e.clock_value, \
+                 e.state IS NULL AS is_leave, e.last_seen <= now() - p.timeout AS expired \
+                 FROM awareness_entries e JOIN input USING (document_id, client_id) CROSS JOIN p \
+                 ORDER BY e.document_id, e.client_id FOR UPDATE OF e), ",
+            );
+        }
+        out.push_sql("applied AS (");
+        out.push_sql(INSERT_COLUMNS);
+        out.push_sql(
+            "SELECT u.document_id, u.client_id, u.connection_id, u.state, u.clock_value, \
+             CURRENT_TIMESTAMP, u.owner, p.instance_id FROM counted u, p \
+             WHERE NOT u.document_full AND NOT u.connection_full ",
+        );
+        if self.exact {
+            out.push_sql("AND (SELECT count(*) FROM locked) >= 0 ");
+        }
+        out.push_sql("ORDER BY u.ord");
+        out.push_sql(UPSERT);
+        out.push_sql(concat!(
+            " RETURNING document_id, client_id, xmax = 0 AS inserted) \
+             SELECT (CASE WHEN a.document_id IS NOT NULL THEN 0 ",
+            refused_by_row!("u"),
+            "WHEN u.document_full THEN 3 WHEN u.connection_full THEN 4 ELSE 1 END)::smallint"
+        ));
+        if self.exact {
+            out.push_sql(
+                ", a.inserted, locked.clock_value, locked.is_leave, locked.expired \
+                 FROM counted u CROSS JOIN p \
+                 LEFT JOIN locked ON locked.document_id = u.document_id \
+                 AND locked.client_id = u.client_id",
+            );
+        } else {
+            out.push_sql(" FROM counted u CROSS JOIN p");
+        }
+        out.push_sql(
+            " LEFT JOIN applied a ON a.document_id = u.document_id AND a.client_id = u.client_id \
+             LEFT JOIN awareness_entries f ON f.document_id = u.document_id \
+             AND f.client_id = u.client_id AND f.last_seen > now() - p.timeout \
+             ORDER BY u.ord",
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn context() -> WriteContext<'static> {
+        WriteContext::new(
+            super::super::thirty_seconds(),
+            Some("instance"),
+            &StoreOptions::default(),
+        )
+    }
+
     #[test]
-    fn set_sends_the_dsl_text_with_the_same_binds() {
-        let update = AwarenessUpdate::new("doc", "client", "conn", 3, Some(serde_json::json!(1)));
-        let fast =
-            diesel::debug_query::<Pg, _>(&set(&update, super::super::thirty_seconds())).to_string();
-        let dsl = diesel::debug_query::<Pg, _>(&set_dsl(&update, super::super::thirty_seconds()))
-            .to_string();
-        assert_eq!(fast, dsl);
-        assert_eq!(SET_TEXT.len(), 7);
+    fn set_text_has_its_ten_binds_in_order() {
+        assert_eq!(SET_PIECES.len(), 11);
         assert!(cut_at_binds("a $1 b $2", 3).is_empty());
         assert!(cut_at_binds("a $10", 1).is_empty());
-    }
-
-    #[test]
-    fn set_is_one_conditional_upsert() {
         let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);
-        assert_eq!(
-            super::super::text(&set_dsl(&update, super::super::thirty_seconds())),
-            "INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \
-             \"state\", \"clock_value\", \"last_seen\") VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP) \
-             ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \
-             \"connection_id\" = excluded.\"connection_id\", \"state\" = excluded.\"state\", \
-             \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" \
-             WHERE (((\"awareness_entries\".\"last_seen\" <= (now() - $6)) \
-             OR (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) \
-             OR (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") \
-             AND (excluded.\"state\" IS NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL)))"
+        let sql = super::super::text(&set(&update, context()));
+        assert_eq!(sql, *SET_TEXT);
+    }
+
+    /// The statement as PostgreSQL receives it, pinned: a change is a reviewed change.
+    #[test]
+    fn set_is_one_statement() {
+        let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);
+        insta_like(
+            &super::super::text(&set(&update, context())),
+            "WITH p AS (SELECT $1::text COLLATE \"C\" AS document_id, $2::text COLLATE \"C\" AS client_id, \
+             $3::text COLLATE \"C\" AS connection_id, $4::jsonb AS state, $5::bigint AS clock_value, \
+             $6::interval AS timeout, $7::text COLLATE \"C\" AS owner, $8::text COLLATE \"C\" AS instance_id, \
+             $9::bigint AS max_document, $10::bigint AS max_connection), joining AS (SELECT p.state IS NOT NULL \
+             AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) AND NOT EXISTS (SELECT 1 FROM \
+             awareness_entries l WHERE l.document_id = p.document_id AND l.client_id = p.client_id AND \
+             l.state IS NOT NULL AND l.last_seen > now() - p.timeout) AS joins FROM p), room AS (SELECT NOT \
+             joining.joins OR p.max_document IS NULL OR (SELECT count(*) FROM awareness_entries d WHERE \
+             d.document_id = p.document_id AND d.state IS NOT NULL AND d.last_seen > now() - p.timeout) < \
+             p.max_document AS in_document, NOT joining.joins OR p.max_connection IS NULL OR (SELECT count(*) \
+             FROM awareness_entries c WHERE c.connection_id = p.connection_id AND c.state IS NOT NULL AND \
+             c.last_seen > now() - p.timeout) < p.max_connection AS on_connection FROM p, joining), applied AS \
+             (INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, \
+             last_seen, owner, instance_id) SELECT p.document_id, p.client_id, p.connection_id, p.state, \
+             p.clock_value, CURRENT_TIMESTAMP, p.owner, p.instance_id FROM p, room WHERE room.in_document AND \
+             room.on_connection ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = \
+             excluded.connection_id, state = excluded.state, clock_value = excluded.clock_value, last_seen = \
+             excluded.last_seen, owner = excluded.owner, instance_id = excluded.instance_id WHERE \
+             awareness_entries.last_seen <= now() - (SELECT timeout FROM p) OR ((awareness_entries.owner IS \
+             NULL OR awareness_entries.owner = excluded.owner) AND (awareness_entries.clock_value < \
+             excluded.clock_value OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state \
+             IS NULL AND awareness_entries.state IS NOT NULL))) RETURNING 1) SELECT (CASE WHEN EXISTS (SELECT \
+             1 FROM applied) THEN 0 WHEN f.owner IS NOT NULL AND f.owner IS DISTINCT FROM p.owner THEN 2 WHEN \
+             f.document_id IS NOT NULL AND NOT (f.clock_value < p.clock_value OR (f.clock_value = \
+             p.clock_value AND p.state IS NULL AND f.state IS NOT NULL)) THEN 1 WHEN NOT room.in_document THEN \
+             3 WHEN NOT room.on_connection THEN 4 ELSE 1 END)::smallint FROM p CROSS JOIN room LEFT JOIN \
+             awareness_entries f ON f.document_id = p.document_id AND f.client_id = p.client_id AND \
+             f.last_seen > now() - p.timeout",
         );
     }
 
-    /// The batch statements' hand-written upsert says what `set_dsl` says.
+    /// Compares SQL texts ignoring how the literal was wrapped.
+    fn insta_like(found: &str, expected: &str) {
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(squash(found), squash(expected));
+    }
+
+    /// The batch statements carry the same upsert as `set`, and differ only by `locked`.
     #[test]
-    fn batch_upserts_share_the_set_statements_lists() {
+    fn batch_statements_share_the_upsert() {
         let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
         let plan = crate::postgres::batch::BatchPlan::new(&updates);
-        let single = super::super::text(&set_dsl(&updates[0], super::super::thirty_seconds()));
-        let conflict = |sql: &str| -> String {
-            let from = sql.find("ON CONFLICT").unwrap_or_default();
-            let to = sql[from..].find(" WHERE ").map_or(sql.len(), |i| from + i);
-            sql[from..to].to_owned()
-        };
-        let columns = |sql: &str| -> String {
-            let from = sql.find("INSERT INTO").unwrap_or_default();
-            let to = sql[from..].find(')').map_or(sql.len(), |i| from + i);
-            sql[from..to].to_owned()
-        };
-        for batch in [
-            super::super::text(&set_many(
-                plan.columns(&updates),
-                super::super::thirty_seconds(),
-            )),
-            super::super::text(&set_many_distinct(
-                plan.columns(&updates),
-                super::super::thirty_seconds(),
-            )),
-        ] {
-            assert_eq!(conflict(&batch), conflict(&single));
-            assert_eq!(columns(&batch), columns(&single));
+        let exact = super::super::text(&set_many(plan.columns(&updates), context()).exact());
+        let distinct =
+            super::super::text(&set_many_distinct(plan.columns(&updates), context()).distinct());
+        for sql in [&exact, &distinct, &*SET_TEXT] {
+            assert!(sql.contains(UPSERT), "{sql}");
+            assert!(sql.contains(INSERT_COLUMNS), "{sql}");
         }
-    }
-
-    #[test]
-    fn distinct_batches_skip_the_old_row_read() {
-        let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
-        let plan = crate::postgres::batch::BatchPlan::new(&updates);
-        let query = set_many_distinct(plan.columns(&updates), super::super::thirty_seconds());
-        assert_eq!(
-            super::super::text(&query),
-            "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, i.client_id COLLATE \"C\" \
-             AS client_id, i.connection_id, i.state, i.clock_value, i.ord FROM unnest($1::text[], \
-             $2::text[], $3::text[], $4::jsonb[], $5::bigint[]) WITH ORDINALITY AS i(document_id, \
-             client_id, connection_id, state, clock_value, ord)), applied AS (INSERT INTO \
-             \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \"state\", \
-             \"clock_value\", \"last_seen\") SELECT document_id, client_id, connection_id, state, \
-             clock_value, CURRENT_TIMESTAMP FROM input ORDER BY ord ON CONFLICT (\"document_id\", \
-             \"client_id\") DO UPDATE SET \"connection_id\" = excluded.\"connection_id\", \"state\" = \
-             excluded.\"state\", \"clock_value\" = excluded.\"clock_value\", \"last_seen\" = \
-             excluded.\"last_seen\" WHERE (((\"awareness_entries\".\"last_seen\" <= (now() - $6)) OR \
-             (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) OR \
-             (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") AND (excluded.\"state\" IS \
-             NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL))) RETURNING document_id, client_id) \
-             SELECT applied.document_id IS NOT NULL FROM input LEFT JOIN applied USING (document_id, \
-             client_id) ORDER BY input.ord"
-        );
-    }
-
-    #[test]
-    fn set_many_is_one_statement_with_array_binds() {
-        let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
-        let plan = crate::postgres::batch::BatchPlan::new(&updates);
-        let query = set_many(plan.columns(&updates), super::super::thirty_seconds());
-        assert_eq!(
-            super::super::text(&query),
-            "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, i.client_id COLLATE \"C\" \
-             AS client_id, i.connection_id, i.state, i.clock_value, i.ord FROM unnest($1::text[], \
-             $2::text[], $3::text[], $4::jsonb[], $5::bigint[]) WITH ORDINALITY AS i(document_id, \
-             client_id, connection_id, state, clock_value, ord)), locked AS MATERIALIZED (SELECT \
-             e.document_id, e.client_id, e.clock_value, e.state IS NULL AS is_leave, e.last_seen <= \
-             (now() - $6) AS expired FROM \"awareness_entries\" e JOIN input USING (document_id, \
-             client_id) ORDER BY e.document_id, e.client_id FOR UPDATE OF e), applied AS (INSERT INTO \
-             \"awareness_entries\" (\"document_id\", \"client_id\", \"connection_id\", \"state\", \
-             \"clock_value\", \"last_seen\") SELECT document_id, client_id, connection_id, state, \
-             clock_value, CURRENT_TIMESTAMP FROM input WHERE (SELECT count(*) FROM locked) >= 0 ORDER \
-             BY ord ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \"connection_id\" = \
-             excluded.\"connection_id\", \"state\" = excluded.\"state\", \"clock_value\" = \
-             excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" WHERE \
-             (((\"awareness_entries\".\"last_seen\" <= (now() - $7)) OR \
-             (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) OR \
-             (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") AND (excluded.\"state\" IS \
-             NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL))) RETURNING document_id, client_id, \
-             xmax = 0 AS inserted) SELECT applied.document_id IS NOT NULL, applied.inserted, \
-             locked.clock_value, locked.is_leave, locked.expired FROM input LEFT JOIN applied USING \
-             (document_id, client_id) LEFT JOIN locked USING (document_id, client_id) ORDER BY \
-             input.ord"
-        );
+        assert!(exact.contains("FOR UPDATE OF e"));
+        assert!(!distinct.contains("locked"));
+        assert!(distinct.contains("$10::bigint AS max_connection"));
     }
 }
