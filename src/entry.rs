@@ -8,7 +8,9 @@ use serde_json::Value;
 use crate::schema::awareness_entries;
 
 /// One client's awareness in one document, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, QueryableByName, Selectable)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, QueryableByName, Selectable,
+)]
 #[diesel(table_name = awareness_entries, check_for_backend(diesel::pg::Pg))]
 pub struct AwarenessEntry {
     /// The shared document (room).

@@ -136,9 +136,7 @@ pub enum Error {
     /// failed for longer than the lease (the process was paused, or lost the database, and
     /// other instances may have removed its entries), or it was shut down. Nothing was
     /// written; writes resume once a renewal succeeds (not after a shutdown).
-    #[error(
-        "instance {instance_id} holds no valid lease ({reason}); nothing was written"
-    )]
+    #[error("instance {instance_id} holds no valid lease ({reason}); nothing was written")]
     LeaseLost {
         /// The instance.
         instance_id: String,

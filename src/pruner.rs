@@ -1,4 +1,5 @@
-//! The background pruner: removes expired entries on a period and reports each one.
+//! The background pruner: removes departed entries (expired ones, and those of instances
+//! whose lease lapsed) on a period and reports each one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::entry::AwarenessEntry;
+use crate::entry::{AwarenessEntry, Departed};
 use crate::store::AwarenessStore;
 
 /// A running pruner task. Stop it with [`shutdown`](Self::shutdown); dropping it stops it too.
@@ -20,10 +21,12 @@ pub struct Pruner {
 
 impl Pruner {
     /// Spawns a task on the current tokio runtime that, every `period`, atomically removes the
-    /// store's expired entries ([`AwarenessStore::take_expired`]) and hands each removed entry to
-    /// `on_expired`, so a server can broadcast the leave
-    /// ([`AwarenessEntry::leave_update`]). A failed round (database down, say) is logged and
-    /// retried at the next period; the task never dies of it.
+    /// store's departed entries ([`AwarenessStore::take_departed`]: the expired ones and, on
+    /// PostgreSQL, every entry of an instance whose lease lapsed) and hands each removed entry
+    /// to `on_expired`, so a server can broadcast the leave
+    /// ([`AwarenessEntry::leave_update`]). Each entry is handed to exactly one pruner, however
+    /// many run on the database. A failed round (database down, say) is logged and retried at
+    /// the next period; the task never dies of it.
     pub fn spawn<F>(store: Arc<dyn AwarenessStore>, period: Duration, mut on_expired: F) -> Self
     where
         F: FnMut(AwarenessEntry) + Send + 'static,
@@ -38,17 +41,13 @@ impl Pruner {
                     _ = &mut stopped => break,
                     _ = ticks.tick() => {}
                 }
-                match store.take_expired().await {
-                    Ok(expired) => {
-                        if !expired.is_empty() {
-                            tracing::debug!(
-                                count = expired.len(),
-                                "pruned expired awareness entries"
-                            );
-                        }
-                        expired.into_iter().for_each(&mut on_expired);
+                match store.take_departed().await {
+                    Ok(departed) => {
+                        report(&departed);
+                        departed.into_entries().for_each(&mut on_expired);
                     }
                     Err(error) => {
+                        ::metrics::counter!(crate::metrics::PRUNE_FAILURES).increment(1);
                         tracing::warn!(%error, "awareness pruning failed; retrying next period");
                     }
                 }
@@ -70,4 +69,36 @@ impl Pruner {
             tracing::warn!(%error, "awareness pruner task ended abnormally");
         }
     }
+}
+
+/// Logs and counts what a round removed.
+fn report(departed: &Departed) {
+    if departed.is_empty() {
+        return;
+    }
+    ::metrics::counter!(crate::metrics::PRUNED, "reason" => "expired")
+        .increment(departed.expired.len() as u64);
+    ::metrics::counter!(crate::metrics::PRUNED, "reason" => "abandoned")
+        .increment(departed.abandoned.len() as u64);
+    let mut instances: Vec<&str> = departed
+        .abandoned
+        .iter()
+        .filter_map(|e| e.instance_id.as_deref())
+        .collect();
+    instances.sort_unstable();
+    instances.dedup();
+    if !instances.is_empty() {
+        ::metrics::counter!(crate::metrics::LEASE_TAKEOVERS, "side" => "taken")
+            .increment(instances.len() as u64);
+        tracing::info!(
+            instances = ?instances,
+            entries = departed.abandoned.len(),
+            "took over the entries of instances whose lease lapsed"
+        );
+    }
+    tracing::debug!(
+        expired = departed.expired.len(),
+        abandoned = departed.abandoned.len(),
+        "pruned awareness entries"
+    );
 }

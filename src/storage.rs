@@ -180,8 +180,7 @@ macro_rules! awareness_store {
             async fn take_departed(&self) -> $crate::error::Result<$crate::entry::Departed> {
                 let $this = self;
                 let span = $crate::storage::span!("awareness.take_departed", $name);
-                $crate::trace::traced(span, $crate::storage::Storage::take_departed($storage))
-                    .await
+                $crate::trace::traced(span, $crate::storage::Storage::take_departed($storage)).await
             }
 
             fn options(&self) -> $crate::store::StoreOptions {

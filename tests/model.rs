@@ -1,5 +1,6 @@
 //! Model check: random operation sequences (sets with equal and lower clocks, leaves, several
-//! connections and documents, removals, expiry) run against a reference model written from
+//! connections, documents and owners, removals, expiry, and limits of two live participants
+//! per document and per connection) run against a reference model written from
 //! `docs/contract.md`, the in-memory store and the PostgreSQL store; any difference fails
 //! with the shrunk sequence.
 //!
@@ -35,6 +36,8 @@ enum Op {
         clock: i64,
         /// `None` = a leave (tombstone).
         value: Option<u8>,
+        /// The principal sending it (`None`: unauthenticated).
+        owner: Option<u8>,
     },
     Get {
         doc: u8,
@@ -59,8 +62,11 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let id = 0u8..2;
     prop_oneof![
-        12 => (id.clone(), 0u8..3, 0u8..3, 0i64..5, prop::option::weighted(0.75, 0u8..4))
-            .prop_map(|(doc, client, conn, clock, value)| Op::Set { doc, client, conn, clock, value }),
+        12 => (id.clone(), 0u8..3, 0u8..3, 0i64..5, prop::option::weighted(0.75, 0u8..4),
+               prop::option::weighted(0.7, 0u8..2))
+            .prop_map(|(doc, client, conn, clock, value, owner)| {
+                Op::Set { doc, client, conn, clock, value, owner }
+            }),
         3 => (id.clone(), 0u8..3).prop_map(|(doc, client)| Op::Get { doc, client }),
         3 => id.clone().prop_map(|doc| Op::GetAll { doc }),
         2 => (id, 0u8..3).prop_map(|(doc, client)| Op::Remove { doc, client }),
@@ -80,9 +86,30 @@ fn client(c: u8) -> String {
 fn conn(k: u8) -> String {
     format!("k{k}")
 }
+fn owner(o: Option<u8>) -> Option<String> {
+    o.map(|o| format!("o{o}"))
+}
+
+/// The limits every store of the check runs with: small, so sequences reach them.
+const MAX_PER_DOCUMENT: usize = 2;
+const MAX_PER_CONNECTION: usize = 2;
+
+fn options() -> StoreOptions {
+    StoreOptions::default()
+        .with_timeout(TIMEOUT)
+        .with_max_clients_per_document(Some(MAX_PER_DOCUMENT as u32))
+        .with_max_clients_per_connection(Some(MAX_PER_CONNECTION as u32))
+}
 
 /// What an entry looks like from outside, without `last_seen`.
-type Seen = (String, String, String, i64, Option<serde_json::Value>);
+type Seen = (
+    String,
+    String,
+    String,
+    i64,
+    Option<serde_json::Value>,
+    Option<String>,
+);
 
 fn seen(e: &AwarenessEntry) -> Seen {
     (
@@ -91,6 +118,7 @@ fn seen(e: &AwarenessEntry) -> Seen {
         e.connection_id.clone(),
         e.clock,
         e.state.clone(),
+        e.owner.clone(),
     )
 }
 
@@ -117,6 +145,13 @@ struct ModelEntry {
     state: Option<serde_json::Value>,
     clock: i64,
     expired: bool,
+    owner: Option<String>,
+}
+
+impl ModelEntry {
+    fn live(&self) -> bool {
+        !self.expired && self.state.is_some()
+    }
 }
 
 impl Model {
@@ -127,6 +162,7 @@ impl Model {
             e.conn.clone(),
             e.clock,
             e.state.clone(),
+            e.owner.clone(),
         )
     }
 
@@ -138,20 +174,41 @@ impl Model {
                 conn: k,
                 clock,
                 value,
+                owner: o,
             } => {
                 let key = (doc(*d), client(*c));
                 let state = value.map(|v| json!({ "v": v }));
-                // Rule 1.
-                let applies = match self.entries.get(&key) {
-                    None => true,
-                    Some(e) if e.expired => true,
-                    Some(e) => {
-                        *clock > e.clock
-                            || (*clock == e.clock && state.is_none() && e.state.is_some())
+                let owner = owner(*o);
+                let fresh = self.entries.get(&key).filter(|e| !e.expired);
+                if let Some(e) = fresh {
+                    // Ownership first, then rule 1.
+                    if e.owner.is_some() && e.owner != owner {
+                        return Outcome::Set(SetOutcome::Forbidden);
                     }
-                };
-                if !applies {
-                    return Outcome::Set(SetOutcome::Stale);
+                    let wins = *clock > e.clock
+                        || (*clock == e.clock && state.is_none() && e.state.is_some());
+                    if !wins {
+                        return Outcome::Set(SetOutcome::Stale);
+                    }
+                }
+                // Limits: a state for a client without a live entry joins.
+                if state.is_some() && !fresh.is_some_and(ModelEntry::live) {
+                    let in_document = self
+                        .entries
+                        .iter()
+                        .filter(|(k, e)| k.0 == key.0 && e.live())
+                        .count();
+                    let on_connection = self
+                        .entries
+                        .values()
+                        .filter(|e| e.conn == conn(*k) && e.live())
+                        .count();
+                    if in_document >= MAX_PER_DOCUMENT {
+                        return Outcome::Set(SetOutcome::DocumentFull);
+                    }
+                    if on_connection >= MAX_PER_CONNECTION {
+                        return Outcome::Set(SetOutcome::ConnectionFull);
+                    }
                 }
                 self.entries.insert(
                     key,
@@ -160,6 +217,7 @@ impl Model {
                         state,
                         clock: *clock,
                         expired: false,
+                        owner,
                     },
                 );
                 Outcome::Set(SetOutcome::Applied)
@@ -230,6 +288,7 @@ async fn run(store: &dyn AwarenessStore, op: &Op) -> Outcome {
             conn: k,
             clock,
             value,
+            owner: o,
         } => {
             let update = AwarenessUpdate::new(
                 doc(*d),
@@ -237,7 +296,8 @@ async fn run(store: &dyn AwarenessStore, op: &Op) -> Outcome {
                 conn(*k),
                 *clock,
                 value.map(|v| json!({ "v": v })),
-            );
+            )
+            .with_owner(owner(*o));
             Outcome::Set(store.set(&update).await.expect("set"))
         }
         Op::Get { doc: d, client: c } => Outcome::Entry(
@@ -290,7 +350,7 @@ async fn check(postgres: &PostgresAwarenessStore, ops: &[Op]) -> Result<(), Test
         .await
         .expect("empty the table");
     drop(conn);
-    let memory = MemoryAwarenessStore::with_options(StoreOptions::default().with_timeout(TIMEOUT));
+    let memory = MemoryAwarenessStore::with_options(options());
     let mut model = Model::default();
     let mut segment = Instant::now();
     for (i, op) in ops.iter().enumerate() {
@@ -337,7 +397,7 @@ async fn stores_match_the_model(coalesce_writes: bool) {
         PostgresAwarenessStore::connect(
             &db.url,
             PostgresOptions::default()
-                .with_timeout(TIMEOUT)
+                .with_store(options())
                 .with_pool_size(2)
                 .with_coalesce_writes(coalesce_writes),
         )

@@ -15,12 +15,13 @@ use synckit_awareness::{
 
 /// The versions of this crate's migrations, in order.
 fn versions() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("up.sql").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("up.sql").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
     names.sort();
     names.iter().map(|name| migration_version(name)).collect()
 }

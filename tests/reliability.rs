@@ -13,7 +13,7 @@ use diesel_async::SimpleAsyncConnection;
 use serde_json::{json, Value};
 use synckit_awareness::{
     AwarenessStore, AwarenessUpdate, Error, Field, InvalidReason, PostgresAwarenessStore,
-    PostgresOptions, SetOutcome, MAX_STATE_DEPTH,
+    PostgresOptions, SetOutcome, StoreOptions, MAX_STATE_DEPTH,
 };
 use tokio::task::JoinSet;
 
@@ -176,6 +176,7 @@ async fn races_postgres() {
         long: store.clone(),
         short: store,
         db: Some(db),
+        view: None,
     })
     .await;
 }
@@ -191,6 +192,8 @@ async fn small_store(
     PostgresAwarenessStore::connect(
         &db.url,
         PostgresOptions::default()
+            // 65 clients on one connection id below: no per-connection limit.
+            .with_store(StoreOptions::default().with_max_clients_per_connection(None))
             .with_pool_size(2)
             .with_acquire_timeout(connect)
             .with_statement_timeout(Some(statement)),

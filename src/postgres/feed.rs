@@ -234,6 +234,8 @@ struct Pending {
     kind: ChangeKind,
     document_id: String,
     client_ids: Vec<String>,
+    /// When the change was applied (for the publish-lag metric).
+    queued: std::time::Instant,
 }
 
 impl Feed {
@@ -267,10 +269,13 @@ impl Feed {
     pub(crate) fn publish(&self, kind: ChangeKind, document_id: &str, client_ids: Vec<String>) {
         if let Some(inbox) = &self.inner.publisher {
             // Fails only when the publisher task is gone (runtime shutting down).
+            ::metrics::counter!(crate::metrics::FEED_PUBLISHED, "kind" => kind.as_str())
+                .increment(client_ids.len() as u64);
             let _ = inbox.send(Pending {
                 kind,
                 document_id: document_id.to_owned(),
                 client_ids,
+                queued: std::time::Instant::now(),
             });
         }
     }
@@ -339,6 +344,7 @@ async fn publish_loop(
     let mut sequence = 0;
     while let Some(first) = inbox.recv().await {
         let mut batch = payload::Batch::default();
+        let oldest = first.queued;
         batch.add(first.kind, first.document_id, first.client_ids);
         if !options.coalesce.is_zero() {
             tokio::time::sleep(options.coalesce).await;
@@ -353,7 +359,13 @@ async fn publish_loop(
         // One retry covers a pooled connection that died since its last use.
         for attempt in 1..=2 {
             match notify(&pool, &options.channel, &payloads).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    ::metrics::counter!(crate::metrics::FEED_NOTIFICATIONS)
+                        .increment(payloads.len() as u64);
+                    ::metrics::histogram!(crate::metrics::FEED_PUBLISH_LAG)
+                        .record(oldest.elapsed().as_secs_f64());
+                    break;
+                }
                 Err(e) if attempt == 2 => tracing::warn!(
                     error = %e,
                     payloads = payloads.len(),

@@ -141,7 +141,12 @@ pub(crate) struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }
@@ -220,7 +225,10 @@ impl Lease {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(self.lost("shut down"));
         }
-        let valid_until = *self.valid_until.lock().unwrap_or_else(PoisonError::into_inner);
+        let valid_until = *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match valid_until {
             Some(until) if Instant::now() < until => Ok(&self.id),
             _ => Err(self.lost("renewals failed for longer than the lease")),
@@ -237,7 +245,10 @@ impl Lease {
     /// Stops renewing and refuses every later write (the caller deletes the lease row).
     pub(crate) fn stop(&self) {
         self.shut_down.store(true, Ordering::Release);
-        *self.valid_until.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         if let Some(task) = self
             .task
             .lock()

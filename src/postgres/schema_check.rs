@@ -63,16 +63,8 @@ where
 pub fn expected_columns() -> Vec<ExpectedColumn> {
     // Destructuring all_columns stops compiling when schema.rs gains or loses a column, so this
     // list cannot drift from the generated schema.
-    let (
-        document_id,
-        client_id,
-        connection_id,
-        state,
-        clock_value,
-        last_seen,
-        owner,
-        instance_id,
-    ) = awareness_entries::all_columns;
+    let (document_id, client_id, connection_id, state, clock_value, last_seen, owner, instance_id) =
+        awareness_entries::all_columns;
     const C: Option<&str> = Some("C");
     vec![
         column(document_id, C),
@@ -262,8 +254,7 @@ async fn check_table(
     for index in expected_indexes {
         let key = format!("USING btree ({})", index.columns.join(", "));
         let matches = |def: &str| {
-            def.strip_suffix(key.as_str()).is_some()
-                || def.contains(&format!("{key} WHERE "))
+            def.strip_suffix(key.as_str()).is_some() || def.contains(&format!("{key} WHERE "))
         };
         if !indexes.iter().any(|i| matches(&i.indexdef)) {
             differences.push(SchemaDifference::MissingIndex(index.clone()));

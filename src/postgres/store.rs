@@ -15,12 +15,12 @@ use diesel_migrations::EmbeddedMigrations;
 use std::sync::{Arc, OnceLock};
 
 use super::coalesce::{Coalescer, Turn};
-use super::instance::{InstanceOptions, Lease};
-use super::sql::write::WriteContext;
 use super::connect::ConnectErrors;
+use super::instance::{InstanceOptions, Lease};
 use super::options::PostgresOptions;
 use super::publishing::Publishing;
 use super::sql;
+use super::sql::write::WriteContext;
 use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::{Error, Result};
 use crate::postgres::migrations::{run_migrations, MigrationReport};
@@ -188,28 +188,41 @@ impl PostgresAwarenessStore {
             ));
         }
         let lease = Lease::start(storage.pool.clone(), options).await?;
-        storage.instance.set(lease).map_err(|_| {
-            Error::Config("this store already runs as an instance".to_owned())
-        })
+        storage
+            .instance
+            .set(lease)
+            .map_err(|_| Error::Config("this store already runs as an instance".to_owned()))
     }
 
     /// The instance id this store writes under, once [`start_instance`](Self::start_instance)
     /// ran.
     pub fn instance_id(&self) -> Option<&str> {
-        self.layers.inner.instance.get().map(|lease| lease.id.as_str())
+        self.layers
+            .inner
+            .instance
+            .get()
+            .map(|lease| lease.id.as_str())
     }
 
     /// How many times this instance found its lease taken over by another instance (after a
     /// pause or an outage longer than the lease) and registered again. Each time, its entries
     /// had been removed and their leaves announced; its clients' next updates recreate them.
     pub fn lease_takeovers(&self) -> u64 {
-        self.layers.inner.instance.get().map_or(0, |lease| lease.takeovers())
+        self.layers
+            .inner
+            .instance
+            .get()
+            .map_or(0, |lease| lease.takeovers())
     }
 
     /// Whether this store may write now: true without an instance; with one, while its lease is
     /// known to be valid (see [`start_instance`](Self::start_instance)).
     pub fn holds_lease(&self) -> bool {
-        self.layers.inner.instance.get().is_none_or(|lease| lease.is_valid())
+        self.layers
+            .inner
+            .instance
+            .get()
+            .is_none_or(|lease| lease.is_valid())
     }
 
     /// A graceful stop of this store's instance: stops renewing, deletes its lease and every

@@ -296,6 +296,18 @@ pub struct Stores {
     pub long: Arc<dyn AwarenessStore>,
     pub short: Arc<dyn AwarenessStore>,
     pub db: Option<TestDb>,
+    /// Another view of the same storage with other options (limits, say).
+    pub view: Option<View>,
+}
+
+/// Builds a view of a test's storage with the given options.
+pub type View = Arc<dyn Fn(StoreOptions) -> Arc<dyn AwarenessStore> + Send + Sync>;
+
+impl Stores {
+    /// A view of the same storage with `options` (panics for hand-made `Stores`).
+    pub fn with_options(&self, options: StoreOptions) -> Arc<dyn AwarenessStore> {
+        (self.view.as_ref().expect("these stores have no view"))(options)
+    }
 }
 
 pub fn options(timeout: Duration) -> StoreOptions {
@@ -305,10 +317,14 @@ pub fn options(timeout: Duration) -> StoreOptions {
 pub async fn memory_stores() -> Stores {
     let long = MemoryAwarenessStore::with_options(options(LONG));
     let short = long.view_with_options(options(SHORT));
+    let base = long.clone();
     Stores {
         long: Arc::new(long),
         short: Arc::new(short),
         db: None,
+        view: Some(Arc::new(move |options| {
+            Arc::new(base.view_with_options(options))
+        })),
     }
 }
 
@@ -329,10 +345,17 @@ async fn postgres_stores_coalescing(coalesce: bool) -> Stores {
         .with_coalesced_writes(coalesce);
     let short = PostgresAwarenessStore::from_pool(long.pool().clone(), options(SHORT))
         .with_coalesced_writes(coalesce);
+    let pool = long.pool().clone();
     Stores {
         long: Arc::new(long),
         short: Arc::new(short),
         db: Some(db),
+        view: Some(Arc::new(move |options| {
+            Arc::new(
+                PostgresAwarenessStore::from_pool(pool.clone(), options)
+                    .with_coalesced_writes(coalesce),
+            )
+        })),
     }
 }
 

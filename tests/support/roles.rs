@@ -27,7 +27,7 @@ impl AppRole {
              GRANT CONNECT ON DATABASE {db_name} TO {name};
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;
              GRANT USAGE ON SCHEMA public TO {name};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON awareness_entries TO {name};",
+             GRANT SELECT, INSERT, UPDATE, DELETE ON awareness_entries, awareness_instances TO {name};",
             db_name = db.name
         ))
         .await;

@@ -102,6 +102,7 @@ async fn run(
         };
         // Listening again: whatever subscribers re-read from now on is not older than the
         // events that follow.
+        ::metrics::counter!(crate::metrics::FEED_RESYNCS).increment(1);
         let _ = events.send(Arc::new(FeedEvent::Resync));
     }
 }
@@ -121,6 +122,8 @@ async fn forward(
             Ok(Some(Ok(notification))) if notification.channel == channel => {
                 match payload::parse(&notification.payload) {
                     Some(changes) => {
+                        ::metrics::counter!(crate::metrics::FEED_DELIVERED)
+                            .increment(changes.len() as u64);
                         for change in changes {
                             // No subscriber at the moment is not an error.
                             let _ = events.send(Arc::new(FeedEvent::Change(change)));
