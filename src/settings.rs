@@ -97,6 +97,14 @@ pub struct PostgresSettings {
     pub change_feed: bool,
     /// The change feed's `NOTIFY` channel; every instance of one deployment uses the same.
     pub change_feed_channel: String,
+    /// Run the store as an instance with a lease
+    /// ([`PostgresAwarenessStore::start_instance`]), so that other instances remove its entries
+    /// within `lease_ms` of a crash.
+    pub instance: bool,
+    /// The instance's name; empty (the default): a random id per process.
+    pub instance_id: String,
+    /// The instance's lease in milliseconds (renewed every third of it).
+    pub lease_ms: u64,
 }
 
 impl Default for PostgresSettings {
@@ -113,11 +121,25 @@ impl Default for PostgresSettings {
             coalesce_writes: defaults.coalesce_writes,
             change_feed: false,
             change_feed_channel: DEFAULT_CHANNEL.to_owned(),
+            instance: false,
+            instance_id: String::new(),
+            lease_ms: millis(crate::postgres::DEFAULT_LEASE),
         }
     }
 }
 
 impl PostgresSettings {
+    /// The [`InstanceOptions`](crate::InstanceOptions) these settings describe.
+    pub fn instance_options(&self) -> crate::InstanceOptions {
+        let options =
+            crate::InstanceOptions::default().with_lease(Duration::from_millis(self.lease_ms));
+        if self.instance_id.is_empty() {
+            options
+        } else {
+            options.with_instance_id(self.instance_id.clone())
+        }
+    }
+
     /// The [`PostgresOptions`] these settings describe, around `store`.
     pub fn options(&self, store: StoreOptions) -> PostgresOptions {
         PostgresOptions::default()
@@ -162,6 +184,10 @@ pub struct AwarenessSettings {
     pub timeout_ms: u64,
     /// Largest state accepted, in bytes of compact JSON (default 65536).
     pub max_state_bytes: usize,
+    /// Most live participants per document (default 1000); 0: no limit.
+    pub max_clients_per_document: u32,
+    /// Most live participants per connection (default 64); 0: no limit.
+    pub max_clients_per_connection: u32,
     /// PostgreSQL provider settings.
     pub postgres: PostgresSettings,
 }
@@ -172,6 +198,8 @@ impl Default for AwarenessSettings {
             provider: Provider::default(),
             timeout_ms: millis(DEFAULT_TIMEOUT),
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_clients_per_document: crate::store::DEFAULT_MAX_CLIENTS_PER_DOCUMENT,
+            max_clients_per_connection: crate::store::DEFAULT_MAX_CLIENTS_PER_CONNECTION,
             postgres: PostgresSettings::default(),
         }
     }
@@ -188,7 +216,9 @@ impl AwarenessSettings {
     /// `…__POSTGRES__VALIDATE_ON_START`, `…__POSTGRES__MIGRATE_ON_START`,
     /// `…__POSTGRES__STATEMENT_TIMEOUT_MS`, `…__POSTGRES__SYNCHRONOUS_COMMIT`,
     /// `…__POSTGRES__COALESCE_WRITES`, `…__POSTGRES__CHANGE_FEED`,
-    /// `…__POSTGRES__CHANGE_FEED_CHANNEL`; unset keys keep their
+    /// `…__POSTGRES__CHANGE_FEED_CHANNEL`, `…__MAX_CLIENTS_PER_DOCUMENT`,
+    /// `…__MAX_CLIENTS_PER_CONNECTION`, `…__POSTGRES__INSTANCE`, `…__POSTGRES__INSTANCE_ID`,
+    /// `…__POSTGRES__LEASE_MS`; unset keys keep their
     /// defaults. With the provider unset (`auto`), a URL selects PostgreSQL.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
@@ -206,6 +236,12 @@ impl AwarenessSettings {
         }
         if let Some(v) = var("MAX_STATE_BYTES") {
             settings.max_state_bytes = parse("MAX_STATE_BYTES", &v)?;
+        }
+        if let Some(v) = var("MAX_CLIENTS_PER_DOCUMENT") {
+            settings.max_clients_per_document = parse("MAX_CLIENTS_PER_DOCUMENT", &v)?;
+        }
+        if let Some(v) = var("MAX_CLIENTS_PER_CONNECTION") {
+            settings.max_clients_per_connection = parse("MAX_CLIENTS_PER_CONNECTION", &v)?;
         }
         let pg = &mut settings.postgres;
         pg.url = var("POSTGRES__URL")
@@ -243,14 +279,26 @@ impl AwarenessSettings {
         if let Some(v) = var("POSTGRES__CHANGE_FEED_CHANNEL") {
             pg.change_feed_channel = v;
         }
+        if let Some(v) = var("POSTGRES__INSTANCE") {
+            pg.instance = parse("POSTGRES__INSTANCE", &v)?;
+        }
+        if let Some(v) = var("POSTGRES__INSTANCE_ID") {
+            pg.instance_id = v;
+        }
+        if let Some(v) = var("POSTGRES__LEASE_MS") {
+            pg.lease_ms = parse("POSTGRES__LEASE_MS", &v)?;
+        }
         Ok(settings)
     }
 
     /// The store options these settings describe.
     pub fn store_options(&self) -> StoreOptions {
+        let limit = |max: u32| (max > 0).then_some(max);
         StoreOptions::default()
             .with_timeout(Duration::from_millis(self.timeout_ms))
             .with_max_state_bytes(self.max_state_bytes)
+            .with_max_clients_per_document(limit(self.max_clients_per_document))
+            .with_max_clients_per_connection(limit(self.max_clients_per_connection))
     }
 
     /// The store [`build`](Self::build) makes: the configured provider, where `auto` means
@@ -324,8 +372,15 @@ impl AwarenessSettings {
         if self.postgres.validate_on_start {
             store.ensure_schema().await?;
         }
-        if self.postgres.change_feed {
-            return store.with_change_feed(self.postgres.change_feed_options());
+        let store = if self.postgres.change_feed {
+            store.with_change_feed(self.postgres.change_feed_options())?
+        } else {
+            store
+        };
+        if self.postgres.instance {
+            store
+                .start_instance(self.postgres.instance_options())
+                .await?;
         }
         Ok(store)
     }
@@ -336,11 +391,14 @@ impl fmt::Display for AwarenessSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "provider={} (effective: {}) timeout_ms={} max_state_bytes={}",
+            "provider={} (effective: {}) timeout_ms={} max_state_bytes={} \
+             max_clients_per_document={} max_clients_per_connection={}",
             self.provider,
             self.effective_provider(),
             self.timeout_ms,
-            self.max_state_bytes
+            self.max_state_bytes,
+            self.max_clients_per_document,
+            self.max_clients_per_connection
         )?;
         let pg = &self.postgres;
         match &pg.url {
@@ -352,7 +410,8 @@ impl fmt::Display for AwarenessSettings {
             " postgres.pool_size={} postgres.acquire_timeout_ms={} postgres.validate_on_start={} \
              postgres.migrate_on_start={} postgres.statement_timeout_ms={} \
              postgres.synchronous_commit={} postgres.coalesce_writes={} postgres.change_feed={} \
-             postgres.change_feed_channel={}",
+             postgres.change_feed_channel={} postgres.instance={} postgres.instance_id={} \
+             postgres.lease_ms={}",
             pg.pool_size,
             pg.acquire_timeout_ms,
             pg.validate_on_start,
@@ -361,7 +420,14 @@ impl fmt::Display for AwarenessSettings {
             pg.synchronous_commit,
             pg.coalesce_writes,
             pg.change_feed,
-            pg.change_feed_channel
+            pg.change_feed_channel,
+            pg.instance,
+            if pg.instance_id.is_empty() {
+                "(random)"
+            } else {
+                &pg.instance_id
+            },
+            pg.lease_ms
         )
     }
 }
