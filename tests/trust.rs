@@ -1,5 +1,5 @@
-//! Ownership of client ids and the limits on live participants (docs/contract.md, rules 6 and
-//! 7), for every store: spoofing through `set`, `set_many` and the y-protocols path is refused
+//! Ownership of client ids and the limits on live participants (docs/contract.md, rules 4 and
+//! 5), for every store: spoofing through `set`, `set_many` and the y-protocols path is refused
 //! and changes nothing; limits refuse joins, never heartbeats or leaves.
 
 mod common;

@@ -218,6 +218,29 @@ impl Report {
                 (ms(on.p50) / ms(off.p50) - 1.0) * 100.0
             ));
         }
+        for tasks in [1, 4] {
+            let op = "set heartbeat (trust cost)";
+            let (Some(store), Some(owner), Some(unlimited), Some(new), Some(old)) = (
+                find(op, "store", tasks),
+                find(op, "store owner", tasks),
+                find(op, "store no limits", tasks),
+                find(op, "pgbench", tasks),
+                find(op, "pgbench issue 11", tasks),
+            ) else {
+                continue;
+            };
+            let pct = |a: f64, b: f64| (a / b - 1.0) * 100.0;
+            lines.push(format!(
+                "trust cost at {tasks} task(s): with an owner {:+.1} % ops/s, limits on vs off \
+                 {:+.1} %; pgbench of the new statement vs issue 11's upsert {:+.1} % \
+                 (p50 {:.3} vs {:.3} ms)",
+                pct(owner.ops_per_s, store.ops_per_s),
+                pct(store.ops_per_s, unlimited.ops_per_s),
+                pct(new.ops_per_s, old.ops_per_s),
+                ms(new.p50),
+                ms(old.p50)
+            ));
+        }
         for line in lines {
             self.note(&line);
         }
@@ -409,6 +432,7 @@ async fn main() {
     };
 
     set_workloads(&cfg, &mut report, &url, &set_stores, &stmts, &sha).await;
+    trust_cost(&cfg, &mut report, &url, &set_stores, &stmts).await;
     drop(set_stores);
     read_workloads(&cfg, &mut report, &url, &store, &stmts).await;
     sync_and_unlogged(&cfg, &mut report, &url, &stmts).await;

@@ -69,12 +69,18 @@ pub async fn last_prepared(store: &PostgresAwarenessStore) -> String {
 
 /// A pgbench script: `\set` lines, then the store's SQL with `$n` replaced by `:vars[n-1]`.
 /// diesel sends typed binds; pgbench's are untyped, so a variable whose type PostgreSQL cannot
-/// infer carries the type diesel sends (`"timeout::interval"`).
+/// infer carries the type diesel sends (`"timeout::interval"`). A var `"=NULL"` puts that
+/// literal in place of its parameter.
 pub fn script(dir: &Path, name: &str, sets: &[&str], sql: &str, vars: &[&str]) -> PathBuf {
     let mut text = sql.to_owned();
     // Highest first, so `$1` does not eat the start of `$10`.
     for (i, var) in vars.iter().enumerate().rev() {
-        text = text.replace(&format!("${}", i + 1), &format!(":{var}"));
+        // `=SQL` stands for a literal (pgbench variables cannot be NULL).
+        let value = match var.strip_prefix('=') {
+            Some(literal) => literal.to_owned(),
+            None => format!(":{var}"),
+        };
+        text = text.replace(&format!("${}", i + 1), &value);
     }
     assert!(
         !text.contains('$'),

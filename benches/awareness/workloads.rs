@@ -237,7 +237,7 @@ pub async fn set_workloads(
     for k in 0..KEYS {
         redis_set(&preload[0], sha, k / PER_DOC, k, &k.to_string(), 1).await;
     }
-    let vars = ["doc", "k", "conn", "state", "clock", "timeout::interval"];
+    let vars = SET_VARS;
     let batch_path = script(
         &cfg.out_dir,
         "set_batch16",
@@ -269,7 +269,7 @@ pub async fn set_workloads(
                 "\\set k :base + :n * :nc + :client_id",
                 "\\set n :n + 1",
                 "\\set doc random(0, 999)",
-                "\\set conn 0",
+                "\\set conn :k",
                 "\\set clock 1",
             ],
         };
@@ -318,7 +318,7 @@ pub async fn set_workloads(
         if kind == SetKind::Insert {
             psql(
                 url,
-                "DELETE FROM awareness_entries WHERE connection_id = '0' AND length(client_id) > 6",
+                "DELETE FROM awareness_entries WHERE connection_id = client_id AND length(client_id) > 6",
             );
             psql(url, "VACUUM ANALYZE awareness_entries");
         }
@@ -361,6 +361,135 @@ pub async fn set_workloads(
     }
 }
 
+/// The variables of the `set` statement's ten parameters in pgbench scripts: the bench's
+/// updates carry no owner and the store runs no instance (NULL), with the default limits.
+const SET_VARS: [&str; 10] = [
+    "doc",
+    "k",
+    "conn",
+    "state",
+    "clock",
+    "timeout::interval",
+    "=NULL",
+    "=NULL",
+    "=1000",
+    "=64",
+];
+
+/// The `set` statement before ownership, instances and limits (issue 11's, as the store sent
+/// it), for pgbench: what the new checks cost the server.
+const ISSUE11_SET_SQL: &str = "INSERT INTO \"awareness_entries\" (\"document_id\", \"client_id\", \
+     \"connection_id\", \"state\", \"clock_value\", \"last_seen\") VALUES ($1, $2, $3, $4, $5, \
+     CURRENT_TIMESTAMP) ON CONFLICT (\"document_id\", \"client_id\") DO UPDATE SET \"connection_id\" = \
+     excluded.\"connection_id\", \"state\" = excluded.\"state\", \"clock_value\" = \
+     excluded.\"clock_value\", \"last_seen\" = excluded.\"last_seen\" WHERE \
+     (((\"awareness_entries\".\"last_seen\" <= (now() - $6)) OR \
+     (\"awareness_entries\".\"clock_value\" < excluded.\"clock_value\")) OR \
+     (((\"awareness_entries\".\"clock_value\" = excluded.\"clock_value\") AND \
+     (excluded.\"state\" IS NULL)) AND (\"awareness_entries\".\"state\" IS NOT NULL)))";
+
+/// What issue 12's checks cost a heartbeat `set`: the store as it runs by default (limits on,
+/// no owner), with an owner on every update, without limits; pgbench of the store's statement
+/// and of issue 11's plain upsert, in the same interleaved runs.
+pub async fn trust_cost(
+    cfg: &Config,
+    report: &mut Report,
+    url: &str,
+    stores: &SetStores,
+    stmts: &Statements,
+) {
+    report.note(
+        "what ownership, instances and limits cost a heartbeat set (store | with an owner | \
+         without limits | pgbench of the store's SQL | pgbench of issue 11's upsert)",
+    );
+    let heartbeat = [
+        "\\set r random(0, :per - 1)",
+        "\\set k :r * :nc + :client_id",
+        "\\set doc :k / 10",
+        "\\set conn :k",
+        "\\set clock :clock + 1",
+    ];
+    let new_path = script(&cfg.out_dir, "set_trust", &heartbeat, &stmts.set, &SET_VARS);
+    let old_path = script(
+        &cfg.out_dir,
+        "set_issue11",
+        &heartbeat,
+        ISSUE11_SET_SQL,
+        &SET_VARS[..6],
+    );
+    let unlimited = Arc::new(PostgresAwarenessStore::from_pool(
+        stores.default.pool().clone(),
+        stores
+            .default
+            .options()
+            .with_max_clients_per_document(None)
+            .with_max_clients_per_connection(None),
+    ));
+    for tasks in [1, 4] {
+        let per_task = cfg.count(20_000, tasks);
+        let sides: Vec<Side<'static>> = vec![
+            (
+                "store",
+                store_sets(stores.default.clone(), SetKind::Heartbeat),
+            ),
+            (
+                "store owner",
+                owned_sets(stores.default.clone(), url.to_owned()),
+            ),
+            (
+                "store no limits",
+                store_sets(unlimited.clone(), SetKind::Heartbeat),
+            ),
+            (
+                "pgbench",
+                pgbench_sets(url.to_owned(), new_path.clone(), 1.0),
+            ),
+            (
+                "pgbench issue 11",
+                pgbench_sets(url.to_owned(), old_path.clone(), 1.0),
+            ),
+        ];
+        compare(
+            cfg,
+            report,
+            "set heartbeat (trust cost)",
+            tasks,
+            per_task,
+            false,
+            &sides,
+        )
+        .await;
+    }
+}
+
+/// Heartbeat `set`s each carrying its key's owner (the first claims the base entry); the
+/// owners are cleared after the run (untimed) so that the other sides' owner-less heartbeats
+/// still apply.
+fn owned_sets(store: Arc<PostgresAwarenessStore>, url: String) -> Box<SideFn> {
+    Box::new(move |tasks, per_task| {
+        let (st, url) = (store.clone(), url.clone());
+        Box::pin(async move {
+            let base = next_base();
+            let figure = run_tasks(tasks, per_task, move |t, i| {
+                let st = st.clone();
+                async move {
+                    let mut u = set_update(SetKind::Heartbeat, tasks, t, i, base);
+                    u.owner = Some(format!("user-{}", u.client_id));
+                    let outcome = st.set(&u).await.expect("set");
+                    assert!(outcome.is_applied(), "{u:?}: {outcome:?}");
+                    1
+                }
+            })
+            .await;
+            psql(
+                &url,
+                "UPDATE awareness_entries SET owner = NULL WHERE owner IS NOT NULL",
+            );
+            figure
+        })
+    })
+}
+
 /// A plain 16-row conditional upsert for pgbench (keys of one client, rising clock): what one
 /// statement can write, the ceiling for `set_many` and for coalesced `set`s.
 const BATCH16_SQL: &str = "INSERT INTO awareness_entries \
@@ -388,8 +517,10 @@ fn set_update(kind: SetKind, tasks: usize, t: usize, i: usize, base: i64) -> Awa
             update(k / PER_DOC, k, k.to_string(), clock)
         }
         SetKind::Insert => {
+            // A connection per new client, as y-websocket clients have: the per-connection
+            // limit never refuses these joins.
             let k = base + (i * tasks + t) as i64;
-            update((rand(t, i) % DOCS as u64) as i64, k, "0".into(), 1)
+            update((rand(t, i) % DOCS as u64) as i64, k, k.to_string(), 1)
         }
     }
 }
@@ -537,7 +668,7 @@ pub async fn sync_and_unlogged(cfg: &Config, report: &mut Report, url: &str, stm
             "\\set clock :clock + 1",
         ],
         &stmts.set,
-        &["doc", "k", "conn", "state", "clock", "timeout::interval"],
+        &SET_VARS,
     );
     for (label, sync, unlogged) in [
         ("synchronous_commit on", true, false),
@@ -855,8 +986,8 @@ pub async fn heartbeat_workload(cfg: &Config, report: &mut Report, url: &str, st
         (
             "set",
             &stmts.set,
-            "(text, text, text, jsonb, bigint, interval)",
-            format!("('1', '10', '10', '{STATE}', 99, '{TIMEOUT}')"),
+            "(text, text, text, jsonb, bigint, interval, text, text, bigint, bigint)",
+            format!("('1', '10', '10', '{STATE}', 99, '{TIMEOUT}', NULL, NULL, 1000, 64)"),
         ),
         (
             "get_all",

@@ -16,15 +16,13 @@
 //! instant can both see room for one more (docs/contract.md says so); inside one batch, joins
 //! are numbered so that a batch can never exceed a limit by itself.
 //!
-//! Each statement also returns, per update, its outcome as a code ([`SetOutcome::from_code`]):
-//! 0 applied, 1 stale, 2 forbidden, 3 document full, 4 connection full. The code of a refused
-//! update is worked out from the statement's snapshot, so under a race it may name the wrong
-//! reason (never "applied" for an update that was not).
-//!
-//! Scalars are bound once, in a `p` row every part of the statement reads; the statements'
+//! The batch statements return, per update, its outcome as a code (`SetOutcome::from_code`):
+//! 0 applied, 1 stale, 2 forbidden, 3 document full, 4 connection full; their scalars are
+//! bound once, in a `p` row every part of the statement reads. `set` returns only whether it
+//! applied (the hot path stays one upsert), and a refused `set` reads its reason with
+//! [`REFUSAL`]. Either way the reason of a refusal is worked out from a snapshot, so under a
+//! race it may be the wrong one — never "applied" for an update that was not. The statements'
 //! SQL text never changes, so each is prepared once per connection (static query ids).
-//!
-//! [`SetOutcome::from_code`]: crate::entry::SetOutcome
 
 use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
@@ -82,58 +80,122 @@ macro_rules! refused_by_row {
     };
 }
 
-/// The `set` statement (see the module docs). Binds: `$1` document, `$2` client, `$3`
-/// connection, `$4` state, `$5` clock, `$6` timeout, `$7` owner, `$8` instance, `$9` and `$10`
-/// the limits per document and per connection (NULL: none).
+/// What each placeholder of [`SET_SQL`] binds, in order.
+#[derive(Debug, Clone, Copy)]
+enum Bind {
+    Document,
+    Client,
+    Connection,
+    State,
+    Clock,
+    Timeout,
+    Owner,
+    Instance,
+    MaxDocument,
+    MaxConnection,
+}
+
+/// `set` as one conditional upsert (see the module docs), with every parameter bound where it
+/// is used ([`SET_BINDS`] says which value each `$n` is):
+///
+/// * the proposed row passes the `WHERE` of its `SELECT` when it cannot be a join refused by a
+///   limit: a leave, no limit set, a row already there for the key (then the conflict branch
+///   decides), or room in the document and the connection;
+/// * the conflict branch applies rules 1 and 2, and rule 3 when the existing row is not a live
+///   participant (a tombstone or expired) and the update has a state.
+///
+/// A heartbeat costs one primary-key probe more than the bare upsert. `execute` returns 1 when
+/// applied, 0 when refused; the reason is read afterwards ([`REFUSAL`]).
 const SET_SQL: &str = concat!(
-    "WITH p AS (SELECT $1::text COLLATE \"C\" AS document_id, $2::text COLLATE \"C\" AS client_id, \
-     $3::text COLLATE \"C\" AS connection_id, $4::jsonb AS state, $5::bigint AS clock_value, \
-     $6::interval AS timeout, $7::text COLLATE \"C\" AS owner, $8::text COLLATE \"C\" AS instance_id, \
-     $9::bigint AS max_document, $10::bigint AS max_connection), ",
-    // Rule 3: a leave, a client already live, or room in the document and the connection.
-    "joining AS (SELECT p.state IS NOT NULL \
-     AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) \
-     AND NOT EXISTS (SELECT 1 FROM awareness_entries l WHERE l.document_id = p.document_id \
-     AND l.client_id = p.client_id AND ",
-    live_row!("l"),
-    ") AS joins FROM p), \
-     room AS (SELECT NOT joining.joins OR p.max_document IS NULL \
-     OR (SELECT count(*) FROM awareness_entries d WHERE d.document_id = p.document_id AND ",
-    live_row!("d"),
-    ") < p.max_document AS in_document, NOT joining.joins OR p.max_connection IS NULL \
-     OR (SELECT count(*) FROM awareness_entries c WHERE c.connection_id = p.connection_id AND ",
-    live_row!("c"),
-    ") < p.max_connection AS on_connection FROM p, joining), \
-     applied AS (",
+    "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, \
+     last_seen, owner, instance_id) \
+     SELECT $1::text, $2::text, $3::text, $4::jsonb, $5::bigint, CURRENT_TIMESTAMP, $6::text, \
+     $7::text WHERE $8::jsonb IS NULL OR ($9::bigint IS NULL AND $10::bigint IS NULL) \
+     OR EXISTS (SELECT 1 FROM awareness_entries x WHERE x.document_id = $11 AND x.client_id = $12) \
+     OR (($13::bigint IS NULL OR (SELECT count(*) FROM awareness_entries d \
+     WHERE d.document_id = $14 AND d.state IS NOT NULL AND d.last_seen > now() - $15::interval) \
+     < $16::bigint) \
+     AND ($17::bigint IS NULL OR (SELECT count(*) FROM awareness_entries c \
+     WHERE c.connection_id = $18 AND c.state IS NOT NULL AND c.last_seen > now() - $19::interval) \
+     < $20::bigint)) \
+     ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = excluded.connection_id, \
+     state = excluded.state, clock_value = excluded.clock_value, last_seen = excluded.last_seen, \
+     owner = excluded.owner, instance_id = excluded.instance_id \
+     WHERE (awareness_entries.last_seen <= now() - $21::interval \
+     OR ((awareness_entries.owner IS NULL OR awareness_entries.owner = excluded.owner) \
+     AND (awareness_entries.clock_value < excluded.clock_value \
+     OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state IS NULL \
+     AND awareness_entries.state IS NOT NULL)))) \
+     AND (excluded.state IS NULL \
+     OR (awareness_entries.state IS NOT NULL AND awareness_entries.last_seen > now() - $22::interval) \
+     OR (($23::bigint IS NULL OR (SELECT count(*) FROM awareness_entries d \
+     WHERE d.document_id = $24 AND d.state IS NOT NULL AND d.last_seen > now() - $25::interval) \
+     < $26::bigint) \
+     AND ($27::bigint IS NULL OR (SELECT count(*) FROM awareness_entries c \
+     WHERE c.connection_id = $28 AND c.state IS NOT NULL AND c.last_seen > now() - $29::interval) \
+     < $30::bigint)))"
 );
 
-/// The rest of [`SET_SQL`] after [`INSERT_COLUMNS`].
-const SET_SQL_TAIL: &str = concat!(
-    "SELECT p.document_id, p.client_id, p.connection_id, p.state, p.clock_value, \
-     CURRENT_TIMESTAMP, p.owner, p.instance_id FROM p, room \
-     WHERE room.in_document AND room.on_connection",
-    "{UPSERT}",
-    " RETURNING 1) \
-     SELECT (CASE WHEN EXISTS (SELECT 1 FROM applied) THEN 0 ",
-    refused_by_row!("p"),
-    "WHEN NOT room.in_document THEN 3 WHEN NOT room.on_connection THEN 4 ELSE 1 END)::smallint \
-     FROM p CROSS JOIN room LEFT JOIN awareness_entries f ON f.document_id = p.document_id \
-     AND f.client_id = p.client_id AND f.last_seen > now() - p.timeout"
-);
+/// The value of each placeholder of [`SET_SQL`], `$1` first.
+const SET_BINDS: [Bind; 30] = {
+    use Bind::*;
+    [
+        Document,
+        Client,
+        Connection,
+        State,
+        Clock,
+        Owner,
+        Instance,
+        State,
+        MaxDocument,
+        MaxConnection,
+        Document,
+        Client,
+        MaxDocument,
+        Document,
+        Timeout,
+        MaxDocument,
+        MaxConnection,
+        Connection,
+        Timeout,
+        MaxConnection,
+        Timeout,
+        Timeout,
+        MaxDocument,
+        Document,
+        Timeout,
+        MaxDocument,
+        MaxConnection,
+        Connection,
+        Timeout,
+        MaxConnection,
+    ]
+};
 
-/// The whole `set` text, built once.
-static SET_TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "{SET_SQL}{INSERT_COLUMNS}{}",
-        SET_SQL_TAIL.replace("{UPSERT}", UPSERT)
-    )
-});
-
-/// [`SET_TEXT`] cut at its ten binds.
+/// [`SET_SQL`] cut at its binds, once.
 static SET_PIECES: std::sync::LazyLock<Vec<String>> =
-    std::sync::LazyLock::new(|| cut_at_binds(&SET_TEXT, 10));
+    std::sync::LazyLock::new(|| cut_at_binds(SET_SQL, SET_BINDS.len()));
 
-/// What every write needs besides its updates: the expiry timeout, the writing instance and
+/// Why a `set` that wrote nothing was refused, read right after it: the code of the key's
+/// fresh row (2 forbidden, 1 stale; NULL when neither), whether the key holds a live
+/// participant, and the live participants of the document and of the connection. `$1`
+/// document, `$2` client, `$3` owner, `$4` clock, `$5` is-leave, `$6` timeout, `$7`
+/// connection. A concurrent change between the two statements can make the reason wrong, never
+/// the outcome (nothing was written).
+pub(crate) const REFUSAL: &str = "SELECT (SELECT CASE WHEN f.owner IS NOT NULL \
+     AND f.owner IS DISTINCT FROM $3 THEN 2::smallint WHEN NOT (f.clock_value < $4 \
+     OR (f.clock_value = $4 AND $5 AND f.state IS NOT NULL)) THEN 1::smallint END \
+     FROM awareness_entries f WHERE f.document_id = $1 AND f.client_id = $2 \
+     AND f.last_seen > now() - $6) AS by_row, \
+     EXISTS (SELECT 1 FROM awareness_entries l WHERE l.document_id = $1 AND l.client_id = $2 \
+     AND l.state IS NOT NULL AND l.last_seen > now() - $6) AS live, \
+     (SELECT count(*) FROM awareness_entries d WHERE d.document_id = $1 \
+     AND d.state IS NOT NULL AND d.last_seen > now() - $6) AS in_document, \
+     (SELECT count(*) FROM awareness_entries c WHERE c.connection_id = $7 \
+     AND c.state IS NOT NULL AND c.last_seen > now() - $6) AS on_connection";
+
+/// What a write needs besides its updates: the expiry timeout, the writing instance and
 /// the limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteContext<'a> {
@@ -158,8 +220,7 @@ impl<'a> WriteContext<'a> {
     }
 }
 
-/// `set`: rules 1-3 and the write in one statement; returns the outcome code (see the module
-/// docs).
+/// `set`: rules 1-3 and the write in one statement; `execute` returns 1 when applied.
 pub(crate) fn set<'a>(update: &'a AwarenessUpdate, context: WriteContext<'a>) -> SetStatement<'a> {
     SetStatement { update, context }
 }
@@ -179,40 +240,33 @@ impl QueryId for SetStatement<'_> {
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl diesel::query_builder::Query for SetStatement<'_> {
-    type SqlType = SmallInt;
-}
-
 impl QueryFragment<Pg> for SetStatement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10] = SET_PIECES.as_slice() else {
+        let pieces = SET_PIECES.as_slice();
+        let Some((last, pieces)) = pieces.split_last() else {
             return Err(diesel::result::Error::QueryBuilderError(
                 "the set statement's SQL text could not be built".into(),
             ));
         };
-        let u = self.update;
-        let c = &self.context;
-        out.push_sql(p0);
-        out.push_bind_param::<Text, _>(&u.document_id)?;
-        out.push_sql(p1);
-        out.push_bind_param::<Text, _>(&u.client_id)?;
-        out.push_sql(p2);
-        out.push_bind_param::<Text, _>(&u.connection_id)?;
-        out.push_sql(p3);
-        out.push_bind_param::<Nullable<Jsonb>, _>(&u.state)?;
-        out.push_sql(p4);
-        out.push_bind_param::<BigInt, _>(&u.clock)?;
-        out.push_sql(p5);
-        out.push_bind_param::<Interval, _>(&c.timeout)?;
-        out.push_sql(p6);
-        out.push_bind_param::<Nullable<Text>, _>(&u.owner)?;
-        out.push_sql(p7);
-        out.push_bind_param::<Nullable<Text>, _>(&c.instance_id)?;
-        out.push_sql(p8);
-        out.push_bind_param::<Nullable<BigInt>, _>(&c.max_document)?;
-        out.push_sql(p9);
-        out.push_bind_param::<Nullable<BigInt>, _>(&c.max_connection)?;
-        out.push_sql(p10);
+        let (u, c) = (self.update, &self.context);
+        for (piece, bind) in pieces.iter().zip(SET_BINDS) {
+            out.push_sql(piece);
+            match bind {
+                Bind::Document => out.push_bind_param::<Text, _>(&u.document_id)?,
+                Bind::Client => out.push_bind_param::<Text, _>(&u.client_id)?,
+                Bind::Connection => out.push_bind_param::<Text, _>(&u.connection_id)?,
+                Bind::State => out.push_bind_param::<Nullable<Jsonb>, _>(&u.state)?,
+                Bind::Clock => out.push_bind_param::<BigInt, _>(&u.clock)?,
+                Bind::Timeout => out.push_bind_param::<Interval, _>(&c.timeout)?,
+                Bind::Owner => out.push_bind_param::<Nullable<Text>, _>(&u.owner)?,
+                Bind::Instance => out.push_bind_param::<Nullable<Text>, _>(&c.instance_id)?,
+                Bind::MaxDocument => out.push_bind_param::<Nullable<BigInt>, _>(&c.max_document)?,
+                Bind::MaxConnection => {
+                    out.push_bind_param::<Nullable<BigInt>, _>(&c.max_connection)?
+                }
+            }
+        }
+        out.push_sql(last);
         Ok(())
     }
 
@@ -405,14 +459,18 @@ impl QueryFragment<Pg> for SetMany<'_> {
              WHERE l.document_id = input.document_id AND l.client_id = input.client_id AND ",
             live_row!("l"),
             ") AS joins FROM input, p), \
-             in_document AS (SELECT d.document_id, count(*) AS live FROM awareness_entries d, p \
-             WHERE d.document_id IN (SELECT document_id FROM joining WHERE joins) AND ",
+             in_document AS (SELECT j.document_id, n.live \
+             FROM (SELECT DISTINCT document_id FROM joining WHERE joins) j \
+             CROSS JOIN LATERAL (SELECT count(*) AS live FROM awareness_entries d, p \
+             WHERE d.document_id = j.document_id AND ",
             live_row!("d"),
-            " GROUP BY d.document_id), \
-             on_connection AS (SELECT c.connection_id, count(*) AS live FROM awareness_entries c, p \
-             WHERE c.connection_id IN (SELECT connection_id FROM joining WHERE joins) AND ",
+            ") n), \
+             on_connection AS (SELECT j.connection_id, n.live \
+             FROM (SELECT DISTINCT connection_id FROM joining WHERE joins) j \
+             CROSS JOIN LATERAL (SELECT count(*) AS live FROM awareness_entries c, p \
+             WHERE c.connection_id = j.connection_id AND ",
             live_row!("c"),
-            " GROUP BY c.connection_id), ",
+            ") n), ",
             // The n-th join of a document (or connection) in the batch needs room for n.
             "counted AS (SELECT j.*, \
              j.joins AND p.max_document IS NOT NULL AND coalesce(d.live, 0) \
@@ -484,56 +542,43 @@ mod tests {
     }
 
     #[test]
-    fn set_text_has_its_ten_binds_in_order() {
-        assert_eq!(SET_PIECES.len(), 11);
+    fn set_text_has_its_binds_in_order() {
+        assert_eq!(SET_PIECES.len(), SET_BINDS.len() + 1);
         assert!(cut_at_binds("a $1 b $2", 3).is_empty());
         assert!(cut_at_binds("a $10", 1).is_empty());
         let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);
-        let sql = super::super::text(&set(&update, context()));
-        assert_eq!(sql, *SET_TEXT);
+        assert_eq!(super::super::text(&set(&update, context())), SET_SQL);
     }
 
-    /// The statement as PostgreSQL receives it, pinned: a change is a reviewed change.
+    /// Every use of a value is bound to that value.
     #[test]
-    fn set_is_one_statement() {
-        let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);
-        insta_like(
-            &super::super::text(&set(&update, context())),
-            "WITH p AS (SELECT $1::text COLLATE \"C\" AS document_id, $2::text COLLATE \"C\" AS client_id, \
-             $3::text COLLATE \"C\" AS connection_id, $4::jsonb AS state, $5::bigint AS clock_value, \
-             $6::interval AS timeout, $7::text COLLATE \"C\" AS owner, $8::text COLLATE \"C\" AS instance_id, \
-             $9::bigint AS max_document, $10::bigint AS max_connection), joining AS (SELECT p.state IS NOT NULL \
-             AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) AND NOT EXISTS (SELECT 1 FROM \
-             awareness_entries l WHERE l.document_id = p.document_id AND l.client_id = p.client_id AND \
-             l.state IS NOT NULL AND l.last_seen > now() - p.timeout) AS joins FROM p), room AS (SELECT NOT \
-             joining.joins OR p.max_document IS NULL OR (SELECT count(*) FROM awareness_entries d WHERE \
-             d.document_id = p.document_id AND d.state IS NOT NULL AND d.last_seen > now() - p.timeout) < \
-             p.max_document AS in_document, NOT joining.joins OR p.max_connection IS NULL OR (SELECT count(*) \
-             FROM awareness_entries c WHERE c.connection_id = p.connection_id AND c.state IS NOT NULL AND \
-             c.last_seen > now() - p.timeout) < p.max_connection AS on_connection FROM p, joining), applied AS \
-             (INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, \
-             last_seen, owner, instance_id) SELECT p.document_id, p.client_id, p.connection_id, p.state, \
-             p.clock_value, CURRENT_TIMESTAMP, p.owner, p.instance_id FROM p, room WHERE room.in_document AND \
-             room.on_connection ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = \
-             excluded.connection_id, state = excluded.state, clock_value = excluded.clock_value, last_seen = \
-             excluded.last_seen, owner = excluded.owner, instance_id = excluded.instance_id WHERE \
-             awareness_entries.last_seen <= now() - (SELECT timeout FROM p) OR ((awareness_entries.owner IS \
-             NULL OR awareness_entries.owner = excluded.owner) AND (awareness_entries.clock_value < \
-             excluded.clock_value OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state \
-             IS NULL AND awareness_entries.state IS NOT NULL))) RETURNING 1) SELECT (CASE WHEN EXISTS (SELECT \
-             1 FROM applied) THEN 0 WHEN f.owner IS NOT NULL AND f.owner IS DISTINCT FROM p.owner THEN 2 WHEN \
-             f.document_id IS NOT NULL AND NOT (f.clock_value < p.clock_value OR (f.clock_value = \
-             p.clock_value AND p.state IS NULL AND f.state IS NOT NULL)) THEN 1 WHEN NOT room.in_document THEN \
-             3 WHEN NOT room.on_connection THEN 4 ELSE 1 END)::smallint FROM p CROSS JOIN room LEFT JOIN \
-             awareness_entries f ON f.document_id = p.document_id AND f.client_id = p.client_id AND \
-             f.last_seen > now() - p.timeout",
+    fn set_binds_match_what_each_placeholder_stands_for() {
+        let update = AwarenessUpdate::new("doc", "client", "conn", 3, Some(serde_json::json!(1)))
+            .with_owner(Some("owner".into()));
+        let debug = diesel::debug_query::<Pg, _>(&set(&update, context())).to_string();
+        let binds = debug.split(" -- binds: ").nth(1).unwrap_or_default();
+        assert_eq!(
+            binds.matches("\"doc\"").count(),
+            SET_BINDS
+                .iter()
+                .filter(|b| matches!(b, Bind::Document))
+                .count()
         );
-    }
-
-    /// Compares SQL texts ignoring how the literal was wrapped.
-    fn insta_like(found: &str, expected: &str) {
-        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(squash(found), squash(expected));
+        assert_eq!(binds.matches("\"owner\"").count(), 1);
+        assert_eq!(binds.matches("\"instance\"").count(), 1);
+        let uses = |want: fn(&Bind) -> bool| SET_BINDS.iter().filter(|b| want(b)).count();
+        assert_eq!(
+            binds.matches("Some(1000)").count(),
+            uses(|b| matches!(b, Bind::MaxDocument))
+        );
+        assert_eq!(
+            binds.matches("Some(64)").count(),
+            uses(|b| matches!(b, Bind::MaxConnection))
+        );
+        assert_eq!(
+            binds.matches("\"conn\"").count(),
+            uses(|b| matches!(b, Bind::Connection))
+        );
     }
 
     /// The batch statements carry the same upsert as `set`, and differ only by `locked`.
@@ -544,12 +589,29 @@ mod tests {
         let exact = super::super::text(&set_many(plan.columns(&updates), context()).exact());
         let distinct =
             super::super::text(&set_many_distinct(plan.columns(&updates), context()).distinct());
-        for sql in [&exact, &distinct, &*SET_TEXT] {
+        for sql in [&exact, &distinct] {
             assert!(sql.contains(UPSERT), "{sql}");
             assert!(sql.contains(INSERT_COLUMNS), "{sql}");
         }
+        // `set` says the same rules: its DO UPDATE is the batch's with the timeout bound
+        // instead of read from `p`, plus rule 3 for a conflicting row that is not live.
+        let rules = UPSERT.replace("(SELECT timeout FROM p)", "$21::interval");
+        let (_, set_rules) = SET_SQL.split_once(" ON CONFLICT").unwrap_or_default();
+        let set_rules = format!(" ON CONFLICT{set_rules}");
+        let (before_where, after_where) = rules.split_once(" WHERE ").unwrap_or_default();
+        assert!(set_rules.starts_with(before_where), "{set_rules}");
+        assert!(
+            set_rules.contains(&format!(
+                "WHERE ({after_where}) AND (excluded.state IS NULL"
+            )),
+            "{set_rules}"
+        );
+        assert!(SET_SQL.starts_with(INSERT_COLUMNS.trim_end()));
         assert!(exact.contains("FOR UPDATE OF e"));
         assert!(!distinct.contains("locked"));
+        if std::env::var("PRINT_SQL").is_ok() {
+            println!("{distinct}");
+        }
         assert!(distinct.contains("$10::bigint AS max_connection"));
     }
 }
