@@ -46,7 +46,7 @@ async fn set_and_set_many_are_prepared_once_per_connection() {
         assert_eq!(store.set_many(&batch).await.unwrap().len(), 2);
     }
     assert_eq!(
-        prepared_like(&store, "INSERT INTO awareness_entries %").await,
+        prepared_like(&store, "UPDATE awareness_entries %").await,
         1,
         "set: one prepared statement"
     );

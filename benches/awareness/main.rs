@@ -48,6 +48,9 @@ fn next_base() -> i64 {
 #[derive(Debug, Clone)]
 struct Config {
     quick: bool,
+    /// `--only a,b`: run only these parts (set, set_many, trust, read, sync, memory, expiry,
+    /// heartbeat); all when empty.
+    only: Vec<String>,
     runs: usize,
     scale: f64,
     heartbeat_sets: usize,
@@ -61,6 +64,7 @@ impl Config {
     fn from_args() -> Self {
         let mut c = Config {
             quick: false,
+            only: Vec::new(),
             runs: 3,
             scale: 0.25,
             heartbeat_sets: 1_000_000,
@@ -94,6 +98,7 @@ impl Config {
                     c.expiry_rows = 10_000;
                 }
                 "--runs" => c.runs = value(i).parse().expect("--runs N"),
+                "--only" => c.only = value(i).split(',').map(str::to_owned).collect(),
                 "--scale" => c.scale = value(i).parse().expect("--scale F"),
                 "--heartbeat-sets" => c.heartbeat_sets = value(i).parse().expect("N"),
                 "--expiry-rows" => c.expiry_rows = value(i).parse().expect("N"),
@@ -108,6 +113,11 @@ impl Config {
         }
         c.runs = c.runs.max(1);
         c
+    }
+
+    /// Whether the part `name` runs (`--only`).
+    fn runs_part(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == name)
     }
 
     /// Operations per run for an operation whose full count is `full`.
@@ -342,7 +352,10 @@ fn load_base_data(url: &str) {
 
 /// The exact statements the store sends, captured from the server after one call of each.
 struct Statements {
+    /// `set`'s fast path (a heartbeat is this statement alone).
     set: String,
+    /// `set`'s full statement (after the fast path changed nothing).
+    set_full: String,
     get_all: String,
     remove_all_for_connection: String,
     get_expired: String,
@@ -351,9 +364,11 @@ struct Statements {
 
 async fn capture_statements(url: &str) -> Statements {
     let store = open_store(url, 1, true).await;
+    // A new key: the fast path changes nothing, the full statement inserts.
     let up = AwarenessUpdate::new("capture", "capture", "capture", 1, Some(state()));
     store.set(&up).await.expect("set");
-    let set = pg::last_prepared(&store).await;
+    let set = pg::prepared_starting(&store, "UPDATE awareness_entries").await;
+    let set_full = pg::prepared_starting(&store, "WITH p AS").await;
     store.get_all("capture").await.expect("get_all");
     let get_all = pg::last_prepared(&store).await;
     store
@@ -367,6 +382,7 @@ async fn capture_statements(url: &str) -> Statements {
     let prune_expired = pg::last_prepared(&store).await;
     Statements {
         set,
+        set_full,
         get_all,
         remove_all_for_connection,
         get_expired,
@@ -388,8 +404,8 @@ async fn main() {
     std::fs::write(
         cfg.out_dir.join("statements.sql"),
         format!(
-            "-- set\n{};\n-- get_all\n{};\n-- remove_all_for_connection\n{};\n-- get_expired\n{};\n-- prune_expired\n{};\n",
-            stmts.set, stmts.get_all, stmts.remove_all_for_connection, stmts.get_expired, stmts.prune_expired
+            "-- set (fast path)\n{};\n-- set (full)\n{};\n-- get_all\n{};\n-- remove_all_for_connection\n{};\n-- get_expired\n{};\n-- prune_expired\n{};\n",
+            stmts.set, stmts.set_full, stmts.get_all, stmts.remove_all_for_connection, stmts.get_expired, stmts.prune_expired
         ),
     )
     .expect("write statements.sql");
@@ -432,14 +448,26 @@ async fn main() {
     };
 
     set_workloads(&cfg, &mut report, &url, &set_stores, &stmts, &sha).await;
-    trust_cost(&cfg, &mut report, &url, &set_stores, &stmts).await;
+    if cfg.runs_part("trust") {
+        trust_cost(&cfg, &mut report, &url, &set_stores, &stmts).await;
+    }
     drop(set_stores);
-    read_workloads(&cfg, &mut report, &url, &store, &stmts).await;
-    sync_and_unlogged(&cfg, &mut report, &url, &stmts).await;
-    memory_store(&cfg, &mut report, &sha).await;
-    expiry(&cfg, &mut report, &url, &store, &stmts).await;
+    if cfg.runs_part("read") {
+        read_workloads(&cfg, &mut report, &url, &store, &stmts).await;
+    }
+    if cfg.runs_part("sync") {
+        sync_and_unlogged(&cfg, &mut report, &url, &stmts).await;
+    }
+    if cfg.runs_part("memory") {
+        memory_store(&cfg, &mut report, &sha).await;
+    }
+    if cfg.runs_part("expiry") {
+        expiry(&cfg, &mut report, &url, &store, &stmts).await;
+    }
     drop(store);
-    heartbeat_workload(&cfg, &mut report, &url, &stmts).await;
+    if cfg.runs_part("heartbeat") {
+        heartbeat_workload(&cfg, &mut report, &url, &stmts).await;
+    }
 
     redis_conn.call(&[b"FLUSHDB"]).await.expect("redis FLUSHDB");
     report.ratios();

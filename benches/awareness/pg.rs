@@ -72,31 +72,62 @@ pub async fn last_prepared(store: &PostgresAwarenessStore) -> String {
 /// infer carries the type diesel sends (`"timeout::interval"`). A var `"=NULL"` puts that
 /// literal in place of its parameter.
 pub fn script(dir: &Path, name: &str, sets: &[&str], sql: &str, vars: &[&str]) -> PathBuf {
-    let mut text = sql.to_owned();
-    // Highest first, so `$1` does not eat the start of `$10`.
-    for (i, var) in vars.iter().enumerate().rev() {
-        // `=SQL` stands for a literal (pgbench variables cannot be NULL).
-        let value = match var.strip_prefix('=') {
-            Some(literal) => literal.to_owned(),
-            None => format!(":{var}"),
-        };
-        text = text.replace(&format!("${}", i + 1), &value);
-    }
-    assert!(
-        !text.contains('$'),
-        "{name}: the statement has more parameters than the script provides: {text}"
-    );
+    script_of(dir, name, sets, &[(sql, vars)])
+}
+
+/// A pgbench script running several statements in turn (each its own transaction), each with
+/// its variables as in [`script`].
+pub fn script_of(dir: &Path, name: &str, sets: &[&str], statements: &[(&str, &[&str])]) -> PathBuf {
     let mut body = String::new();
     for s in sets {
         body.push_str(s);
         body.push('\n');
     }
-    // pgbench reads one statement per line unless it ends with ';'.
-    body.push_str(&text.replace('\n', " "));
-    body.push_str(";\n");
+    for (sql, vars) in statements {
+        let mut text = (*sql).to_owned();
+        assert!(
+            !text.contains(&format!("${}", vars.len() + 1)),
+            "{name}: the statement has more parameters than the script provides: {text}"
+        );
+        // Highest first, so `$1` does not eat the start of `$10`.
+        for (i, var) in vars.iter().enumerate().rev() {
+            // `=SQL` stands for a literal (pgbench variables cannot be NULL).
+            let value = match var.strip_prefix('=') {
+                Some(literal) => literal.to_owned(),
+                None => format!(":{var}"),
+            };
+            text = text.replace(&format!("${}", i + 1), &value);
+        }
+        assert!(
+            !text.contains('$'),
+            "{name}: the statement has more parameters than the script provides: {text}"
+        );
+        // pgbench reads one statement per line unless it ends with ';'.
+        body.push_str(&text.replace('\n', " "));
+        body.push_str(";\n");
+    }
     let path = dir.join(format!("{name}.sql"));
     std::fs::write(&path, body).expect("write pgbench script");
     path
+}
+
+/// The statement the store prepared whose text starts with `prefix`.
+pub async fn prepared_starting(store: &PostgresAwarenessStore, prefix: &str) -> String {
+    #[derive(QueryableByName)]
+    struct Stmt {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let mut conn = store.pool().get().await.expect("pooled connection");
+    diesel::sql_query(
+        "SELECT statement FROM pg_prepared_statements WHERE starts_with(statement, $1) \
+         ORDER BY prepare_time DESC LIMIT 1",
+    )
+    .bind::<diesel::sql_types::Text, _>(prefix)
+    .get_result::<Stmt>(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("no prepared statement starts with {prefix}: {e}"))
+    .statement
 }
 
 /// Runs pgbench with `clients` clients, `per_client` transactions each, prepared statements,

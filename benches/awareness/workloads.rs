@@ -7,7 +7,7 @@ use std::time::Duration;
 use synckit_awareness::{AwarenessStore, AwarenessUpdate, MemoryAwarenessStore};
 use tokio::sync::Mutex;
 
-use crate::pg::{pgbench, psql, script};
+use crate::pg::{pgbench, psql, script, script_of};
 use crate::redis::{Redis, Reply};
 use crate::stats::{median, run_tasks, Figure};
 use crate::*;
@@ -133,7 +133,11 @@ fn store_sets(store: Arc<PostgresAwarenessStore>, kind: SetKind) -> Box<SideFn> 
                 async move {
                     let u = set_update(kind, tasks, t, i, base);
                     let outcome = st.set(&u).await.expect("set");
-                    assert_eq!(outcome.is_applied(), kind != SetKind::Stale, "{u:?}");
+                    assert_eq!(
+                        outcome.is_applied(),
+                        kind != SetKind::Stale,
+                        "{u:?}: {outcome:?}"
+                    );
                     1
                 }
             })
@@ -245,11 +249,16 @@ pub async fn set_workloads(
         BATCH16_SQL,
         &[],
     );
-    for (name, kind) in [
-        ("set heartbeat (existing)", SetKind::Heartbeat),
-        ("set stale", SetKind::Stale),
-        ("set insert (new entry)", SetKind::Insert),
-    ] {
+    let kinds: &[(&str, SetKind)] = if cfg.runs_part("set") {
+        &[
+            ("set heartbeat (existing)", SetKind::Heartbeat),
+            ("set stale", SetKind::Stale),
+            ("set insert (new entry)", SetKind::Insert),
+        ]
+    } else {
+        &[]
+    };
+    for &(name, kind) in kinds {
         let sets: &[&str] = match kind {
             SetKind::Heartbeat => &[
                 "\\set r random(0, :per - 1)",
@@ -273,7 +282,20 @@ pub async fn set_workloads(
                 "\\set clock 1",
             ],
         };
-        let path = script(&cfg.out_dir, "set", sets, &stmts.set, &vars);
+        // What the store sends: the fast path, and for what it leaves the full statement.
+        let path = if kind == SetKind::Heartbeat {
+            script(&cfg.out_dir, "set", sets, &stmts.set, &vars)
+        } else {
+            script_of(
+                &cfg.out_dir,
+                "set",
+                sets,
+                &[
+                    (&stmts.set, &vars[..]),
+                    (&stmts.set_full, &SET_FULL_VARS[..]),
+                ],
+            )
+        };
         let concurrency: &[usize] = if kind == SetKind::Heartbeat {
             &[1, 4, 16, 64]
         } else {
@@ -324,7 +346,12 @@ pub async fn set_workloads(
         }
     }
     // set_many of 16 (a y-protocols message with many clients): one statement per batch.
-    for tasks in CONCURRENCY {
+    let concurrency: &[usize] = if cfg.runs_part("set_many") {
+        &CONCURRENCY
+    } else {
+        &[]
+    };
+    for &tasks in concurrency {
         let per_task = cfg.count(2_000, tasks);
         let store = stores.default.clone();
         let batch: Side<'static> = (
@@ -361,9 +388,28 @@ pub async fn set_workloads(
     }
 }
 
-/// The variables of the `set` statement's ten parameters in pgbench scripts: the bench's
-/// updates carry no owner and the store runs no instance (NULL), with the default limits.
-const SET_VARS: [&str; 10] = [
+/// The variables of the parameters of `set`'s fast path in pgbench scripts, `$1` first: the
+/// order of `FAST_BINDS` in `src/postgres/sql/write.rs` (the statement binds a value at each
+/// place it uses it). The bench's updates carry no owner and the store runs no instance
+/// (NULL). `script` fails when the statement has more parameters.
+const SET_VARS: [&str; 13] = [
+    "conn",
+    "state",
+    "clock",
+    "=NULL",
+    "=NULL",
+    "doc",
+    "k",
+    "timeout::interval",
+    "state",
+    "=NULL",
+    "clock",
+    "clock",
+    "state",
+];
+
+/// The variables of `set`'s full statement (`FULL_BINDS`), with the default limits.
+const SET_FULL_VARS: [&str; 10] = [
     "doc",
     "k",
     "conn",
@@ -415,7 +461,7 @@ pub async fn trust_cost(
         "set_issue11",
         &heartbeat,
         ISSUE11_SET_SQL,
-        &SET_VARS[..6],
+        &["doc", "k", "conn", "state", "clock", "timeout::interval"],
     );
     let unlimited = Arc::new(PostgresAwarenessStore::from_pool(
         stores.default.pool().clone(),
@@ -982,12 +1028,34 @@ pub async fn heartbeat_workload(cfg: &Config, report: &mut Report, url: &str, st
     ));
     // The plans, as a long-lived pooled connection runs them (generic plans of the prepared
     // statements).
-    for (name, sql, types, args) in [
+    // `set`'s parameters, typed and valued after their variables.
+    let typed = |vars: &[&str]| -> (String, String) {
+        let (types, args): (Vec<&str>, Vec<String>) = vars
+            .iter()
+            .map(|var| match *var {
+                "doc" => ("text", "'1'".to_owned()),
+                "k" | "conn" => ("text", "'10'".to_owned()),
+                "state" => ("jsonb", format!("'{STATE}'")),
+                "clock" => ("bigint", "99".to_owned()),
+                "timeout::interval" => ("interval", format!("'{TIMEOUT}'")),
+                "=NULL" => ("text", "NULL".to_owned()),
+                literal => ("bigint", literal.trim_start_matches('=').to_owned()),
+            })
+            .unzip();
         (
-            "set",
-            &stmts.set,
-            "(text, text, text, jsonb, bigint, interval, text, text, bigint, bigint)",
-            format!("('1', '10', '10', '{STATE}', 99, '{TIMEOUT}', NULL, NULL, 1000, 64)"),
+            format!("({})", types.join(", ")),
+            format!("({})", args.join(", ")),
+        )
+    };
+    let (set_types, set_args) = typed(&SET_VARS);
+    let (full_types, full_args) = typed(&SET_FULL_VARS);
+    for (name, sql, types, args) in [
+        ("set (fast path)", &stmts.set, set_types.as_str(), set_args),
+        (
+            "set (full)",
+            &stmts.set_full,
+            full_types.as_str(),
+            full_args,
         ),
         (
             "get_all",

@@ -383,62 +383,20 @@ impl PgStorage {
     }
 }
 
-/// `set` as one statement on `conn` (see `sql/write.rs`); when it wrote nothing, a second
-/// statement reads why.
+/// `set` on `conn`: the fast path, then, when it changed nothing, the full statement (see
+/// `sql/write.rs`).
 async fn set_on(
     conn: &mut AsyncPgConnection,
     update: &AwarenessUpdate,
     context: WriteContext<'_>,
 ) -> Result<SetOutcome> {
-    let rows = sql::write::set(update, context).execute(conn).await?;
-    if rows > 0 {
+    if sql::write::set_fast(update, context).execute(conn).await? > 0 {
         return Ok(SetOutcome::Applied);
     }
-    refusal(conn, update, context).await
-}
-
-/// Why `update` was refused (see [`sql::write::REFUSAL`]).
-async fn refusal(
-    conn: &mut AsyncPgConnection,
-    update: &AwarenessUpdate,
-    context: WriteContext<'_>,
-) -> Result<SetOutcome> {
-    use diesel::sql_types::{BigInt, Bool, Interval, Nullable, SmallInt, Text};
-    #[derive(diesel::QueryableByName)]
-    struct Refusal {
-        #[diesel(sql_type = Nullable<SmallInt>)]
-        by_row: Option<i16>,
-        #[diesel(sql_type = Bool)]
-        live: bool,
-        #[diesel(sql_type = BigInt)]
-        in_document: i64,
-        #[diesel(sql_type = BigInt)]
-        on_connection: i64,
-    }
-    let found: Refusal = diesel::sql_query(sql::write::REFUSAL)
-        .bind::<Text, _>(&update.document_id)
-        .bind::<Text, _>(&update.client_id)
-        .bind::<Nullable<Text>, _>(&update.owner)
-        .bind::<BigInt, _>(update.clock)
-        .bind::<Bool, _>(update.state.is_none())
-        .bind::<Interval, _>(context.timeout)
-        .bind::<Text, _>(&update.connection_id)
+    let code: i16 = sql::write::set_full(update, context)
         .get_result(conn)
         .await?;
-    if let Some(code) = found.by_row {
-        return SetOutcome::from_code(code).ok_or_else(|| unexpected("set", code));
-    }
-    let joins = update.state.is_some() && !found.live;
-    let limits = (
-        context.max_document.map(|m| found.in_document >= m),
-        context.max_connection.map(|m| found.on_connection >= m),
-    );
-    Ok(match limits {
-        (Some(true), _) if joins => SetOutcome::DocumentFull,
-        (_, Some(true)) if joins => SetOutcome::ConnectionFull,
-        // Changed in between: the row that refused it is gone.
-        _ => SetOutcome::Stale,
-    })
+    SetOutcome::from_code(code).ok_or_else(|| unexpected("set", code))
 }
 
 fn unexpected(what: &str, code: i16) -> Error {
