@@ -56,3 +56,34 @@ async fn set_and_set_many_are_prepared_once_per_connection() {
         "set_many: one prepared statement"
     );
 }
+
+/// A heartbeat (a live entry, a higher clock, the same or no owner) is one statement: the fast
+/// path. The full statement is never prepared on a connection that only sent heartbeats.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_is_one_statement() {
+    let db = common::TestDb::migrated().await;
+    db.exec(
+        "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value) \
+         VALUES ('d', 'c', 'k', '{}', 1), ('d', 'o', 'k', '{}', 1)",
+    )
+    .await;
+    let store =
+        PostgresAwarenessStore::connect(&db.url, PostgresOptions::default().with_pool_size(1))
+            .await
+            .unwrap();
+    for clock in 2..6 {
+        let update = AwarenessUpdate::new("d", "c", "k", clock, Some(json!({ "n": clock })));
+        assert!(store.set(&update).await.unwrap().is_applied());
+        let owned = AwarenessUpdate::new("d", "o", "k2", clock, Some(json!({ "n": clock })))
+            .with_owner(Some("alice".into()));
+        assert!(store.set(&owned).await.unwrap().is_applied());
+    }
+    let leave = AwarenessUpdate::leave("d", "c", "k", 6);
+    assert!(store.set(&leave).await.unwrap().is_applied());
+    assert_eq!(prepared_like(&store, "UPDATE awareness_entries %").await, 1);
+    assert_eq!(
+        prepared_like(&store, "WITH p AS %").await,
+        0,
+        "no heartbeat needed the full statement"
+    );
+}
