@@ -56,7 +56,7 @@ const INSERT_COLUMNS: &str = "INSERT INTO awareness_entries (document_id, client
 
 /// Rules 1 and 2 on the conflicting row (`awareness_entries`) and the proposed one
 /// (`excluded`): expired, or owned by the writer (or nobody) and beaten on clocks.
-const UPSERT: &str = concat!(
+const UPSERT: &str =
     " ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = excluded.connection_id, \
      state = excluded.state, clock_value = excluded.clock_value, last_seen = excluded.last_seen, \
      owner = excluded.owner, instance_id = excluded.instance_id \
@@ -64,8 +64,7 @@ const UPSERT: &str = concat!(
      OR ((awareness_entries.owner IS NULL OR awareness_entries.owner = excluded.owner) \
      AND (awareness_entries.clock_value < excluded.clock_value \
      OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state IS NULL \
-     AND awareness_entries.state IS NOT NULL)))"
-);
+     AND awareness_entries.state IS NOT NULL)))";
 
 /// The code of an update `$u` that was not applied, as far as the key's fresh row `f` (NULL
 /// columns when none) tells: 2 when another principal owns it, 1 when it wins on clocks.
