@@ -50,21 +50,7 @@ pub async fn fresh_database(admin_url: &str, db: &str) -> String {
 /// The statement the store prepared most recently on its (single) pooled connection: the
 /// exact text it sends, so pgbench cannot drift from it.
 pub async fn last_prepared(store: &PostgresAwarenessStore) -> String {
-    #[derive(QueryableByName)]
-    struct Stmt {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        statement: String,
-    }
-    let mut conn = store.pool().get().await.expect("pooled connection");
-    diesel::sql_query(
-        // Not this query itself: tokio-postgres prepares every statement under a name.
-        "SELECT statement FROM pg_prepared_statements \
-         WHERE statement NOT LIKE '%pg_prepared_statements%' ORDER BY prepare_time DESC LIMIT 1",
-    )
-    .get_result::<Stmt>(&mut *conn)
-    .await
-    .expect("pg_prepared_statements")
-    .statement
+    prepared_starting(store, "").await
 }
 
 /// A pgbench script: `\set` lines, then the store's SQL with `$n` replaced by `:vars[n-1]`.
@@ -111,7 +97,7 @@ pub fn script_of(dir: &Path, name: &str, sets: &[&str], statements: &[(&str, &[&
     path
 }
 
-/// The statement the store prepared whose text starts with `prefix`.
+/// The statement the store prepared most recently whose text starts with `prefix`.
 pub async fn prepared_starting(store: &PostgresAwarenessStore, prefix: &str) -> String {
     #[derive(QueryableByName)]
     struct Stmt {
@@ -120,8 +106,9 @@ pub async fn prepared_starting(store: &PostgresAwarenessStore, prefix: &str) -> 
     }
     let mut conn = store.pool().get().await.expect("pooled connection");
     diesel::sql_query(
+        // Not this query itself: tokio-postgres prepares every statement under a name.
         "SELECT statement FROM pg_prepared_statements WHERE starts_with(statement, $1) \
-         ORDER BY prepare_time DESC LIMIT 1",
+         AND statement NOT LIKE '%pg_prepared_statements%' ORDER BY prepare_time DESC LIMIT 1",
     )
     .bind::<diesel::sql_types::Text, _>(prefix)
     .get_result::<Stmt>(&mut *conn)

@@ -36,7 +36,8 @@ pub type PgPool = Pool<AsyncPgConnection>;
 /// An [`AwarenessStore`](crate::AwarenessStore) on PostgreSQL: entries survive restarts, can be
 /// inspected with SQL and are shared by every server using the same database.
 ///
-/// Each operation is one statement; `set` is one conditional upsert, so ordering holds under
+/// Each operation is one statement (a `set` that is not a heartbeat: a conditional `UPDATE`
+/// that changed nothing, then one conditional upsert), so ordering holds under
 /// any concurrency without an explicit transaction. Expiry uses the database's clock.
 #[derive(Clone)]
 pub struct PostgresAwarenessStore {

@@ -277,19 +277,23 @@ pub(crate) struct SetFast<'a>(Statement<'a>);
 #[derive(Debug)]
 pub(crate) struct SetFull<'a>(Statement<'a>);
 
-/// Statement identities for the prepared-statement cache.
-pub(crate) struct SetFastId;
-pub(crate) struct SetFullId;
+/// `impl QueryId` with a static id (`$id`, a marker type) for statements whose SQL text never
+/// changes, so diesel-async prepares each once per connection.
+macro_rules! static_query_id {
+    ($($statement:ident => $id:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("[`", stringify!($statement), "`]'s identity for the prepared-statement cache.")]
+            pub(crate) struct $id;
 
-impl QueryId for SetFast<'_> {
-    type QueryId = SetFastId;
-    const HAS_STATIC_QUERY_ID: bool = true;
+            impl QueryId for $statement<'_> {
+                type QueryId = $id;
+                const HAS_STATIC_QUERY_ID: bool = true;
+            }
+        )*
+    };
 }
 
-impl QueryId for SetFull<'_> {
-    type QueryId = SetFullId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
+static_query_id!(SetFast => SetFastId, SetFull => SetFullId);
 
 impl diesel::query_builder::Query for SetFull<'_> {
     type SqlType = SmallInt;
@@ -395,11 +399,6 @@ pub(crate) fn set_many_distinct<'a>(
     }
 }
 
-/// Marker types: the batch statements' SQL texts never change (the same binds whatever the
-/// batch size), so one prepared statement per connection serves every batch.
-pub(crate) struct SetManyId;
-pub(crate) struct SetManyDistinctId;
-
 /// [`SetMany`] in its exact form, typed for loading.
 #[derive(Debug)]
 pub(crate) struct Exact<'a>(pub(crate) SetMany<'a>);
@@ -408,15 +407,9 @@ pub(crate) struct Exact<'a>(pub(crate) SetMany<'a>);
 #[derive(Debug)]
 pub(crate) struct Distinct<'a>(pub(crate) SetMany<'a>);
 
-impl QueryId for Exact<'_> {
-    type QueryId = SetManyId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryId for Distinct<'_> {
-    type QueryId = SetManyDistinctId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
+// The batch statements' SQL texts never change (the same binds whatever the batch size), so one
+// prepared statement per connection serves every batch.
+static_query_id!(Exact => SetManyId, Distinct => SetManyDistinctId);
 
 impl diesel::query_builder::Query for Exact<'_> {
     type SqlType = (
