@@ -68,7 +68,12 @@ async fn main() -> Res<()> {
         .await?;
     let url = replace_database(&admin_url, DB);
     synckit_awareness::run_migrations_at(&url, &[]).await?;
-    let options = PostgresOptions::default().with_pool_size(8);
+    // Probes and load write many clients on one connection id: no participant limits.
+    let options = PostgresOptions::default().with_pool_size(8).with_store(
+        synckit_awareness::StoreOptions::default()
+            .with_max_clients_per_document(None)
+            .with_max_clients_per_connection(None),
+    );
     let plain = PostgresAwarenessStore::connect(&url, options).await?;
     let feed = PostgresAwarenessStore::connect(&url, options)
         .await?

@@ -22,6 +22,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::json;
 use synckit_awareness::{
     AwarenessStore, AwarenessUpdate, PostgresAwarenessStore, PostgresOptions, SetOutcome,
+    StoreOptions,
 };
 
 /// Hang detector for one call, and the bound on recovery after the fault.
@@ -50,6 +51,12 @@ struct Report {
 
 fn options() -> PostgresOptions {
     PostgresOptions::default()
+        // Every writer adds thousands of clients to one document on one connection id.
+        .with_store(
+            StoreOptions::default()
+                .with_max_clients_per_document(None)
+                .with_max_clients_per_connection(None),
+        )
         .with_pool_size(8)
         .with_acquire_timeout(Duration::from_secs(2))
         .with_statement_timeout(Some(Duration::from_secs(10)))
