@@ -119,12 +119,17 @@ async fn renew_statement(pool: &PgPool, id: &str, lease: Duration) -> Result<boo
         bb8::RunError::User(e) => Error::Connection(super::secret::redact(&e.to_string())),
         bb8::RunError::TimedOut => Error::PoolTimeout(pool.config().connection_timeout),
     })?;
-    let renewed: Renewed = diesel::sql_query(super::sql::lease::RENEW)
+    // `load` reads to the end of the response, past the commit (see `set_on` in store.rs).
+    let renewed: Vec<Renewed> = diesel::sql_query(super::sql::lease::RENEW)
         .bind::<Text, _>(id)
         .bind::<Interval, _>(super::store::interval(lease))
-        .get_result(&mut conn)
+        .load(&mut conn)
         .await?;
-    Ok(renewed.registered)
+    renewed
+        .into_iter()
+        .next()
+        .map(|r| r.registered)
+        .ok_or_else(|| Error::Database(diesel::result::Error::NotFound))
 }
 
 /// A running instance, shared by every clone of its store.

@@ -394,9 +394,11 @@ async fn set_on(
     if sql::write::set_fast(update, context).execute(conn).await? > 0 {
         return Ok(SetOutcome::Applied);
     }
-    let code: i16 = sql::write::set_full(update, context)
-        .get_result(conn)
-        .await?;
+    // `load`, not `get_result`: diesel-async's `get_result` returns at the first row, before
+    // the server's ReadyForQuery, i.e. before the implicit commit; a crash in between would
+    // lose an update reported applied (tests/faults.rs caught it). `load` reads to the end.
+    let codes: Vec<i16> = sql::write::set_full(update, context).load(conn).await?;
+    let code = codes.into_iter().next().unwrap_or(-1);
     SetOutcome::from_code(code).ok_or_else(|| unexpected("set", code))
 }
 
