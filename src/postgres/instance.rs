@@ -116,7 +116,7 @@ async fn renew_statement(pool: &PgPool, id: &str, lease: Duration) -> Result<boo
         registered: bool,
     }
     let mut conn = pool.get().await.map_err(|e| match e {
-        bb8::RunError::User(e) => Error::Connection(super::secret::redact(&e.to_string())),
+        bb8::RunError::User(e) => super::store::pool_error_to_error(e),
         bb8::RunError::TimedOut => Error::PoolTimeout(pool.config().connection_timeout),
     })?;
     // `load` reads to the end of the response, past the commit (see `set_on` in store.rs).

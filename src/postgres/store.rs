@@ -458,7 +458,7 @@ async fn set_many_on(
     }
 }
 
-fn pool_error_to_error(e: PoolError) -> Error {
+pub(super) fn pool_error_to_error(e: PoolError) -> Error {
     match e {
         PoolError::ConnectionError(e) => {
             let reason = redact(&e.to_string());
