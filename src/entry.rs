@@ -54,6 +54,21 @@ impl AwarenessEntry {
     }
 }
 
+/// The clock rule, written once (the contract's rule 1 and y-protocols' `applyAwarenessUpdate`):
+/// an update at `clock` — with a state when `present`, else a leave — supersedes what is held at
+/// `current` (its clock, and whether it has a state) when its clock is higher, or equal and it
+/// is a leave over a state. Every Rust path decides with this function; the SQL statements say
+/// the same (`postgres/sql/write.rs`, tested against the memory store by the conformance suite).
+///
+/// Where nothing is held, the store applies any update (`None` → true); y-protocols counts an
+/// unknown client as clock 0 without a state, so its callers pass `Some((0, false))`.
+pub(crate) fn supersedes<C: Ord>(current: Option<(C, bool)>, clock: C, present: bool) -> bool {
+    match current {
+        None => true,
+        Some((held, held_present)) => held < clock || (held == clock && !present && held_present),
+    }
+}
+
 /// Orders entries by (document, client) in byte order: how every multi-document result of every
 /// store is returned.
 pub(crate) fn sort_by_key(entries: &mut [AwarenessEntry]) {

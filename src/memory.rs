@@ -141,8 +141,11 @@ fn unlink(
 
 /// The contract's rule 1, for a live existing entry.
 fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
-    update.clock > existing.clock
-        || (update.clock == existing.clock && update.state.is_none() && existing.state.is_some())
+    crate::entry::supersedes(
+        Some((existing.clock, existing.state.is_some())),
+        update.clock,
+        update.state.is_some(),
+    )
 }
 
 /// Why `update` may not be applied over `existing` (the key's fresh entry, if any), checked in

@@ -42,6 +42,19 @@ pub const PRUNE_FAILURES: &str = "synckit_awareness_prune_failures_total";
 pub const LEASE_TAKEOVERS: &str = "synckit_awareness_lease_takeovers_total";
 /// Counter: lease renewals of this process's instance, by `result` (`ok`, `error`).
 pub const LEASE_RENEWALS: &str = "synckit_awareness_lease_renewals_total";
+/// Gauge: connections served by this process's [`Presence`](crate::presence::Presence) engine.
+pub const PRESENCE_CONNECTIONS: &str = "synckit_awareness_presence_connections";
+/// Gauge: rooms (documents) with at least one local connection in the presence engine.
+pub const PRESENCE_ROOMS: &str = "synckit_awareness_presence_rooms";
+/// Counter: awareness clients received by the presence engine and not written, by `reason`
+/// (`echo`: a state or leave the sender was sent itself; `foreign`: a client another local
+/// connection holds).
+pub const PRESENCE_DROPPED: &str = "synckit_awareness_presence_dropped_total";
+/// Counter: connections the presence engine closed, by `reason` (`slow_consumer`, `invalid`,
+/// `store`, `shutdown`).
+pub const PRESENCE_DISCONNECTS: &str = "synckit_awareness_presence_disconnects_total";
+/// Counter: awareness messages the presence engine queued for its connections.
+pub const PRESENCE_SENT: &str = "synckit_awareness_presence_messages_sent_total";
 
 /// Every metric name, for documentation and tests.
 pub const ALL: &[&str] = &[
@@ -60,6 +73,11 @@ pub const ALL: &[&str] = &[
     PRUNE_FAILURES,
     LEASE_TAKEOVERS,
     LEASE_RENEWALS,
+    PRESENCE_CONNECTIONS,
+    PRESENCE_ROOMS,
+    PRESENCE_DROPPED,
+    PRESENCE_DISCONNECTS,
+    PRESENCE_SENT,
 ];
 
 /// One finished store operation.

@@ -28,9 +28,10 @@ use super::store::{PgPool, PostgresAwarenessStore};
 use crate::entry::{AwarenessEntry, AwarenessUpdate};
 use crate::error::{Error, Result};
 
-/// What happened to the listed clients of a document. Events carry keys only: subscribers
-/// re-read the entries they need ([`get`](crate::AwarenessStore::get),
-/// [`get_all`](crate::AwarenessStore::get_all)).
+/// What happened to the listed clients of a document. Events carry the keys, and for applied
+/// sets and leaves the clock and state they were set to where those fit in the notification
+/// ([`AwarenessChange::states`]); otherwise subscribers re-read the entries they need
+/// ([`get`](crate::AwarenessStore::get), [`get_all`](crate::AwarenessStore::get_all)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -69,6 +70,28 @@ pub struct AwarenessChange {
     pub kind: ChangeKind,
     /// [`ChangeFeedOptions::origin`] of the publishing store.
     pub origin: String,
+    /// For [`ChangeKind::Set`] and [`ChangeKind::Leave`]: the clock and state each client was
+    /// set to, parallel to [`client_ids`](Self::client_ids), or `None` for a client whose
+    /// state did not fit in the notification (PostgreSQL's payloads stop at 8,000 bytes) —
+    /// re-read that one. Empty when the change carries no states at all (every other kind).
+    pub states: Vec<Option<ChangedState>>,
+}
+
+impl AwarenessChange {
+    /// The clock and state the `index`-th client was set to, when the change carried it.
+    pub fn state_of(&self, index: usize) -> Option<&ChangedState> {
+        self.states.get(index).and_then(Option::as_ref)
+    }
+}
+
+/// The clock and state a [`ChangeKind::Set`] or [`ChangeKind::Leave`] wrote, as carried in the
+/// change feed's notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedState {
+    /// The entry's new clock.
+    pub clock: i64,
+    /// The entry's new state; `None` for a leave.
+    pub state: Option<serde_json::Value>,
 }
 
 /// An item of a [`ChangeStream`].
@@ -226,14 +249,23 @@ pub(crate) struct Feed {
 #[derive(Default)]
 struct FeedInner {
     options: ChangeFeedOptions,
-    publisher: Option<mpsc::UnboundedSender<Pending>>,
+    publisher: Option<mpsc::UnboundedSender<Queued>>,
     listener: tokio::sync::OnceCell<listener::Listener>,
+}
+
+/// What the publisher task receives: changes, or a request to say when everything queued
+/// before it was sent.
+enum Queued {
+    Change(Pending),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 struct Pending {
     kind: ChangeKind,
     document_id: String,
     client_ids: Vec<String>,
+    /// Empty, or one per client id.
+    states: Vec<Option<ChangedState>>,
     /// When the change was applied (for the publish-lag metric).
     queued: std::time::Instant,
 }
@@ -251,7 +283,16 @@ impl Feed {
                 Some(_) => ChangeKind::Set,
                 None => ChangeKind::Leave,
             };
-            self.publish(kind, &update.document_id, vec![update.client_id.clone()]);
+            let state = ChangedState {
+                clock: update.clock,
+                state: update.state.clone(),
+            };
+            self.send(
+                kind,
+                &update.document_id,
+                vec![update.client_id.clone()],
+                vec![Some(state)],
+            );
         }
     }
 
@@ -267,16 +308,27 @@ impl Feed {
 
     /// Publishes a change to `client_ids` of `document_id`.
     pub(crate) fn publish(&self, kind: ChangeKind, document_id: &str, client_ids: Vec<String>) {
+        self.send(kind, document_id, client_ids, Vec::new());
+    }
+
+    fn send(
+        &self,
+        kind: ChangeKind,
+        document_id: &str,
+        client_ids: Vec<String>,
+        states: Vec<Option<ChangedState>>,
+    ) {
         if let Some(inbox) = &self.inner.publisher {
             // Fails only when the publisher task is gone (runtime shutting down).
             ::metrics::counter!(crate::metrics::FEED_PUBLISHED, "kind" => kind.as_str())
                 .increment(client_ids.len() as u64);
-            let _ = inbox.send(Pending {
+            let _ = inbox.send(Queued::Change(Pending {
                 kind,
                 document_id: document_id.to_owned(),
                 client_ids,
+                states,
                 queued: std::time::Instant::now(),
-            });
+            }));
         }
     }
 }
@@ -312,6 +364,19 @@ impl PostgresAwarenessStore {
         &self.layers.feed.inner.options.origin
     }
 
+    /// Waits until every change this store applied so far was published (its `NOTIFY`
+    /// committed, or given up after a retry): what a server calls before it exits, so that
+    /// its last leaves reach the other instances. Returns at once without a publishing feed.
+    pub async fn flush_change_feed(&self) {
+        if let Some(inbox) = &self.layers.feed.inner.publisher {
+            let (done, flushed) = tokio::sync::oneshot::channel();
+            if inbox.send(Queued::Flush(done)).is_ok() {
+                // An error: the publisher task is gone; nothing is left to wait for.
+                let _ = flushed.await;
+            }
+        }
+    }
+
     /// Subscribes to the change feed: changes published by every store on this database and
     /// channel (this one included), filtered by `filter`.
     ///
@@ -339,31 +404,44 @@ const MAX_BATCH_KEYS: usize = 10_000;
 async fn publish_loop(
     pool: PgPool,
     options: ChangeFeedOptions,
-    mut inbox: mpsc::UnboundedReceiver<Pending>,
+    mut inbox: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut sequence = 0;
     while let Some(first) = inbox.recv().await {
         let mut batch = payload::Batch::default();
-        let oldest = first.queued;
-        batch.add(first.kind, first.document_id, first.client_ids);
-        if !options.coalesce.is_zero() {
+        let mut flushes = Vec::new();
+        let mut oldest = None;
+        let mut add = |queued: Queued, batch: &mut payload::Batch| match queued {
+            Queued::Change(next) => {
+                oldest.get_or_insert(next.queued);
+                batch.add(next.kind, next.document_id, next.client_ids, next.states);
+            }
+            Queued::Flush(done) => flushes.push(done),
+        };
+        add(first, &mut batch);
+        if !options.coalesce.is_zero() && batch.len() > 0 {
             tokio::time::sleep(options.coalesce).await;
         }
         while batch.len() < MAX_BATCH_KEYS {
             match inbox.try_recv() {
-                Ok(next) => batch.add(next.kind, next.document_id, next.client_ids),
+                Ok(next) => add(next, &mut batch),
                 Err(_) => break,
             }
         }
         let payloads = batch.into_payloads(&options.origin, &mut sequence);
         // One retry covers a pooled connection that died since its last use.
         for attempt in 1..=2 {
+            if payloads.is_empty() {
+                break;
+            }
             match notify(&pool, &options.channel, &payloads).await {
                 Ok(()) => {
                     ::metrics::counter!(crate::metrics::FEED_NOTIFICATIONS)
                         .increment(payloads.len() as u64);
-                    ::metrics::histogram!(crate::metrics::FEED_PUBLISH_LAG)
-                        .record(oldest.elapsed().as_secs_f64());
+                    if let Some(oldest) = oldest {
+                        ::metrics::histogram!(crate::metrics::FEED_PUBLISH_LAG)
+                            .record(oldest.elapsed().as_secs_f64());
+                    }
                     break;
                 }
                 Err(e) if attempt == 2 => tracing::warn!(
@@ -373,6 +451,9 @@ async fn publish_loop(
                 ),
                 Err(_) => {}
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }

@@ -17,8 +17,8 @@ pub(crate) mod tls;
 
 pub use connect::{build_pool, connection_manager};
 pub use feed::{
-    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, FeedEvent,
-    DEFAULT_CHANNEL,
+    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, ChangedState,
+    FeedEvent, DEFAULT_CHANNEL,
 };
 pub use inspect::{DocumentActivity, InspectedEntry, StoreStats};
 pub use instance::{InstanceOptions, DEFAULT_LEASE};

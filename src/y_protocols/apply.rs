@@ -5,7 +5,7 @@ use super::codec::{
     decode_awareness_update, encode_awareness_update, AwarenessClientUpdate, DecodeLimits,
 };
 use super::varint::MAX_SAFE_INTEGER;
-use crate::entry::{AwarenessUpdate, SetOutcome};
+use crate::entry::{supersedes, AwarenessUpdate, SetOutcome};
 use crate::error::Result;
 use crate::store::AwarenessStore;
 
@@ -55,6 +55,20 @@ pub async fn apply_awareness_update_as(
     limits: &DecodeLimits,
 ) -> Result<Vec<(u64, SetOutcome)>> {
     let clients = decode_awareness_update(bytes, limits)?;
+    let outcomes = apply_clients(store, document_id, connection_id, owner, &clients).await?;
+    Ok(clients.iter().map(|c| c.client_id).zip(outcomes).collect())
+}
+
+/// [`apply_awareness_update_as`] for clients already decoded: one outcome per client, in order.
+/// A lone update (every heartbeat) goes through [`AwarenessStore::set`] — one statement on
+/// PostgreSQL — and more through one [`AwarenessStore::set_many`].
+pub(crate) async fn apply_clients(
+    store: &dyn AwarenessStore,
+    document_id: &str,
+    connection_id: &str,
+    owner: Option<&str>,
+    clients: &[AwarenessClientUpdate],
+) -> Result<Vec<SetOutcome>> {
     let updates: Vec<AwarenessUpdate> = clients
         .iter()
         .map(|client| AwarenessUpdate {
@@ -82,10 +96,15 @@ pub async fn apply_awareness_update_as(
         }
     }
     let (indexes, forwarded): (Vec<usize>, Vec<AwarenessUpdate>) = forwarded.into_iter().unzip();
-    for (index, outcome) in indexes.into_iter().zip(store.set_many(&forwarded).await?) {
+    let applied = match forwarded.as_slice() {
+        [] => Vec::new(),
+        [one] => vec![store.set(one).await?],
+        many => store.set_many(many).await?,
+    };
+    for (index, outcome) in indexes.into_iter().zip(applied) {
         outcomes[index] = outcome;
     }
-    Ok(clients.iter().map(|c| c.client_id).zip(outcomes).collect())
+    Ok(outcomes)
 }
 
 /// Whether y-protocols would apply `update`, which is at clock 0: only a leave for a client the
@@ -99,11 +118,14 @@ async fn leaves_live_state_at_clock_zero(
         return Ok(false);
     }
     let current = store.get(&update.document_id, &update.client_id).await?;
-    Ok(current.is_some_and(|entry| entry.clock == 0 && !entry.is_tombstone()))
+    Ok(current.is_some_and(|entry| {
+        entry.clock == 0 && supersedes(Some((entry.clock, !entry.is_tombstone())), 0, false)
+    }))
 }
 
 /// Encodes the live entries of `document_id` (not expired, not tombstones) as one y-protocols
 /// awareness update, ordered by `client_id`: what a server sends a client that just joined.
+/// (See [`awareness_clients`] for the decoded form.)
 ///
 /// Entries a JavaScript peer cannot represent are **skipped**, not an error: a `client_id` that
 /// is not the canonical decimal form of an integer ≤ 2^53-1 (a SyncKit client's string id
@@ -113,28 +135,38 @@ pub async fn encode_awareness_state(
     store: &dyn AwarenessStore,
     document_id: &str,
 ) -> Result<Vec<u8>> {
-    let entries = store.get_all(document_id).await?;
-    let clients: Vec<AwarenessClientUpdate> = entries
-        .into_iter()
-        .filter_map(|entry| {
-            let client_id = y_client_id(&entry.client_id)?;
-            let clock = u64::try_from(entry.clock)
-                .ok()
-                .filter(|c| *c <= MAX_SAFE_INTEGER)?;
-            Some(AwarenessClientUpdate {
-                client_id,
-                clock,
-                state: entry.state,
-            })
-        })
-        .collect();
-    // Every id and clock was range-checked above, so encoding cannot fail; `?` keeps it typed.
+    let clients = awareness_clients(store.get_all(document_id).await?);
+    // Every id and clock was range-checked, so encoding cannot fail; `?` keeps it typed.
     Ok(encode_awareness_update(&clients)?)
+}
+
+/// The entries a y-protocols peer can represent, as awareness clients (the others skipped, as
+/// [`encode_awareness_state`] says).
+pub(crate) fn awareness_clients(
+    entries: impl IntoIterator<Item = crate::entry::AwarenessEntry>,
+) -> Vec<AwarenessClientUpdate> {
+    entries.into_iter().filter_map(as_client).collect()
+}
+
+/// One entry as an awareness client, when a y-protocols peer can represent it.
+pub(crate) fn as_client(entry: crate::entry::AwarenessEntry) -> Option<AwarenessClientUpdate> {
+    let client_id = y_client_id(&entry.client_id)?;
+    let clock = y_clock(entry.clock)?;
+    Some(AwarenessClientUpdate {
+        client_id,
+        clock,
+        state: entry.state,
+    })
+}
+
+/// A stored clock as a y-protocols clock (0 ..= 2^53-1).
+pub(crate) fn y_clock(clock: i64) -> Option<u64> {
+    u64::try_from(clock).ok().filter(|c| *c <= MAX_SAFE_INTEGER)
 }
 
 /// The y-protocols clientID a `client_id` text stands for: only the canonical decimal form
 /// (no sign, no leading zeros) of an integer ≤ 2^53-1, so that the mapping is one-to-one.
-fn y_client_id(client_id: &str) -> Option<u64> {
+pub(crate) fn y_client_id(client_id: &str) -> Option<u64> {
     let id: u64 = client_id.parse().ok()?;
     (id <= MAX_SAFE_INTEGER && id.to_string() == client_id).then_some(id)
 }

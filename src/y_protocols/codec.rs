@@ -276,6 +276,18 @@ pub fn encode_message(message: &AwarenessMessage) -> Vec<u8> {
     out
 }
 
+/// y-websocket's auth message (type 2) refusing permission with `reason` (y-protocols'
+/// `auth.writePermissionDenied`: `varUint(2) varUint(0) varString(reason)`). A y-websocket
+/// client logs the reason (`Permission denied to access …`) and stays connected: how a server
+/// tells a client why an update was refused without closing its connection.
+pub fn encode_permission_denied(reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(reason.len() + 4);
+    write_var_uint(&mut out, MESSAGE_AUTH);
+    write_var_uint(&mut out, 0);
+    write_var_bytes(&mut out, reason.as_bytes());
+    out
+}
+
 /// Parses a y-websocket awareness (1) or query-awareness (3) message.
 ///
 /// The awareness payload is returned undecoded; other message types yield

@@ -17,7 +17,7 @@
 //! [`apply_awareness_update`] and [`encode_awareness_state`] connect the codec to an
 //! [`AwarenessStore`](crate::AwarenessStore): clientIDs become decimal `client_id` text.
 
-mod apply;
+pub(crate) mod apply;
 mod codec;
 mod varint;
 
@@ -25,7 +25,7 @@ pub use apply::{apply_awareness_update, apply_awareness_update_as, encode_awaren
 
 pub use codec::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits, WireField, MESSAGE_AUTH,
-    MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
+    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits,
+    WireField, MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
 };
 pub use varint::{MAX_SAFE_INTEGER, MAX_VAR_UINT_LEN};

@@ -1,16 +1,17 @@
-//! `synckit-relay`: a y-websocket-compatible collaboration server whose awareness (presence)
-//! lives in a synckit-awareness store. With `DATABASE_URL`, every instance on that database
+//! `synckit-relay`: a y-websocket-compatible collaboration server whose awareness (presence) is
+//! synckit-awareness's presence engine. With `DATABASE_URL`, every instance on that database
 //! shares presence through PostgreSQL and its change feed (no Redis); without, it runs alone on
 //! the in-memory store. Documents (sync, message type 0) are kept in memory per instance only.
 //!
-//! `ws://HOST:PORT/<room>` (the room is the document_id), `GET /` and `GET /<room>` the page,
-//! `GET /healthz` health as JSON. See README "Run a presence server".
+//! `ws://HOST:PORT/<room>[?token=…]` (the room is the document_id), `GET /` and `GET /<room>`
+//! the page, `GET /healthz` health as JSON, `GET /metrics` Prometheus metrics. See README
+//! "Run a presence server".
 #![forbid(unsafe_code)]
 
+mod auth;
 mod connection;
-mod hub;
-mod view;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,25 +19,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use synckit_awareness::presence::{Presence, PresenceOptions};
 use synckit_awareness::y_protocols::DecodeLimits;
 use synckit_awareness::{
-    AwarenessStore, ChangeFeedOptions, MemoryAwarenessStore, PostgresAwarenessStore,
-    PostgresOptions, Pruner, StoreOptions,
+    InstanceOptions, MemoryAwarenessStore, PostgresAwarenessStore, PostgresOptions, StoreOptions,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::hub::Hub;
+use crate::auth::{Authenticate, Open, SignedToken};
+use crate::connection::{Docs, Limits};
 
 /// A y-websocket presence server on synckit-awareness.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Port to listen on (0: any free port; the chosen one is printed).
     #[arg(long, env = "PORT", default_value_t = 1234)]
     port: u16,
@@ -46,34 +51,87 @@ struct Args {
     /// PostgreSQL URL; without it (or empty) the relay runs alone on the in-memory store.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Secret (at least 16 bytes) for signed tokens: connections must carry `?token=…`
+    /// (`synckit-relay token`). Without it the relay runs open (anonymous connections).
+    #[arg(long, env = "SYNCKIT_RELAY_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
     /// Awareness timeout: an entry not refreshed for this long is gone (y-protocols: 30s;
     /// Yjs clients refresh every 15s, so keep it above that).
     #[arg(long, env = "SYNCKIT_RELAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// How often the pruner removes expired entries and announces them.
+    /// How often departed entries (expired, or a crashed instance's) are removed and announced.
     #[arg(long, env = "SYNCKIT_RELAY_PRUNE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     prune_interval: Duration,
-    /// This instance's name, shown on the page (default: relay-<port>).
+    /// The instance's lease (PostgreSQL): a crashed instance's clients are gone for everyone
+    /// within lease + prune interval.
+    #[arg(long, env = "SYNCKIT_RELAY_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// This instance's name, shown on the page (default: relay-<port>). Presence never depends
+    /// on it: every process gets a unique instance id and feed origin.
     #[arg(long, env = "SYNCKIT_RELAY_INSTANCE")]
     instance: Option<String>,
     /// Directory of the built page (`make relay-web`).
     #[arg(long, env = "SYNCKIT_RELAY_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist"))]
     web_dir: PathBuf,
     /// Largest WebSocket message accepted; a larger one closes the connection (1009).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "SYNCKIT_RELAY_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     max_message_bytes: usize,
     /// Largest awareness state (JSON bytes) accepted.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, env = "SYNCKIT_RELAY_MAX_STATE_BYTES", default_value_t = 64 * 1024)]
     max_state_bytes: usize,
+    /// Most live participants per document (0: no limit).
+    #[arg(
+        long,
+        env = "SYNCKIT_RELAY_MAX_CLIENTS_PER_DOCUMENT",
+        default_value_t = 1000
+    )]
+    max_clients_per_document: u32,
+    /// Most live participants one connection may write (0: no limit).
+    #[arg(
+        long,
+        env = "SYNCKIT_RELAY_MAX_CLIENTS_PER_CONNECTION",
+        default_value_t = 4
+    )]
+    max_clients_per_connection: u32,
+    /// Messages queued per connection; a connection that falls further behind is closed (1008).
+    #[arg(long, env = "SYNCKIT_RELAY_QUEUE", default_value_t = 256)]
+    queue_capacity: usize,
+    /// How often idle connections are pinged.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pong_timeout: Duration,
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "SYNCKIT_RELAY_POOL_SIZE", default_value_t = 8)]
+    pool_size: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a signed token for a principal (needs the auth secret).
+    Token {
+        /// Who the token's holder is (1-128 of A-Z a-z 0-9 _ - @ : +).
+        #[arg(long)]
+        principal: String,
+        /// How long it is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 #[derive(Clone)]
 struct App {
-    hub: Arc<Hub>,
+    presence: Presence,
+    docs: Arc<Docs>,
+    auth: Arc<dyn Authenticate>,
+    limits: Limits,
+    instance: String,
     store_kind: &'static str,
     web_dir: PathBuf,
     shutdown: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
+    metrics: PrometheusHandle,
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -86,124 +144,149 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(error) = run(Args::parse()).await {
+    let args = Args::parse();
+    let result = match &args.command {
+        Some(Command::Token { principal, ttl }) => token(&args, principal, *ttl),
+        None => run(args).await,
+    };
+    if let Err(error) = result {
         tracing::error!(%error, "synckit-relay failed");
         std::process::exit(1);
     }
 }
 
+fn token(args: &Args, principal: &str, ttl: Duration) -> Result<(), Failure> {
+    let secret = args
+        .auth_secret
+        .as_deref()
+        .ok_or("set SYNCKIT_RELAY_AUTH_SECRET (or --auth-secret) to mint tokens")?;
+    println!("{}", SignedToken::new(secret)?.mint(principal, ttl)?);
+    Ok(())
+}
+
+fn limit(value: u32) -> Option<u32> {
+    (value > 0).then_some(value)
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let address = listener.local_addr()?;
     let instance = args
         .instance
         .clone()
         .unwrap_or_else(|| format!("relay-{}", address.port()));
-    let options = StoreOptions::default()
+    let auth: Arc<dyn Authenticate> = match args.auth_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => Arc::new(SignedToken::new(secret)?),
+        None => {
+            tracing::warn!("no SYNCKIT_RELAY_AUTH_SECRET: running open, every connection is anonymous (anyone who can reach this port can write presence)");
+            Arc::new(Open)
+        }
+    };
+    let store_options = StoreOptions::default()
         .with_timeout(args.timeout)
-        .with_max_state_bytes(args.max_state_bytes);
+        .with_max_state_bytes(args.max_state_bytes)
+        .with_max_clients_per_document(limit(args.max_clients_per_document))
+        .with_max_clients_per_connection(limit(args.max_clients_per_connection));
+    let options = PresenceOptions::default()
+        .with_decode_limits(DecodeLimits {
+            max_state_bytes: args.max_state_bytes,
+            ..DecodeLimits::default()
+        })
+        .with_queue_capacity(args.queue_capacity)
+        .with_prune_interval(args.prune_interval)
+        .with_instance(InstanceOptions::default().with_lease(args.lease));
     // An empty DATABASE_URL counts as unset.
     let database_url = args
         .database_url
         .as_deref()
         .filter(|u| !u.trim().is_empty());
-    let (store, feed, store_kind): (Arc<dyn AwarenessStore>, _, _) = match database_url {
+    let (presence, store_kind) = match database_url {
         Some(url) => {
             let store = PostgresAwarenessStore::connect(
                 url,
                 PostgresOptions::default()
-                    .with_store(options)
-                    .with_pool_size(8)
+                    .with_store(store_options)
+                    .with_pool_size(args.pool_size)
                     .with_validate_on_start(false),
             )
             .await?;
             store.migrate(&[]).await?;
             store.ensure_schema().await?;
-            let store = store.with_change_feed(
-                ChangeFeedOptions::default()
-                    .with_publish(true)
-                    .with_origin(format!("{instance}-{}", std::process::id())),
-            )?;
-            (Arc::new(store.clone()), Some(store), "postgres")
+            (Presence::on_postgres(store, options).await?, "postgres")
         }
         None => (
-            Arc::new(MemoryAwarenessStore::with_options(options)),
-            None,
+            Presence::in_memory(MemoryAwarenessStore::with_options(store_options), options)?,
             "memory",
         ),
     };
-    let limits = DecodeLimits {
-        max_state_bytes: args.max_state_bytes,
-        ..DecodeLimits::default()
-    };
-    let hub = Arc::new(Hub::new(
-        store.clone(),
-        feed,
-        instance.clone(),
-        limits,
-        args.max_message_bytes,
-    ));
-
-    // Expired entries: taken atomically by whichever instance's pruner comes first, so each
-    // is announced once.
-    let (expired_tx, mut expired_rx) = mpsc::unbounded_channel();
-    let pruner = Pruner::spawn(store.clone(), args.prune_interval, move |entry| {
-        let _ = expired_tx.send(entry);
-    });
-    let announcer = {
-        let hub = hub.clone();
+    // Histograms need upkeep (bucket draining) now and then.
+    let upkeep = {
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            while let Some(first) = expired_rx.recv().await {
-                let mut entries = vec![first];
-                while let Ok(next) = expired_rx.try_recv() {
-                    entries.push(next);
-                }
-                tracing::info!(count = entries.len(), "announcing expired clients");
-                hub.announce_gone(entries).await;
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                metrics.run_upkeep();
             }
         })
     };
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let app = App {
-        hub: hub.clone(),
+        presence: presence.clone(),
+        docs: Arc::new(Docs::default()),
+        auth,
+        limits: Limits {
+            max_message_bytes: args.max_message_bytes,
+            ping_every: args.ping_interval,
+            pong_timeout: args.pong_timeout,
+            send_timeout: Duration::from_secs(10),
+        },
+        instance: instance.clone(),
         store_kind,
         web_dir: args.web_dir.clone(),
         shutdown,
         active: Arc::new(AtomicUsize::new(0)),
+        metrics,
     };
     let active = app.active.clone();
     let router = Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/page.js", get(script))
         .route("/{room}", get(room))
         .with_state(app);
 
     // Tests and scripts read this line for the port.
     println!(
-        "synckit-relay {instance} listening on {address} ({store_kind} store, pid {})",
-        std::process::id()
+        "synckit-relay {instance} listening on {address} ({store_kind} store, pid {}, instance id {})",
+        std::process::id(),
+        presence.instance_id()
     );
-    tracing::info!(%instance, %address, store = store_kind, timeout = ?args.timeout, prune_interval = ?args.prune_interval, "listening");
+    tracing::info!(%instance, instance_id = presence.instance_id(), %address, store = store_kind, timeout = ?args.timeout, prune_interval = ?args.prune_interval, "listening");
+    let stopping = presence.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             signal().await;
-            tracing::info!("shutting down: closing connections and announcing their leaves");
+            tracing::info!(
+                "shutting down: removing this instance's presence and closing connections"
+            );
             let _ = shutdown_tx.send(true);
+            // Removes every entry of this instance in one statement and publishes it, so
+            // the other instances announce the leaves at once.
+            if let Err(error) = stopping.shutdown().await {
+                tracing::warn!(%error, "presence shutdown failed; the entries expire instead");
+            }
         })
         .await?;
 
-    // Upgraded connections run outside the server: wait for each to announce its leaves.
+    // Upgraded connections run outside the server: wait for each to close.
     let deadline = Instant::now() + Duration::from_secs(10);
     while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    pruner.shutdown().await;
-    announcer.abort();
-    // The change feed publishes from a task a millisecond after each write; let the last
-    // leaves go out before the process (and with it the feed) ends.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upkeep.abort();
     tracing::info!(
         remaining = active.load(Ordering::SeqCst),
         "stopped; change feed closed"
@@ -234,12 +317,12 @@ async fn signal() {
 }
 
 async fn healthz(State(app): State<App>) -> Response {
-    let (rooms, _) = app.hub.room_count().await;
+    let (rooms, _) = app.presence.counts();
     // Connections still open or still announcing their leaves.
     let connections = app.active.load(Ordering::SeqCst);
     let probe = tokio::time::timeout(
         Duration::from_secs(2),
-        app.hub.store.get("synckit-relay-healthz", "0"),
+        app.presence.store().get("synckit-relay-healthz", "0"),
     )
     .await;
     let (status, ok) = match probe {
@@ -248,12 +331,21 @@ async fn healthz(State(app): State<App>) -> Response {
     };
     let body = serde_json::json!({
         "status": ok,
-        "instance": app.hub.instance,
+        "instance": app.instance,
+        "instance_id": app.presence.instance_id(),
         "store": app.store_kind,
         "rooms": rooms,
         "connections": connections,
     });
     (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn page(State(app): State<App>) -> Response {
@@ -282,6 +374,7 @@ async fn static_file(app: &App, name: &str, content_type: &'static str) -> Respo
 async fn room(
     State(app): State<App>,
     Path(room): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
@@ -290,14 +383,36 @@ async fn room(
     if *app.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let principal = match app
+        .auth
+        .authenticate(&room, query.get("token").map(String::as_str))
+    {
+        Ok(principal) => principal,
+        Err(reason) => {
+            tracing::info!(%room, %reason, "connection refused: not authenticated");
+            return (StatusCode::UNAUTHORIZED, reason).into_response();
+        }
+    };
     let active = app.active.clone();
     active.fetch_add(1, Ordering::SeqCst);
-    // Room names are document ids; the store refuses NUL and over-long ones when writing.
     upgrade
         // Frames up to the limit are ours to refuse with a reason; far larger ones are cut off.
-        .max_message_size(app.hub.max_message_bytes.saturating_mul(4))
+        .max_message_size(app.limits.max_message_bytes.saturating_mul(4))
+        // tungstenite reserves 128 KiB per connection for reading by default: an idle
+        // connection needs a few KiB (the buffer grows for larger messages).
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            connection::serve(app.hub.clone(), socket, room, app.shutdown.clone()).await;
+            connection::serve(
+                app.presence.clone(),
+                app.docs.clone(),
+                app.limits,
+                socket,
+                room,
+                principal,
+                app.shutdown.clone(),
+            )
+            .await;
             active.fetch_sub(1, Ordering::SeqCst);
         })
 }

@@ -1,15 +1,17 @@
-//! The NOTIFY payload: keys only, coalesced, split below PostgreSQL's 8000-byte limit.
+//! The NOTIFY payload: keys (and the states sets wrote, where they fit), coalesced, split below
+//! PostgreSQL's 8000-byte limit.
 //!
-//! Layout (JSON): `{"o":origin,"s":sequence,"e":[[kind,document_id,[client_id,...]],...]}`.
-//! The sequence number makes every payload of a publisher distinct: PostgreSQL drops a
-//! notification identical to one already sent in the same transaction, which would otherwise
-//! lose the last of `set`, `remove`, `set` on one key split across payloads.
+//! Layout (JSON): `{"o":origin,"s":sequence,"e":[[kind,document_id,[client_id,...],states?],...]}`
+//! where the optional `states` is `[[clock,state]|null,...]`, one per client id (`null`: not
+//! carried, re-read it). The sequence number makes every payload of a publisher distinct:
+//! PostgreSQL drops a notification identical to one already sent in the same transaction, which
+//! would otherwise lose the last of `set`, `remove`, `set` on one key split across payloads.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{AwarenessChange, ChangeKind};
+use super::{AwarenessChange, ChangeKind, ChangedState};
 
 /// Longest payload sent, in bytes. PostgreSQL refuses payloads of 8000 bytes or more; the
 /// margin is for nothing in particular but costs nothing either.
@@ -31,11 +33,20 @@ struct Group {
     kind: ChangeKind,
     document_id: String,
     client_ids: Vec<String>,
+    /// One per client id.
+    states: Vec<Option<ChangedState>>,
 }
 
 impl Batch {
-    /// Adds changes of `kind` to `client_ids` in `document_id`.
-    pub(crate) fn add(&mut self, kind: ChangeKind, document_id: String, client_ids: Vec<String>) {
+    /// Adds changes of `kind` to `client_ids` in `document_id`, with the states they wrote
+    /// (`states` empty, or one per client id).
+    pub(crate) fn add(
+        &mut self,
+        kind: ChangeKind,
+        document_id: String,
+        client_ids: Vec<String>,
+        states: Vec<Option<ChangedState>>,
+    ) {
         let index = match self.latest.get(&document_id) {
             Some(&i) if self.groups[i].kind == kind => i,
             _ => {
@@ -43,16 +54,23 @@ impl Batch {
                     kind,
                     document_id: document_id.clone(),
                     client_ids: Vec::new(),
+                    states: Vec::new(),
                 });
                 self.latest.insert(document_id, self.groups.len() - 1);
                 self.groups.len() - 1
             }
         };
         let group = &mut self.groups[index];
+        let mut states = states.into_iter();
         for client in client_ids {
-            // Same kind, nothing later for this document: a repeat adds nothing.
-            if !group.client_ids.contains(&client) {
-                group.client_ids.push(client);
+            let state = states.next().flatten();
+            // Same kind, nothing later for this document: a repeat only brings a newer state.
+            match group.client_ids.iter().position(|c| *c == client) {
+                Some(at) => group.states[at] = state,
+                None => {
+                    group.client_ids.push(client);
+                    group.states.push(state);
+                }
             }
         }
     }
@@ -63,7 +81,8 @@ impl Batch {
     }
 
     /// The payloads for this batch, in order, each under [`MAX_PAYLOAD_BYTES`]; numbers them
-    /// from `*sequence` on.
+    /// from `*sequence` on. A state too large to fit in a payload of its own is left out
+    /// (`null`: subscribers re-read it).
     pub(crate) fn into_payloads(self, origin: &str, sequence: &mut u64) -> Vec<String> {
         let mut writer = Writer {
             origin: json(origin),
@@ -77,38 +96,68 @@ impl Batch {
                 json(group.kind.as_str()),
                 json(&group.document_id)
             );
-            let mut chunk: Vec<String> = Vec::new();
-            let mut chunk_bytes = 0;
-            for client in &group.client_ids {
-                let client = json(client);
+            let carry = group.states.iter().any(Option::is_some);
+            let mut chunk = Chunk::default();
+            for (client, state) in group.client_ids.iter().zip(&group.states) {
+                let id = json(client);
+                let mut state = if carry {
+                    state_json(state.as_ref())
+                } else {
+                    String::new()
+                };
                 loop {
-                    // prefix + clients + commas between them + `]]` + comma before the entry.
                     let entry = prefix.len()
-                        + chunk_bytes
-                        + chunk.len()
-                        + client.len()
-                        + 2
+                        + chunk.bytes_with(&id, &state)
                         + usize::from(!writer.body.is_empty());
-                    if writer.fits(entry) || (chunk.is_empty() && writer.body.is_empty()) {
-                        // (An entry alone always fits: ids are at most 256 bytes.)
-                        chunk_bytes += client.len();
-                        chunk.push(client);
+                    if writer.fits(entry) {
+                        chunk.push(id, state);
                         break;
                     }
-                    if !chunk.is_empty() {
-                        writer.push_entry(&prefix, &chunk);
-                        chunk.clear();
-                        chunk_bytes = 0;
+                    if chunk.ids.is_empty() && writer.body.is_empty() {
+                        if state != "null" && carry {
+                            // Too large even alone: carry the key only.
+                            state = "null".to_owned();
+                            continue;
+                        }
+                        // (A key alone always fits: ids are at most 256 bytes.)
+                        chunk.push(id, state);
+                        break;
+                    }
+                    if !chunk.ids.is_empty() {
+                        writer.push_entry(&prefix, &chunk, carry);
+                        chunk = Chunk::default();
                     }
                     writer.finish_payload();
                 }
             }
-            if !chunk.is_empty() {
-                writer.push_entry(&prefix, &chunk);
+            if !chunk.ids.is_empty() {
+                writer.push_entry(&prefix, &chunk, carry);
             }
         }
         writer.finish_payload();
         writer.done
+    }
+}
+
+/// The ids (and states) of one entry being filled, as JSON texts.
+#[derive(Default)]
+struct Chunk {
+    ids: Vec<String>,
+    states: Vec<String>,
+    bytes: usize,
+}
+
+impl Chunk {
+    /// The entry's length after the prefix with one more client: ids and states, a comma
+    /// before each, and the closing brackets.
+    fn bytes_with(&self, id: &str, state: &str) -> usize {
+        self.bytes + id.len() + state.len() + 2 * (self.ids.len() + 1) + 4
+    }
+
+    fn push(&mut self, id: String, state: String) {
+        self.bytes += id.len() + state.len();
+        self.ids.push(id);
+        self.states.push(state);
     }
 }
 
@@ -124,13 +173,19 @@ impl Writer<'_> {
         ENVELOPE_BYTES + self.origin.len() + self.body.len() + extra <= MAX_PAYLOAD_BYTES
     }
 
-    fn push_entry(&mut self, prefix: &str, clients: &[String]) {
+    fn push_entry(&mut self, prefix: &str, chunk: &Chunk, carry: bool) {
         if !self.body.is_empty() {
             self.body.push(',');
         }
         self.body.push_str(prefix);
-        self.body.push_str(&clients.join(","));
-        self.body.push_str("]]");
+        self.body.push_str(&chunk.ids.join(","));
+        self.body.push(']');
+        if carry {
+            self.body.push_str(",[");
+            self.body.push_str(&chunk.states.join(","));
+            self.body.push(']');
+        }
+        self.body.push(']');
     }
 
     fn finish_payload(&mut self) {
@@ -152,11 +207,28 @@ fn json(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 
+/// `[clock,state]`, or `null` when not carried.
+fn state_json(state: Option<&ChangedState>) -> String {
+    match state {
+        // Serializing an i64 and a Value cannot fail.
+        Some(s) => serde_json::to_string(&(s.clock, &s.state)).unwrap_or_else(|_| "null".into()),
+        None => "null".to_owned(),
+    }
+}
+
 #[derive(Deserialize)]
 struct Payload {
     o: String,
-    e: Vec<(ChangeKind, String, Vec<String>)>,
+    e: Vec<Entry>,
 }
+
+#[derive(Deserialize)]
+struct Entry(
+    ChangeKind,
+    String,
+    Vec<String>,
+    #[serde(default)] Vec<Option<(i64, Option<serde_json::Value>)>>,
+);
 
 /// The changes one payload carries; `None` when it is not one of ours.
 pub(crate) fn parse(payload: &str) -> Option<Vec<AwarenessChange>> {
@@ -165,11 +237,22 @@ pub(crate) fn parse(payload: &str) -> Option<Vec<AwarenessChange>> {
         payload
             .e
             .into_iter()
-            .map(|(kind, document_id, client_ids)| AwarenessChange {
-                document_id,
-                client_ids,
-                kind,
-                origin: payload.o.clone(),
+            .map(|Entry(kind, document_id, client_ids, states)| {
+                let states = if states.len() == client_ids.len() {
+                    states
+                        .into_iter()
+                        .map(|s| s.map(|(clock, state)| ChangedState { clock, state }))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                AwarenessChange {
+                    document_id,
+                    client_ids,
+                    kind,
+                    origin: payload.o.clone(),
+                    states,
+                }
             })
             .collect(),
     )
@@ -186,11 +269,16 @@ mod tests {
     #[test]
     fn coalesces_without_reordering_a_key() {
         let mut batch = Batch::default();
-        batch.add(ChangeKind::Set, "d".into(), vec!["a".into()]);
-        batch.add(ChangeKind::Set, "e".into(), vec!["a".into()]);
-        batch.add(ChangeKind::Set, "d".into(), vec!["b".into(), "a".into()]);
-        batch.add(ChangeKind::Remove, "d".into(), vec!["a".into()]);
-        batch.add(ChangeKind::Set, "d".into(), vec!["a".into()]);
+        batch.add(ChangeKind::Set, "d".into(), vec!["a".into()], vec![]);
+        batch.add(ChangeKind::Set, "e".into(), vec!["a".into()], vec![]);
+        batch.add(
+            ChangeKind::Set,
+            "d".into(),
+            vec!["b".into(), "a".into()],
+            vec![],
+        );
+        batch.add(ChangeKind::Remove, "d".into(), vec!["a".into()], vec![]);
+        batch.add(ChangeKind::Set, "d".into(), vec!["a".into()], vec![]);
         let payloads = batch.into_payloads("me", &mut 7);
         assert_eq!(
             payloads,
@@ -208,8 +296,8 @@ mod tests {
     fn splits_below_the_limit_and_keeps_every_key_in_order() {
         let long_doc = "é\"".repeat(80);
         let mut batch = Batch::default();
-        batch.add(ChangeKind::Expire, long_doc.clone(), ids(0..1500));
-        batch.add(ChangeKind::Leave, "x".into(), ids(0..3));
+        batch.add(ChangeKind::Expire, long_doc.clone(), ids(0..1500), vec![]);
+        batch.add(ChangeKind::Leave, "x".into(), ids(0..3), vec![]);
         let mut sequence = 0;
         let payloads = batch.into_payloads(&"o".repeat(256), &mut sequence);
         assert!(payloads.len() > 1);
@@ -225,6 +313,81 @@ mod tests {
             .into_iter()
             .map(|c| (ChangeKind::Expire, c))
             .chain(ids(0..3).into_iter().map(|c| (ChangeKind::Leave, c)))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    fn carried(clock: i64, state: Option<serde_json::Value>) -> Option<ChangedState> {
+        Some(ChangedState { clock, state })
+    }
+
+    #[test]
+    fn carries_states_and_keeps_the_latest_of_a_repeat() {
+        let mut batch = Batch::default();
+        let v = |x: i64| Some(serde_json::json!({ "x": x }));
+        batch.add(
+            ChangeKind::Set,
+            "d".into(),
+            vec!["a".into()],
+            vec![carried(1, v(1))],
+        );
+        batch.add(
+            ChangeKind::Set,
+            "d".into(),
+            vec!["b".into()],
+            vec![carried(7, v(7))],
+        );
+        batch.add(
+            ChangeKind::Set,
+            "d".into(),
+            vec!["a".into()],
+            vec![carried(2, v(2))],
+        );
+        batch.add(
+            ChangeKind::Leave,
+            "d".into(),
+            vec!["b".into()],
+            vec![carried(8, None)],
+        );
+        let payloads = batch.into_payloads("me", &mut 0);
+        assert_eq!(
+            payloads,
+            [
+                r#"{"o":"me","s":0,"e":[["set","d",["a","b"],[[2,{"x":2}],[7,{"x":7}]]],["leave","d",["b"],[[8,null]]]]}"#
+            ]
+        );
+        let changes = parse(&payloads[0]).expect("ours");
+        assert_eq!(changes[0].state_of(0), carried(2, v(2)).as_ref());
+        assert_eq!(changes[1].state_of(0), carried(8, None).as_ref());
+    }
+
+    #[test]
+    fn a_state_too_large_for_a_payload_goes_as_a_key_and_states_split_in_order() {
+        let big = Some(serde_json::json!({ "text": "x".repeat(MAX_PAYLOAD_BYTES) }));
+        let small = |i: i64| {
+            carried(
+                i,
+                Some(serde_json::json!({ "pad": "y".repeat(300), "i": i })),
+            )
+        };
+        let mut batch = Batch::default();
+        let ids: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+        let mut states: Vec<Option<ChangedState>> = (0..60).map(small).collect();
+        states[30] = carried(30, big);
+        batch.add(ChangeKind::Set, "d".into(), ids.clone(), states);
+        let payloads = batch.into_payloads("me", &mut 0);
+        assert!(payloads.len() > 2);
+        let mut seen = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= MAX_PAYLOAD_BYTES, "{} bytes", p.len());
+            for change in parse(p).expect("ours") {
+                for (i, id) in change.client_ids.iter().enumerate() {
+                    seen.push((id.clone(), change.state_of(i).map(|s| s.clock)));
+                }
+            }
+        }
+        let expected: Vec<_> = (0..60)
+            .map(|i: i64| (format!("c{i}"), (i != 30).then_some(i)))
             .collect();
         assert_eq!(seen, expected);
     }

@@ -1,25 +1,28 @@
-//! What this instance's clients have been told about each participant of a room: a mirror of
-//! their y-protocols `meta` (clock) and `states` (present or not), kept so that the relay sends
-//! only what they will accept and notices when they would ignore a participant.
+//! What one room's local connections have been told about each participant: a mirror of their
+//! y-protocols `meta` (clock) and `states` (present or not), kept so that the engine sends only
+//! what they will accept, recognises the echoes they send back, and notices when they would
+//! ignore a participant (the rejoin-after-leave race).
 
 use std::collections::HashMap;
 
+use crate::entry::supersedes;
+
 /// One participant as the room's clients last heard of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    clock: u64,
-    present: bool,
+pub(crate) struct Seen {
+    pub(crate) clock: u64,
+    pub(crate) present: bool,
 }
 
 /// The room's participants as its local clients see them.
 #[derive(Debug, Default)]
-pub struct View {
+pub(crate) struct View {
     clients: HashMap<u64, Seen>,
 }
 
 /// What to do with a participant's state or leave at some clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The clients will apply it (y-protocols' rule): send it.
     Forward,
     /// They already have it, or something newer: send nothing.
@@ -34,18 +37,23 @@ pub enum Verdict {
 }
 
 impl View {
+    /// What the clients were told of `client`, if anything.
+    pub(crate) fn seen(&self, client: u64) -> Option<Seen> {
+        self.clients.get(&client).copied()
+    }
+
     /// Applies y-protocols' `applyAwarenessUpdate` rule to a participant's state (`present`) or
-    /// leave at `clock`, as the local clients will: `currClock < clock`, or the same clock with a
-    /// leave over a present state. A participant never heard of counts as clock 0.
-    pub fn observe(&mut self, client: u64, clock: u64, present: bool) -> Verdict {
-        let seen = self.clients.get(&client).copied();
-        let (current, has) = seen.map_or((0, false), |s| (s.clock, s.present));
-        if current < clock || (current == clock && !present && has) {
+    /// leave at `clock`, as the local clients will. A participant never heard of counts as
+    /// clock 0 without a state.
+    pub(crate) fn observe(&mut self, client: u64, clock: u64, present: bool) -> Verdict {
+        let seen = self.seen(client);
+        let current = seen.map_or((0, false), |s| (s.clock, s.present));
+        if supersedes(Some(current), clock, present) {
             self.clients.insert(client, Seen { clock, present });
             Verdict::Forward
-        } else if present && seen.is_some() && !has {
+        } else if present && seen.is_some() && !current.1 {
             Verdict::Hidden {
-                leave_clock: current,
+                leave_clock: current.0,
             }
         } else {
             Verdict::Ignore
@@ -55,7 +63,7 @@ impl View {
     /// The participant's entry is gone from the store (removed or expired) and nobody wrote a
     /// leave: if the clients see it present at clock `k`, they are told it left at `k + 1`
     /// (returned), which they accept.
-    pub fn gone(&mut self, client: u64) -> Option<u64> {
+    pub(crate) fn gone(&mut self, client: u64) -> Option<u64> {
         let seen = self.clients.get_mut(&client)?;
         if !seen.present {
             return None;
@@ -65,16 +73,8 @@ impl View {
         Some(seen.clock)
     }
 
-    /// The clock of a participant the clients see present.
-    pub fn present_clock(&self, client: u64) -> Option<u64> {
-        self.clients
-            .get(&client)
-            .filter(|s| s.present)
-            .map(|s| s.clock)
-    }
-
-    /// The participants the clients see present.
-    pub fn present(&self) -> Vec<u64> {
+    /// The participants the clients see present, in id order.
+    pub(crate) fn present(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
             .clients
             .iter()

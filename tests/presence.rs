@@ -1,0 +1,244 @@
+//! The presence engine across instances on one PostgreSQL database: states cross through the
+//! change feed (carried in the notification, re-read when too large), leaves of closed
+//! connections, a graceful shutdown's leaves at once, a crashed instance's leaves within its
+//! lease, and a client failing over to another instance accepted at once.
+//!
+//! The crashes are real: `crashing_presence` runs this test binary again as a child process
+//! that joins a room, writes a client and waits; the test kills it with SIGKILL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use serde_json::json;
+use synckit_awareness::presence::{Outbox, Outgoing, Presence, PresenceOptions};
+use synckit_awareness::y_protocols::{
+    decode_awareness_update, decode_message, encode_awareness_update, encode_message,
+    AwarenessClientUpdate, AwarenessMessage, DecodeLimits,
+};
+use synckit_awareness::{InstanceOptions, PostgresAwarenessStore, PostgresOptions};
+
+const LEASE: Duration = Duration::from_millis(1200);
+/// The child's environment: the database URL, the principal, the client id.
+const CHILD_URL: &str = "SYNCKIT_PRESENCE_CHILD_URL";
+const CHILD_PRINCIPAL: &str = "SYNCKIT_PRESENCE_CHILD_PRINCIPAL";
+const CHILD_CLIENT: &str = "SYNCKIT_PRESENCE_CHILD_CLIENT";
+const PRUNE_EVERY: Duration = Duration::from_millis(200);
+
+async fn instance(url: &str) -> Presence {
+    let store = PostgresAwarenessStore::connect(
+        url,
+        PostgresOptions::default()
+            .with_timeout(common::LONG)
+            .with_pool_size(4),
+    )
+    .await
+    .expect("store");
+    Presence::on_postgres(
+        store,
+        PresenceOptions::default()
+            .with_prune_interval(PRUNE_EVERY)
+            .with_instance(InstanceOptions::default().with_lease(LEASE)),
+    )
+    .await
+    .expect("engine")
+}
+
+fn message(client_id: u64, clock: u64, state: Option<serde_json::Value>) -> Vec<u8> {
+    let update = encode_awareness_update(&[AwarenessClientUpdate {
+        client_id,
+        clock,
+        state,
+    }])
+    .expect("encode");
+    encode_message(&AwarenessMessage::Update(update))
+}
+
+/// Reads the outbox until `want` (id, clock, present) arrives; panics after `within`.
+async fn expect(outbox: &mut Outbox, want: (u64, u64, bool), within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while let Ok(Some(next)) =
+        tokio::time::timeout(within.saturating_sub(started.elapsed()), outbox.next()).await
+    {
+        let Outgoing::Message(bytes) = next else {
+            panic!("closed while waiting for {want:?}: {next:?}");
+        };
+        let Ok(AwarenessMessage::Update(update)) = decode_message(&bytes) else {
+            continue;
+        };
+        for client in decode_awareness_update(&update, &DecodeLimits::default()).expect("decode") {
+            let got = (client.client_id, client.clock, client.state.is_some());
+            if got == want {
+                return started.elapsed();
+            }
+            seen.push(got);
+        }
+    }
+    panic!("{want:?} did not arrive within {within:?}; got {seen:?}");
+}
+
+/// Not a test of its own: the instance `crashed_instance` kills (see the module docs).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run as a child process by the crash tests"]
+async fn crashing_presence() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        return;
+    };
+    let principal = std::env::var(CHILD_PRINCIPAL)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let client: u64 = std::env::var(CHILD_CLIENT)
+        .expect("client id")
+        .parse()
+        .expect("a number");
+    let presence = instance(&url).await;
+    let (session, _outbox) = presence.join("doc", principal).await.expect("join");
+    let received = session
+        .receive(&message(client, 5, Some(json!({ "v": 5 }))))
+        .await
+        .expect("receive");
+    assert_eq!(received.applied, vec![client]);
+    println!("READY");
+    // Killed here.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// Starts `crashing_presence` on `db`, writing `client` as `principal`; returns once it has.
+async fn crashing_child(db: &TestDb, principal: &str, client: u64) -> Child {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "crashing_presence", "--ignored", "--nocapture"])
+        .env(CHILD_URL, &db.url)
+        .env(CHILD_PRINCIPAL, principal)
+        .env(CHILD_CLIENT, client.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.trim() == "READY")
+    })
+    .await
+    .expect("read the child");
+    assert!(ready, "the child instance did not start");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn states_cross_instances_and_leaves_follow_closes_shutdowns_and_crashes() {
+    let db = TestDb::migrated().await;
+    let a = instance(&db.url).await;
+    let b = instance(&db.url).await;
+    assert_ne!(a.instance_id(), b.instance_id());
+
+    let (alice, mut alice_out) = a.join("doc", None).await.expect("join");
+    let (bob, mut bob_out) = b.join("doc", None).await.expect("join");
+    alice
+        .receive(&message(1, 1, Some(json!({ "name": "alice" }))))
+        .await
+        .expect("receive");
+    expect(&mut bob_out, (1, 1, true), Duration::from_secs(5)).await;
+    bob.receive(&message(2, 1, Some(json!({ "name": "bob" }))))
+        .await
+        .expect("receive");
+    expect(&mut alice_out, (2, 1, true), Duration::from_secs(5)).await;
+
+    // A state too large for a notification is re-read by the receiving instance.
+    let large = json!({ "text": "x".repeat(20_000) });
+    alice
+        .receive(&message(1, 2, Some(large)))
+        .await
+        .expect("receive");
+    expect(&mut bob_out, (1, 2, true), Duration::from_secs(5)).await;
+
+    // Echoes do not travel: bob's client echoing alice's state writes nothing.
+    let echo = bob
+        .receive(&message(1, 2, Some(json!({ "echo": true }))))
+        .await
+        .expect("receive");
+    assert_eq!(echo.dropped, vec![1]);
+
+    // A closed connection: one leave, one clock above.
+    alice.close().await;
+    expect(&mut bob_out, (1, 3, false), Duration::from_secs(5)).await;
+
+    // A graceful shutdown: its clients leave for everyone at once.
+    let (carol, mut carol_out) = a.join("doc", None).await.expect("join");
+    carol
+        .receive(&message(3, 1, Some(json!({ "name": "carol" }))))
+        .await
+        .expect("receive");
+    expect(&mut bob_out, (3, 1, true), Duration::from_secs(5)).await;
+    a.shutdown().await.expect("shutdown");
+    assert!(matches!(
+        carol_out.next().await,
+        Some(Outgoing::Close(_)) | Some(Outgoing::Message(_))
+    ));
+    expect(&mut bob_out, (3, 2, false), Duration::from_secs(5)).await;
+    drop(carol);
+
+    // A crash (SIGKILL): its clients leave within the lease and a prune period, long before
+    // their 30 s timeout.
+    let mut child = crashing_child(&db, "", 4).await;
+    expect(&mut bob_out, (4, 5, true), Duration::from_secs(5)).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let took = expect(
+        &mut bob_out,
+        (4, 6, false),
+        LEASE * 4 + Duration::from_secs(2),
+    )
+    .await;
+    println!(
+        "crashed instance: its client left after {took:?} (lease {LEASE:?}, prune {PRUNE_EVERY:?})"
+    );
+    drop(bob);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_failing_over_to_another_instance_is_accepted_at_once() {
+    let db = TestDb::migrated().await;
+    let b = instance(&db.url).await;
+    let (watcher, mut watcher_out) = b.join("doc", None).await.expect("join");
+    let mut a = crashing_child(&db, "alice", 7).await;
+    expect(&mut watcher_out, (7, 5, true), Duration::from_secs(5)).await;
+    // A dies; alice's provider reconnects to B at once, re-announcing at the same clock.
+    a.kill().expect("SIGKILL");
+    a.wait().expect("reap");
+    let (again, _again_out) = b.join("doc", Some("alice".into())).await.expect("join");
+    let echo = again
+        .receive(&message(7, 5, Some(json!({ "v": 5 }))))
+        .await
+        .expect("receive");
+    assert!(echo.refused.is_empty());
+    let moved = again
+        .receive(&message(7, 6, Some(json!({ "v": 6 }))))
+        .await
+        .expect("receive");
+    assert_eq!(moved.applied, vec![7], "accepted at once: {moved:?}");
+    expect(&mut watcher_out, (7, 6, true), Duration::from_secs(5)).await;
+    // Another principal cannot take the id over.
+    let (mallory, _mallory_out) = b.join("doc", Some("mallory".into())).await.expect("join");
+    let refused = mallory
+        .receive(&message(7, 9, Some(json!({ "v": "mallory" }))))
+        .await
+        .expect("receive");
+    assert!(refused.applied.is_empty(), "{refused:?}");
+    // A's lease lapses: alice is now written by B, so she is not taken away with A's entries.
+    tokio::time::sleep(LEASE * 2 + PRUNE_EVERY * 2).await;
+    let entry = b
+        .store()
+        .get("doc", "7")
+        .await
+        .expect("get")
+        .expect("alice is still there");
+    assert_eq!((entry.clock, entry.is_tombstone()), (6, false));
+    drop((watcher, again, mallory));
+}
