@@ -93,10 +93,14 @@ pub async fn serve(
     let mut writer = tokio::spawn(write(sink, outbox, limits));
     let mut deadline = tokio::time::Instant::now() + limits.pong_timeout;
     let mut stopping = false;
+    let mut writer_done = false;
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
-            _ = &mut writer => break,
+            _ = &mut writer => {
+                writer_done = true;
+                break;
+            }
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
                 session.disconnect(Disconnect::new(close_code::GOING_AWAY, "server shutting down"));
@@ -137,8 +141,13 @@ pub async fn serve(
     session.close().await;
     docs.release(&room);
     // The writer sends the close frame (if any) and ends.
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
-    writer.abort();
+    if !writer_done
+        && tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
+    }
 }
 
 /// Sends the outbox to the socket, with pings; ends at a close, a failed or stuck write.

@@ -46,6 +46,7 @@ async fn two_instances_real_clients_real_browser() {
 
     let db = common::TestDb::migrated().await;
     let short = common::TestDb::migrated().await;
+    let deploy = common::TestDb::migrated().await;
     let report = target_dir().join("relay-e2e/report.json");
     let screenshot = target_dir().join("relay-e2e/relay-screenshot.png");
     let _ = std::fs::remove_file(&report);
@@ -62,6 +63,7 @@ async fn two_instances_real_clients_real_browser() {
         .env("RELAY_BIN", env!("CARGO_BIN_EXE_synckit-relay"))
         .env("RELAY_DB_URL", &db.url)
         .env("RELAY_DB_URL_SHORT", &short.url)
+        .env("RELAY_DB_URL_DEPLOY", &deploy.url)
         .env("RELAY_REPORT", &report)
         .env("RELAY_SCREENSHOT", &screenshot)
         .env("CHROMIUM", &chromium)

@@ -12,10 +12,10 @@ export const env = (name) => {
 }
 
 /** Starts a relay; resolves once it listens. `port` 0 picks a free one. */
-export const startRelay = async ({ name, port = 0, databaseUrl, timeout = '30s', pruneInterval = '500ms', extra = [] }) => {
+export const startRelay = async ({ name, port = 0, databaseUrl, timeout = '30s', pruneInterval = '500ms', extra = [], env: extraEnv = {} }) => {
   const args = ['--port', String(port), '--instance', name, '--timeout', timeout, '--prune-interval', pruneInterval, ...extra]
   const proc = spawn(env('RELAY_BIN'), args, {
-    env: { ...process.env, DATABASE_URL: databaseUrl, RUST_LOG: process.env.RELAY_LOG || 'warn' },
+    env: { ...process.env, DATABASE_URL: databaseUrl, RUST_LOG: process.env.RELAY_LOG || 'warn', ...extraEnv },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const logs = []
@@ -72,9 +72,9 @@ process.setMaxListeners(0)
 const clients = new Set()
 
 /** A real y-websocket client in `room` on `relay`, with `state` set once connected. */
-export const connect = (relay, room, state) => {
+export const connect = (relay, room, state, { params } = {}) => {
   const doc = new Y.Doc()
-  const provider = new WebsocketProvider(relay.ws, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  const provider = new WebsocketProvider(relay.ws, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true, params })
   if (state !== undefined) provider.awareness.setLocalState(state)
   const client = {
     doc,

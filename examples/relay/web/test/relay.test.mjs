@@ -3,10 +3,11 @@
 import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync, mkdirSync } from 'node:fs'
+import { createHmac } from 'node:crypto'
 import { dirname } from 'node:path'
 import WebSocket from 'ws'
 import * as encoding from 'lib0/encoding'
-import { startRelay, connect, destroyAll, waitFor, health, percentile, env } from './harness.mjs'
+import { startRelay, connect, destroyAll, waitFor, withTimeout, health, percentile, env } from './harness.mjs'
 
 const report = {}
 const save = () => {
@@ -157,9 +158,7 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
       ['unknown message type', new Uint8Array([9, 1, 2, 3]), 1003, /unknown y-websocket message type 9/],
       ['auth message', new Uint8Array([2, 0]), 1003, /auth/],
       ['malformed sync message', new Uint8Array([0, 7, 1]), 1007, /sync/],
-      ['oversized message', (() => { const big = new Uint8Array(300000); big[0] = 1; return big })(), 1009, /exceeds the limit/],
-      ['spoofed state for alice', awarenessFrame([[alice.id, aliceClock + 5, { user: { name: 'mallory' } }]]), 1008, /belongs to another connection/],
-      ['own client plus spoofed alice', awarenessFrame([[4245, 1, { ok: 1 }], [alice.id, aliceClock + 9, { user: { name: 'mallory' } }]]), 1008, /belongs to another connection/]
+      ['oversized message', (() => { const big = new Uint8Array(300000); big[0] = 1; return big })(), 1009, /exceeds the limit/]
     ]
     for (const [name, payload, code, reason] of cases) {
       const closed = await refused(name.includes('oversized') ? B : A, payload)
@@ -168,6 +167,21 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     }
     const text = await refused(A, 'hello', false)
     assert.equal(text.code, 1003, 'a text frame is refused')
+
+    // Spoofs of alice (anonymous connections: the relay runs open here) are dropped, on her
+    // instance (she is held by her connection) and on the other (she is live elsewhere); the
+    // spoofing connection is not closed (a reconnecting client must never loop on a close).
+    for (const [relay, own] of [[A, 4245], [B, 4247]]) {
+      const spoofer = new WebSocket(`${relay.ws}/guarded`)
+      await new Promise((resolve, reject) => { spoofer.once('open', resolve); spoofer.once('error', reject) })
+      spoofer.send(awarenessFrame([[alice.id, aliceClock + 5, { user: { name: 'mallory' } }]]))
+      spoofer.send(awarenessFrame([[own, 1, { ok: 1 }], [alice.id, aliceClock + 9, { user: { name: 'mallory' } }]]))
+      await waitFor(() => bob.sees(own), 5000, 'the spoofer\'s own client arrives')
+      assert.equal(spoofer.readyState, WebSocket.OPEN, 'the spoofing connection stays open')
+      assert.deepEqual(bob.stateOf(alice), { user: { name: 'alice' } }, `alice unchanged (spoofed through ${relay.name})`)
+      spoofer.close()
+      await waitFor(() => !bob.sees(own), 5000, 'the spoofer\'s client leaves when it closes')
+    }
 
     // A leave for alice from a connection that does not own her is dropped, not applied.
     const ws = new WebSocket(`${B.ws}/guarded`)
@@ -186,7 +200,7 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     const observer = connect(A, 'guarded')
     observer.awareness.setLocalState(null)
     await waitFor(() => observer.provider.synced && observer.awareness.getStates().size === 2, 5000, () => `observer sees alice and bob only: ${[...observer.awareness.getStates().keys()]}`)
-    for (const id of [4242, 4243, 4244, 4245, 4246]) assert.equal(observer.awareness.getStates().has(id), false, `client ${id} stored`)
+    for (const id of [4242, 4243, 4244, 4246]) assert.equal(observer.awareness.getStates().has(id), false, `client ${id} stored`)
     alice.awareness.setLocalStateField('after', true)
     await waitFor(() => bob.stateOf(alice)?.after === true, 5000, 'alice can still update')
     observer.destroy()
@@ -357,5 +371,184 @@ describe('no DATABASE_URL: one instance on the memory store', () => {
       destroyAll()
       await M.stop()
     }
+  })
+})
+
+describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate database)', () => {
+  const secret = 'e2e-secret-0123456789abcdef'
+  const leaseMs = 3000
+  const pruneMs = 250
+  const auth = { SYNCKIT_RELAY_AUTH_SECRET: secret }
+  // The token format of README "Run a presence server", minted here as a login service would.
+  const token = (principal, ttlSeconds = 3600) => {
+    const signed = `${principal}.${Math.floor(Date.now() / 1000) + ttlSeconds}`
+    return `${signed}.${createHmac('sha256', secret).update(signed).digest('hex')}`
+  }
+  const as = (principal) => ({ params: { token: token(principal) } })
+  const start = (name, { port = 0, extra = [], env: extraEnv = auth } = {}) => startRelay({
+    name,
+    port,
+    databaseUrl: env('RELAY_DB_URL_DEPLOY'),
+    pruneInterval: `${pruneMs}ms`,
+    extra: ['--lease', `${leaseMs}ms`, ...extra],
+    env: extraEnv
+  })
+  const relays = []
+  after(async () => {
+    destroyAll()
+    await Promise.all(relays.map((r) => r.stop()))
+  })
+  const upgrade = (url) => new Promise((resolve) => {
+    const ws = new WebSocket(url)
+    ws.once('open', () => { ws.close(); resolve(101) })
+    ws.once('unexpected-response', (_req, res) => { resolve(res.statusCode); ws.terminate() })
+    ws.once('error', () => resolve('error'))
+  })
+
+  test('8. auth: no token, a wrongly signed or expired one is refused (401); a valid one connects; /metrics is served', async () => {
+    const P = await start('P')
+    relays.push(P)
+    assert.equal(await upgrade(`${P.ws}/secret-room`), 401, 'no token')
+    const forged = token('alice').replace(/.$/, (c) => (c === '0' ? '1' : '0'))
+    assert.equal(await upgrade(`${P.ws}/secret-room?token=${forged}`), 401, 'wrongly signed')
+    assert.equal(await upgrade(`${P.ws}/secret-room?token=${token('alice', -10)}`), 401, 'expired')
+    assert.equal(await upgrade(`${P.ws}/secret-room?token=${token('alice')}`), 101, 'valid')
+    const alice = connect(P, 'secret-room', { user: { name: 'alice' } }, as('alice'))
+    const bob = connect(P, 'secret-room', { user: { name: 'bob' } }, as('bob'))
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
+    const metrics = await (await fetch(`${P.http}/metrics`)).text()
+    for (const name of ['synckit_awareness_presence_connections', 'synckit_awareness_operations_total', 'synckit_awareness_presence_messages_sent_total']) {
+      assert.match(metrics, new RegExp(`^${name}`, 'm'), `/metrics has ${name}`)
+    }
+    alice.destroy()
+    bob.destroy()
+  })
+
+  test('9. a refused join gets a reason (the document is full; another user\'s client id)', async () => {
+    const R = await start('R', { extra: ['--max-clients-per-document', '1'] })
+    relays.push(R)
+    const warnings = []
+    const warn = console.warn
+    console.warn = (...args) => { warnings.push(args.join(' ')) }
+    try {
+      // An observer writes nothing (no local state): it shows what the room holds.
+      const observe = (relay, room) => {
+        const observer = connect(relay, room, undefined, as('observer'))
+        observer.awareness.setLocalState(null)
+        return observer
+      }
+      const observer = observe(R, 'full-room')
+      const alice = connect(R, 'full-room', { user: { name: 'alice' } }, as('alice'))
+      await waitFor(() => observer.sees(alice), 5000, 'alice is in')
+      const bob = connect(R, 'full-room', { user: { name: 'bob' } }, as('bob'))
+      await waitFor(() => warnings.some((w) => /document_full/.test(w)), 5000, () => `bob is told why: ${warnings}`)
+      assert.equal(alice.sees(bob), false, 'bob is not shown')
+      assert.ok(bob.connected(), 'bob stays connected (he still sees the room)')
+      assert.ok(bob.sees(alice), 'bob sees alice')
+      // Mallory, authenticated, announces alice's client id on another instance: the store
+      // refuses it (another user's), and mallory is told why.
+      const elsewhere = observe(relays[0], 'other-room')
+      const owner = connect(R, 'other-room', { user: { name: 'alice' } }, as('alice'))
+      await waitFor(() => elsewhere.sees(owner), 5000, 'alice is in the other room, seen on the other instance')
+      const mallory = new WebSocket(`${relays[0].ws}/other-room?token=${token('mallory')}`)
+      const denied = new Promise((resolve) => mallory.on('message', (data) => { if (data[0] === 2) resolve(Buffer.from(data).subarray(3).toString()) }))
+      await new Promise((resolve) => mallory.once('open', resolve))
+      await new Promise((resolve) => setTimeout(resolve, 200)) // the full state has arrived
+      const update = encoding.createEncoder()
+      encoding.writeVarUint(update, 1)
+      encoding.writeVarUint(update, owner.id)
+      encoding.writeVarUint(update, owner.clock + 10)
+      encoding.writeVarString(update, JSON.stringify({ user: { name: 'mallory' } }))
+      const frame = encoding.createEncoder()
+      encoding.writeVarUint(frame, 1)
+      encoding.writeVarUint8Array(frame, encoding.toUint8Array(update))
+      mallory.send(encoding.toUint8Array(frame))
+      const reason = await withTimeout(denied, 5000, 'mallory is told why')
+      assert.match(reason, /forbidden/)
+      assert.deepEqual(owner.stateOf(owner), { user: { name: 'alice' } }, 'alice unchanged')
+      assert.equal(mallory.readyState, WebSocket.OPEN, 'mallory stays connected')
+      mallory.close()
+      note('refusal_reason', warnings.find((w) => /document_full/.test(w)))
+      for (const client of [alice, bob, owner, observer, elsewhere]) client.destroy()
+    } finally {
+      console.warn = warn
+    }
+  })
+
+  test('10. SIGKILL: its clients leave within lease + prune; a client failing over to the restarted instance is accepted at once, no close loop', async () => {
+    const P = await start('P2')
+    let Q = await start('Q')
+    relays.push(P)
+    const alice = connect(P, 'crash', { user: { name: 'alice' } }, as('alice'))
+    const bob = connect(Q, 'crash', { user: { name: 'bob' } }, as('bob'))
+    const carol = connect(Q, 'crash', { user: { name: 'carol' } }, as('carol'))
+    await waitFor(() => alice.sees(bob) && alice.sees(carol) && bob.sees(alice), 10000, 'everyone sees everyone')
+    let bobCloses = 0
+    bob.provider.on('connection-close', () => { bobCloses++ })
+    const killedAt = performance.now()
+    await Q.stop('SIGKILL')
+    carol.destroy() // carol does not come back
+    // Restarted at once on the same port: bob's entry is still fresh (the lease has not lapsed).
+    Q = await start('Q', { port: Q.port })
+    relays.push(Q)
+    await waitFor(() => bob.connected(), 10000, 'bob reconnects to the restarted Q')
+    const reconnectedAt = performance.now()
+    const closesAtReconnect = bobCloses
+    bob.awareness.setLocalStateField('moved', 1)
+    await waitFor(() => alice.stateOf(bob)?.moved === 1, 5000, 'alice sees bob\'s move through the restarted instance')
+    const acceptedMs = performance.now() - reconnectedAt
+    assert.ok(acceptedMs < leaseMs, `bob accepted in ${Math.round(acceptedMs)} ms, before the dead instance's lease lapsed`)
+    await waitFor(() => !alice.sees(carol), leaseMs + pruneMs + 3000, 'alice sees carol leave')
+    const leaveMs = performance.now() - killedAt
+    assert.ok(leaveMs <= leaseMs + pruneMs + 2000, `carol left ${Math.round(leaveMs)} ms after the kill (lease ${leaseMs} + prune ${pruneMs} + 2 s)`)
+    // Past the lease: bob stays (his entry is now the new instance's), and was never closed.
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    assert.ok(alice.sees(bob), 'bob stays visible after the dead instance is cleared')
+    assert.equal(bobCloses - closesAtReconnect, 0, 'bob was not disconnected again')
+    note('failover', { sigkill_to_leave_ms: Math.round(leaveMs), reconnect_to_accepted_ms: Math.round(acceptedMs), lease_ms: leaseMs, prune_interval_ms: pruneMs })
+    alice.destroy()
+    bob.destroy()
+  })
+
+  test('11. two replicas started with identical environment and arguments share presence', async () => {
+    const [R1, R2] = await Promise.all([start('replica'), start('replica')])
+    relays.push(R1, R2)
+    const alice = connect(R1, 'replicas', { user: { name: 'alice' } }, as('alice'))
+    const bob = connect(R2, 'replicas', { user: { name: 'bob' } }, as('bob'))
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other across identical replicas')
+    const [h1, h2] = await Promise.all([health(R1), health(R2)])
+    assert.notEqual(h1.instance_id, h2.instance_id, 'distinct instance ids')
+    alice.destroy()
+    bob.destroy()
+  })
+
+  test('12. a slow consumer is disconnected; the others are unaffected', async () => {
+    const S = await start('S', { extra: ['--queue-capacity', '16', '--max-state-bytes', '65536'] })
+    relays.push(S)
+    const alice = connect(S, 'slow', { user: { name: 'alice' } }, as('alice'))
+    const bob = connect(S, 'slow', { user: { name: 'bob' } }, as('bob'))
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
+    const slow = new WebSocket(`${S.ws}/slow?token=${token('slow')}`)
+    await new Promise((resolve) => slow.once('open', resolve))
+    slow._socket.pause() // stops reading: the kernel buffers fill, then the relay's queue
+    const slowMetric = async () => {
+      const text = await (await fetch(`${S.http}/metrics`)).text()
+      const m = text.match(/^synckit_awareness_presence_disconnects_total\{reason="slow_consumer"\} (\d+)/m)
+      return m ? Number(m[1]) : 0
+    }
+    const padding = 'x'.repeat(60000)
+    let n = 0
+    await waitFor(async () => {
+      for (let i = 0; i < 20; i++) alice.awareness.setLocalStateField('pad', `${n++}${padding}`)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      return (await slowMetric()) >= 1
+    }, 20000, 'the slow consumer is disconnected')
+    alice.awareness.setLocalStateField('pad', 'done')
+    await waitFor(() => bob.stateOf(alice)?.pad === 'done', 5000, 'bob still gets alice\'s updates')
+    assert.ok(alice.connected() && bob.connected(), 'alice and bob were not disconnected')
+    note('slow_consumer', { updates_sent_until_disconnect: n })
+    slow.terminate()
+    alice.destroy()
+    bob.destroy()
   })
 })
