@@ -12,7 +12,7 @@ SCHEMA_DB ?= synckit_schema_check
 PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_CONTAINER_LABEL := synckit-awareness-tests
 
-.PHONY: test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick relay relay-web
+.PHONY: prerequisites test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick relay relay-web
 
 help:
 	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
@@ -49,7 +49,15 @@ RELAY_ARGS ?=
 relay: relay-web
 	$(CARGO) run -p synckit-relay --release -- $(RELAY_ARGS)
 
-test: tests/js/node_modules/.installed $(RELAY_WEB)/dist/page.js
+# Everything `make test` needs besides PostgreSQL (with-postgres.sh checks that one), checked
+# before anything is installed or compiled, each with one short message.
+CHROMIUM ?= $(firstword $(wildcard /usr/bin/chromium /usr/bin/chromium-browser) $(shell command -v chromium chromium-browser google-chrome 2>/dev/null))
+export CHROMIUM
+prerequisites:
+	@command -v node >/dev/null && command -v npm >/dev/null || { echo "Node.js and npm missing: install Node.js >= 18 with npm (the interop and relay tests run real npm packages)"; exit 2; }
+	@[ -n "$(CHROMIUM)" ] && [ -x "$(CHROMIUM)" ] || { echo "Chromium missing: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome); the relay's browser test drives it"; exit 2; }
+
+test: prerequisites tests/js/node_modules/.installed $(RELAY_WEB)/dist/page.js
 	@tests/support/with-postgres.sh $(MAKE) --no-print-directory test-suite
 
 # The suite itself, with a server already chosen (use `make test`).

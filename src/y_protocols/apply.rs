@@ -125,7 +125,6 @@ async fn leaves_live_state_at_clock_zero(
 
 /// Encodes the live entries of `document_id` (not expired, not tombstones) as one y-protocols
 /// awareness update, ordered by `client_id`: what a server sends a client that just joined.
-/// (See [`awareness_clients`] for the decoded form.)
 ///
 /// Entries a JavaScript peer cannot represent are **skipped**, not an error: a `client_id` that
 /// is not the canonical decimal form of an integer ≤ 2^53-1 (a SyncKit client's string id

@@ -23,6 +23,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -266,6 +267,13 @@ async fn run(args: Args) -> Result<(), Failure> {
     );
     tracing::info!(%instance, instance_id = presence.instance_id(), %address, store = store_kind, timeout = ?args.timeout, prune_interval = ?args.prune_interval, "listening");
     let stopping = presence.clone();
+    // Small messages go out at once: without TCP_NODELAY, Nagle's algorithm holds a frame
+    // back until the previous one is acknowledged (a delayed ACK: ~40 ms at p99 here).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             signal().await;
