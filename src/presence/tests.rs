@@ -380,6 +380,10 @@ async fn malformed_input_disconnects_and_writes_nothing() {
     assert_eq!(error.code, close_code::INVALID_DATA);
     assert_eq!(stored(&presence, "doc", 1).await, None);
     assert!(presence.join("", None).await.is_err(), "an empty room id");
+    assert!(
+        presence.join("doc", Some("a\u{0}b".into())).await.is_err(),
+        "a principal with a NUL"
+    );
 }
 
 #[tokio::test]
@@ -392,6 +396,23 @@ async fn shutdown_closes_every_connection_and_refuses_joins() {
     assert_eq!(close.code, close_code::GOING_AWAY);
     assert!(alice_out.next().await.is_none());
     assert!(presence.join("doc", None).await.is_err());
+}
+
+#[test]
+fn outside_a_runtime_the_engine_says_so() {
+    let error = Presence::in_memory(MemoryAwarenessStore::default(), PresenceOptions::default())
+        .expect_err("no runtime");
+    assert!(error.to_string().contains("Tokio runtime"), "{error}");
+}
+
+#[tokio::test]
+async fn bad_options_are_refused() {
+    for options in [
+        PresenceOptions::default().with_queue_capacity(0),
+        PresenceOptions::default().with_prune_interval(Duration::ZERO),
+    ] {
+        assert!(Presence::in_memory(MemoryAwarenessStore::default(), options).is_err());
+    }
 }
 
 #[test]
