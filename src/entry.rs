@@ -199,16 +199,4 @@ impl SetOutcome {
             SetOutcome::ConnectionFull => "connection_full",
         }
     }
-
-    /// The outcome for the code the PostgreSQL statements return (see `postgres/sql/write.rs`).
-    pub(crate) fn from_code(code: i16) -> Option<Self> {
-        Some(match code {
-            0 => SetOutcome::Applied,
-            1 => SetOutcome::Stale,
-            2 => SetOutcome::Forbidden,
-            3 => SetOutcome::DocumentFull,
-            4 => SetOutcome::ConnectionFull,
-            _ => return None,
-        })
-    }
 }

@@ -131,7 +131,7 @@ pub enum Error {
     /// A y-protocols awareness update or message is malformed or exceeds the decode limits;
     /// nothing was applied.
     #[error("malformed y-protocols awareness data: {0}")]
-    Codec(#[from] crate::y_protocols::CodecError),
+    Codec(#[from] crate::y_protocols::error::CodecError),
     /// The store runs as an instance whose lease is not known to be valid: its renewals
     /// failed for longer than the lease (the process was paused, or lost the database, and
     /// other instances may have removed its entries), or it was shut down. Nothing was

@@ -139,7 +139,7 @@ fn unlink(
     }
 }
 
-/// The contract's rule 1, for a live existing entry.
+/// The contract's rules 1-3 (clocks), for a live existing entry.
 fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
     crate::entry::supersedes(
         Some((existing.clock, existing.state.is_some())),
@@ -149,7 +149,8 @@ fn wins(update: &AwarenessUpdate, existing: &Stored) -> bool {
 }
 
 /// Why `update` may not be applied over `existing` (the key's fresh entry, if any), checked in
-/// the contract's order: ownership, then clocks, then the limits on joining participants.
+/// this order (the contract's numbers): ownership (4), then clocks (1-3), then the limits on
+/// joining participants (5).
 fn refusal(
     entries: &Entries,
     options: &StoreOptions,

@@ -98,9 +98,8 @@ pub(crate) fn operation(
 }
 
 /// A pooled connection was handed out (or not) after waiting since `started`.
-pub(crate) fn pool_checkout(pool: &crate::PgPool, started: Instant) {
+pub(crate) fn pool_checkout(started: Instant, connections: u32, idle: u32) {
     ::metrics::histogram!(POOL_WAIT).record(started.elapsed().as_secs_f64());
-    let state = pool.state();
-    ::metrics::gauge!(POOL_CONNECTIONS).set(f64::from(state.connections));
-    ::metrics::gauge!(POOL_IDLE).set(f64::from(state.idle_connections));
+    ::metrics::gauge!(POOL_CONNECTIONS).set(f64::from(connections));
+    ::metrics::gauge!(POOL_IDLE).set(f64::from(idle));
 }

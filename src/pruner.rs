@@ -23,11 +23,11 @@ impl Pruner {
     /// Spawns a task on the current tokio runtime that, every `period`, atomically removes the
     /// store's departed entries ([`AwarenessStore::take_departed`]: the expired ones and, on
     /// PostgreSQL, every entry of an instance whose lease lapsed) and hands each removed entry
-    /// to `on_expired`, so a server can broadcast the leave
+    /// to `on_departed`, so a server can broadcast the leave
     /// ([`AwarenessEntry::leave_update`]). Each entry is handed to exactly one pruner, however
     /// many run on the database. A failed round (database down, say) is logged and retried at
     /// the next period; the task never dies of it.
-    pub fn spawn<F>(store: Arc<dyn AwarenessStore>, period: Duration, mut on_expired: F) -> Self
+    pub fn spawn<F>(store: Arc<dyn AwarenessStore>, period: Duration, mut on_departed: F) -> Self
     where
         F: FnMut(AwarenessEntry) + Send + 'static,
     {
@@ -44,7 +44,7 @@ impl Pruner {
                 match store.take_departed().await {
                     Ok(departed) => {
                         report(&departed);
-                        departed.into_entries().for_each(&mut on_expired);
+                        departed.into_entries().for_each(&mut on_departed);
                     }
                     Err(error) => {
                         ::metrics::counter!(crate::metrics::PRUNE_FAILURES).increment(1);

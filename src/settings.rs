@@ -129,10 +129,10 @@ impl Default for PostgresSettings {
 }
 
 impl PostgresSettings {
-    /// The [`InstanceOptions`](crate::InstanceOptions) these settings describe.
-    pub fn instance_options(&self) -> crate::InstanceOptions {
-        let options =
-            crate::InstanceOptions::default().with_lease(Duration::from_millis(self.lease_ms));
+    /// The [`InstanceOptions`](crate::postgres::InstanceOptions) these settings describe.
+    pub fn instance_options(&self) -> crate::postgres::InstanceOptions {
+        let options = crate::postgres::InstanceOptions::default()
+            .with_lease(Duration::from_millis(self.lease_ms));
         if self.instance_id.is_empty() {
             options
         } else {

@@ -39,6 +39,11 @@ pub(crate) trait Storage: Send + Sync {
             abandoned: Vec::new(),
         })
     }
+    /// An instance's graceful stop: its lease and entries removed, the entries that were not
+    /// expired returned. Nothing for a storage without instances.
+    async fn shutdown(&self) -> Result<Vec<AwarenessEntry>> {
+        Ok(Vec::new())
+    }
     fn options(&self) -> StoreOptions;
 }
 

@@ -165,20 +165,16 @@ fn limits_are_enforced_before_allocation() {
         })
     );
     // Even with an unlimited max_clients the capacity is bounded by the input size.
-    let unlimited = DecodeLimits {
-        max_clients: usize::MAX,
-        ..DecodeLimits::default()
-    };
+    let unlimited = DecodeLimits::default().with_max_clients(usize::MAX);
     assert_eq!(
         decode_awareness_update(&huge, &unlimited),
         Err(CodecError::Truncated {
             field: WireField::ClientId
         })
     );
-    let small = DecodeLimits {
-        max_clients: 1,
-        max_state_bytes: 4,
-    };
+    let small = DecodeLimits::default()
+        .with_max_clients(1)
+        .with_max_state_bytes(4);
     let mut two = one_client(1, 1, b"{}");
     two[0] = 2;
     assert_eq!(
@@ -202,12 +198,10 @@ fn limits_are_enforced_before_allocation() {
             max: 65_536
         })
     );
+    let default = DecodeLimits::default();
     assert_eq!(
-        DecodeLimits::default(),
-        DecodeLimits {
-            max_clients: 1024,
-            max_state_bytes: 65_536
-        }
+        (default.max_clients, default.max_state_bytes),
+        (1024, 65_536)
     );
 }
 
@@ -384,7 +378,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode(&bytes);
-        let _ = decode_awareness_update(&bytes, &DecodeLimits { max_clients: usize::MAX, max_state_bytes: usize::MAX });
+        let _ = decode_awareness_update(&bytes, &DecodeLimits::unlimited());
         let _ = decode_message(&bytes);
     }
 

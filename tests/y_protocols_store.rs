@@ -62,10 +62,7 @@ async fn applies_decimal_ids_and_outcomes(stores: common::Stores) {
 
 async fn malformed_input_applies_nothing(stores: common::Stores) {
     let store = stores.long.clone();
-    let limits = DecodeLimits {
-        max_clients: 2,
-        ..Default::default()
-    };
+    let limits = DecodeLimits::default().with_max_clients(2);
     let good = update(&[client(1, 1, Some(json!({"ok": 1})))]);
     let truncated = &good[..good.len() - 1];
     let three = update(&[

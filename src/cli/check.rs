@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use synckit_awareness::validate_schema;
 
+use super::connect::Target;
+use super::failure::Failure;
 use super::failure::PROBLEM;
-use super::{Failure, Target};
 
 pub(crate) async fn run(target: &Target) -> Result<ExitCode, Failure> {
     let mut conn = target.connect().await?;

@@ -8,7 +8,7 @@ use synckit_awareness::{
     PostgresOptions,
 };
 
-use super::Failure;
+use super::failure::Failure;
 
 /// How long the CLI waits for PostgreSQL to answer a new connection (a network timeout, unlike
 /// the store's `acquire_timeout`, which is the wait for a free pooled connection).

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use serde::Serialize;
 use synckit_awareness::InspectedEntry;
 
+use super::connect::Target;
+use super::failure::Failure;
 use super::format::{age, table, terminal_width};
-use super::{Failure, Target};
 
 /// One JSON line: the stored entry, its flags, and its age by the database's clock.
 #[derive(Serialize)]

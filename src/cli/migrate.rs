@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use synckit_awareness::{pending_migrations, run_migrations};
 
-use super::{Failure, Target};
+use super::connect::Target;
+use super::failure::Failure;
 
 pub(crate) async fn run(target: &Target, dry_run: bool) -> Result<ExitCode, Failure> {
     let conn = target.connect().await?;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use synckit_awareness::AwarenessStore;
 
-use super::{Failure, Target};
+use super::connect::Target;
+use super::failure::Failure;
 
 pub(crate) async fn run(target: &Target, every: Option<Duration>) -> Result<ExitCode, Failure> {
     let store = target.store().await?;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use serde::Serialize;
 use synckit_awareness::{DocumentActivity, StoreStats};
 
+use super::connect::Target;
+use super::failure::Failure;
 use super::format::bytes;
-use super::{Failure, Target};
 
 /// How many of the busiest documents to show.
 const BUSIEST: u32 = 5;

@@ -1,35 +1,17 @@
 //! How the store opens connections: pool settings and per-session settings.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
-
-use bb8::ErrorSink;
 use diesel::ConnectionResult;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, PoolError, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use super::options::PostgresOptions;
+use super::pool::ConnectErrors;
 use crate::error::{Error, Result};
 use crate::postgres::secret::redact;
-
-/// The `SET` statements run once on each new connection, from the options.
-pub(crate) fn session_sql(options: &PostgresOptions) -> String {
-    let mut sql = String::new();
-    if let Some(timeout) = options.statement_timeout {
-        sql.push_str(&format!(
-            "SET statement_timeout = {};",
-            timeout.as_millis().max(1)
-        ));
-    }
-    if !options.synchronous_commit {
-        sql.push_str("SET synchronous_commit = off;");
-    }
-    sql
-}
 
 /// A connection manager for `url` with this crate's connection set-up: TLS from `sslmode` /
 /// `sslrootcert` (rustls), the session settings of `options` (`statement_timeout`,
@@ -53,7 +35,7 @@ pub fn connection_manager(
     url: &str,
     options: &PostgresOptions,
 ) -> AsyncDieselConnectionManager<AsyncPgConnection> {
-    let session = session_sql(options);
+    let session = super::sql::session::session_settings(options);
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| establish(url.to_owned(), session.clone()).boxed());
@@ -74,11 +56,8 @@ pub async fn build_pool(url: &str, options: &PostgresOptions) -> Result<Pool<Asy
     Ok(build_pool_reporting(url, options).await?.0)
 }
 
-/// [`build_pool`], also returning where the pool reports its failures to connect.
-///
-/// bb8 never hands a failed connection attempt to the caller waiting in `get` (it retries until
-/// the connection timeout, then reports a timeout); the returned [`ConnectErrors`] keeps the last
-/// failure so the store can say *why* instead ("connection refused", "invalid certificate").
+/// [`build_pool`], also returning where the pool reports its failures to connect
+/// ([`ConnectErrors`]).
 pub(crate) async fn build_pool_reporting(
     url: &str,
     options: &PostgresOptions,
@@ -96,31 +75,6 @@ pub(crate) async fn build_pool_reporting(
         .await
         .map_err(|e| Error::Connection(redact(&e.to_string())))?;
     Ok((pool, errors))
-}
-
-/// The pool's most recent failure to open a connection (password redacted).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ConnectErrors(Arc<Mutex<Option<(Instant, String)>>>);
-
-impl ConnectErrors {
-    /// The last failure, if it happened after `since`.
-    pub(crate) fn since(&self, since: Instant) -> Option<String> {
-        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        last.as_ref()
-            .filter(|(at, _)| *at >= since)
-            .map(|(_, message)| message.clone())
-    }
-}
-
-impl ErrorSink<PoolError> for ConnectErrors {
-    fn sink(&self, error: PoolError) {
-        let message = redact(&error.to_string());
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), message));
-    }
-
-    fn boxed_clone(&self) -> Box<dyn ErrorSink<PoolError>> {
-        Box::new(self.clone())
-    }
 }
 
 async fn establish(url: String, session: String) -> ConnectionResult<AsyncPgConnection> {

@@ -1,11 +1,11 @@
-//! The change feed: every change a [`PostgresAwarenessStore`] applies can be published through
+//! The change feed: every change a [`PostgresAwarenessStore`](crate::PostgresAwarenessStore) applies can be published through
 //! PostgreSQL `LISTEN/NOTIFY`, and any instance on the same database can subscribe to it.
 //!
 //! Why it publishes from a task and not inside each write: a transaction that notifies takes a
 //! database-wide lock at commit, so one `pg_notify` per `set` serialises every writer's commit
 //! (measured: −55 % `set` throughput at 4 clients). Instead the write methods hand the keys they
-//! changed to a publisher task (a channel send, no I/O), which coalesces the keys that arrive
-//! within [`ChangeFeedOptions::coalesce`] plus whatever queues up while its previous `NOTIFY`
+//! changed to a publisher task (a channel send, no I/O), which gathers the keys that arrive
+//! within [`ChangeFeedOptions::publish_delay`] plus whatever queues up while its previous `NOTIFY`
 //! is in flight, and sends them as one statement. The price: an event leaves a few
 //! milliseconds after its write commits, and if the process dies in between, or the database is
 //! unreachable when it publishes, the event is lost (subscribers' state then catches up on
@@ -13,232 +13,23 @@
 
 mod listener;
 mod payload;
+pub(crate) mod publishing;
+mod types;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use types::{
+    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, ChangedState,
+    FeedEvent, DEFAULT_CHANNEL,
+};
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use diesel::sql_types::{Array, Text};
 use diesel_async::RunQueryDsl;
-use futures_util::stream::BoxStream;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::store::{PgPool, PostgresAwarenessStore};
+use super::pool::Connections;
 use crate::entry::{AwarenessEntry, AwarenessUpdate};
 use crate::error::{Error, Result};
-
-/// What happened to the listed clients of a document. Events carry the keys, and for applied
-/// sets and leaves the clock and state they were set to where those fit in the notification
-/// ([`AwarenessChange::states`]); otherwise subscribers re-read the entries they need
-/// ([`get`](crate::AwarenessStore::get), [`get_all`](crate::AwarenessStore::get_all)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ChangeKind {
-    /// A `set` with a state was applied.
-    Set,
-    /// A `set` without state (the client left; a tombstone remains) was applied.
-    Leave,
-    /// Entries were deleted by `remove` or `remove_all_for_connection`.
-    Remove,
-    /// Expired entries were deleted by `prune_expired` or `take_expired`.
-    Expire,
-}
-
-impl ChangeKind {
-    /// The kind's name in payloads.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Set => "set",
-            ChangeKind::Leave => "leave",
-            ChangeKind::Remove => "remove",
-            ChangeKind::Expire => "expire",
-        }
-    }
-}
-
-/// Changes of one kind to some clients of one document, published by the store instance
-/// `origin`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwarenessChange {
-    /// The document.
-    pub document_id: String,
-    /// The clients changed, in the order their changes were applied.
-    pub client_ids: Vec<String>,
-    /// What happened to them.
-    pub kind: ChangeKind,
-    /// [`ChangeFeedOptions::origin`] of the publishing store.
-    pub origin: String,
-    /// For [`ChangeKind::Set`] and [`ChangeKind::Leave`]: the clock and state each client was
-    /// set to, parallel to [`client_ids`](Self::client_ids), or `None` for a client whose
-    /// state did not fit in the notification (PostgreSQL's payloads stop at 8,000 bytes) —
-    /// re-read that one. Empty when the change carries no states at all (every other kind).
-    pub states: Vec<Option<ChangedState>>,
-}
-
-impl AwarenessChange {
-    /// The clock and state the `index`-th client was set to, when the change carried it.
-    pub fn state_of(&self, index: usize) -> Option<&ChangedState> {
-        self.states.get(index).and_then(Option::as_ref)
-    }
-}
-
-/// The clock and state a [`ChangeKind::Set`] or [`ChangeKind::Leave`] wrote, as carried in the
-/// change feed's notification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangedState {
-    /// The entry's new clock.
-    pub clock: i64,
-    /// The entry's new state; `None` for a leave.
-    pub state: Option<serde_json::Value>,
-}
-
-/// An item of a [`ChangeStream`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FeedEvent {
-    /// A change applied by some instance (this one included unless filtered out).
-    Change(AwarenessChange),
-    /// Events may have been missed (the listener's connection was lost and is back, or this
-    /// subscriber fell more than [`ChangeFeedOptions::capacity`] events behind): re-read the
-    /// full state of the documents you follow.
-    Resync,
-}
-
-/// Which events a [`ChangeStream`] yields. [`FeedEvent::Resync`] always passes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChangeFilter {
-    document_id: Option<String>,
-    ignore_own: bool,
-}
-
-impl ChangeFilter {
-    /// Changes of every document.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    /// Changes of one document.
-    pub fn document(document_id: impl Into<String>) -> Self {
-        Self {
-            document_id: Some(document_id.into()),
-            ignore_own: false,
-        }
-    }
-
-    /// Leaves out changes this store instance published itself (same origin).
-    pub fn ignoring_own(mut self) -> Self {
-        self.ignore_own = true;
-        self
-    }
-
-    fn accepts(&self, event: &FeedEvent, own_origin: &str) -> bool {
-        match event {
-            FeedEvent::Resync => true,
-            FeedEvent::Change(change) => {
-                self.document_id
-                    .as_ref()
-                    .is_none_or(|d| *d == change.document_id)
-                    && !(self.ignore_own && change.origin == own_origin)
-            }
-        }
-    }
-}
-
-/// The events of a subscription, as an async stream; it ends when every clone of the store
-/// that created it is dropped.
-pub type ChangeStream = BoxStream<'static, FeedEvent>;
-
-/// Settings of the change feed: `ChangeFeedOptions::default().with_publish(true)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ChangeFeedOptions {
-    /// Publish this store's changes (off by default; off costs nothing on the write path).
-    pub publish: bool,
-    /// The `NOTIFY` channel (at most 63 bytes). Every instance of one deployment must use the
-    /// same; different deployments on one database use different ones.
-    pub channel: String,
-    /// This instance's id in payloads, so it can recognise its own events (at most 256 bytes);
-    /// by default unique per store created.
-    pub origin: String,
-    /// How long the publisher waits after a change for more to send with it. Larger: fewer
-    /// `NOTIFY` transactions; smaller: lower latency. Under load, changes also coalesce while
-    /// the previous `NOTIFY` is in flight.
-    pub coalesce: Duration,
-    /// Events buffered per subscriber; one that falls further behind gets a
-    /// [`FeedEvent::Resync`] instead of the events it missed.
-    pub capacity: usize,
-}
-
-/// Default `NOTIFY` channel.
-pub const DEFAULT_CHANNEL: &str = "synckit_awareness";
-
-impl Default for ChangeFeedOptions {
-    fn default() -> Self {
-        static STORES: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        Self {
-            publish: false,
-            channel: DEFAULT_CHANNEL.to_owned(),
-            origin: format!(
-                "{}-{:x}-{}",
-                std::process::id(),
-                nanos,
-                STORES.fetch_add(1, Ordering::Relaxed)
-            ),
-            coalesce: Duration::from_millis(1),
-            capacity: 4096,
-        }
-    }
-}
-
-impl ChangeFeedOptions {
-    /// These options with publishing on or off ([`publish`](Self::publish)).
-    pub fn with_publish(mut self, publish: bool) -> Self {
-        self.publish = publish;
-        self
-    }
-
-    /// These options with another `NOTIFY` channel ([`channel`](Self::channel)).
-    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
-        self.channel = channel.into();
-        self
-    }
-
-    /// These options with another origin ([`origin`](Self::origin)).
-    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
-        self.origin = origin.into();
-        self
-    }
-
-    /// These options with another coalescing window ([`coalesce`](Self::coalesce)).
-    pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
-        self.coalesce = coalesce;
-        self
-    }
-
-    /// These options with another per-subscriber buffer ([`capacity`](Self::capacity)).
-    pub fn with_capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
-        self
-    }
-
-    fn check(&self) -> Result<()> {
-        let bad = |what: &str| Err(Error::Config(format!("change feed: {what}")));
-        if self.channel.is_empty() || self.channel.len() > 63 || self.channel.contains('\0') {
-            return bad("channel must be 1 to 63 bytes without NUL");
-        }
-        if self.origin.is_empty() || self.origin.len() > 256 || self.origin.contains('\0') {
-            return bad("origin must be 1 to 256 bytes without NUL");
-        }
-        if self.capacity == 0 {
-            return bad("capacity must be at least 1");
-        }
-        Ok(())
-    }
-}
 
 /// A store's feed: the publisher's inbox (when publishing) and the shared listener.
 #[derive(Clone, Default)]
@@ -333,42 +124,39 @@ impl Feed {
     }
 }
 
-impl PostgresAwarenessStore {
-    /// This store with the change feed configured by `options`; with
-    /// [`publish`](ChangeFeedOptions::publish) it starts the publisher task, so it must be
-    /// called inside a Tokio runtime. Clones made afterwards share the feed.
-    pub fn with_change_feed(mut self, options: ChangeFeedOptions) -> Result<Self> {
+impl Feed {
+    /// A feed configured by `options`; with [`publish`](ChangeFeedOptions::publish) it starts
+    /// the publisher task, so it must be called inside a Tokio runtime.
+    pub(crate) fn start(connections: &Connections, options: ChangeFeedOptions) -> Result<Self> {
         options.check()?;
         let publisher = if options.publish {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::Config("with_change_feed must be called inside a Tokio runtime".into())
             })?;
             let (inbox, outbox) = mpsc::unbounded_channel();
-            runtime.spawn(publish_loop(self.pool().clone(), options.clone(), outbox));
+            runtime.spawn(publish_loop(connections.clone(), options.clone(), outbox));
             Some(inbox)
         } else {
             None
         };
-        self.layers.feed = Feed {
+        Ok(Self {
             inner: Arc::new(FeedInner {
                 options,
                 publisher,
                 listener: tokio::sync::OnceCell::new(),
             }),
-        };
-        Ok(self)
+        })
     }
 
-    /// This store's id in the change feed ([`ChangeFeedOptions::origin`]).
-    pub fn change_feed_origin(&self) -> &str {
-        &self.layers.feed.inner.options.origin
+    /// This feed's origin ([`ChangeFeedOptions::origin`]).
+    pub(crate) fn origin(&self) -> &str {
+        &self.inner.options.origin
     }
 
-    /// Waits until every change this store applied so far was published (its `NOTIFY`
-    /// committed, or given up after a retry): what a server calls before it exits, so that
-    /// its last leaves reach the other instances. Returns at once without a publishing feed.
-    pub async fn flush_change_feed(&self) {
-        if let Some(inbox) = &self.layers.feed.inner.publisher {
+    /// Waits until every change queued so far was published (see
+    /// [`PostgresAwarenessStore::flush_change_feed`](crate::PostgresAwarenessStore::flush_change_feed)).
+    pub(crate) async fn flush(&self) {
+        if let Some(inbox) = &self.inner.publisher {
             let (done, flushed) = tokio::sync::oneshot::channel();
             if inbox.send(Queued::Flush(done)).is_ok() {
                 // An error: the publisher task is gone; nothing is left to wait for.
@@ -377,22 +165,19 @@ impl PostgresAwarenessStore {
         }
     }
 
-    /// Subscribes to the change feed: changes published by every store on this database and
-    /// channel (this one included), filtered by `filter`.
-    ///
-    /// The first subscription opens the listener: a dedicated connection (outside the pool)
-    /// that runs `LISTEN` before this returns, so every change published afterwards arrives.
-    /// When that connection is lost, the listener reconnects with backoff and every stream
-    /// yields [`FeedEvent::Resync`]: changes published while it was away are lost, so re-read
-    /// the documents you follow.
-    pub async fn subscribe(&self, filter: ChangeFilter) -> Result<ChangeStream> {
-        let options = &self.layers.feed.inner.options;
+    /// A stream of the feed's events (see
+    /// [`PostgresAwarenessStore::subscribe`](crate::PostgresAwarenessStore::subscribe)); the first
+    /// opens the listener on a connection of its own.
+    pub(crate) async fn subscribe(
+        &self,
+        connections: &Connections,
+        filter: ChangeFilter,
+    ) -> Result<ChangeStream> {
+        let options = &self.inner.options;
         let listener = self
-            .layers
-            .feed
             .inner
             .listener
-            .get_or_try_init(|| listener::Listener::start(self.pool().clone(), options))
+            .get_or_try_init(|| listener::Listener::start(connections.clone(), options))
             .await?;
         Ok(listener.stream(filter, options.origin.clone()))
     }
@@ -402,16 +187,16 @@ impl PostgresAwarenessStore {
 const MAX_BATCH_KEYS: usize = 10_000;
 
 async fn publish_loop(
-    pool: PgPool,
+    connections: Connections,
     options: ChangeFeedOptions,
     mut inbox: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut sequence = 0;
     while let Some(first) = inbox.recv().await {
-        let mut batch = payload::Batch::default();
+        let mut batch = payload::Notifications::default();
         let mut flushes = Vec::new();
         let mut oldest = None;
-        let mut add = |queued: Queued, batch: &mut payload::Batch| match queued {
+        let mut add = |queued: Queued, batch: &mut payload::Notifications| match queued {
             Queued::Change(next) => {
                 oldest.get_or_insert(next.queued);
                 batch.add(next.kind, next.document_id, next.client_ids, next.states);
@@ -419,8 +204,8 @@ async fn publish_loop(
             Queued::Flush(done) => flushes.push(done),
         };
         add(first, &mut batch);
-        if !options.coalesce.is_zero() && batch.len() > 0 {
-            tokio::time::sleep(options.coalesce).await;
+        if !options.publish_delay.is_zero() && batch.len() > 0 {
+            tokio::time::sleep(options.publish_delay).await;
         }
         while batch.len() < MAX_BATCH_KEYS {
             match inbox.try_recv() {
@@ -434,7 +219,7 @@ async fn publish_loop(
             if payloads.is_empty() {
                 break;
             }
-            match notify(&pool, &options.channel, &payloads).await {
+            match notify(&connections, &options.channel, &payloads).await {
                 Ok(()) => {
                     ::metrics::counter!(crate::metrics::FEED_NOTIFICATIONS)
                         .increment(payloads.len() as u64);
@@ -459,13 +244,9 @@ async fn publish_loop(
 }
 
 /// Sends every payload in one statement (one transaction, one commit).
-async fn notify(pool: &PgPool, channel: &str, payloads: &[String]) -> Result<()> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| Error::Connection(crate::postgres::secret::redact(&e.to_string())))?;
-    // unnest yields the array in order, and NOTIFY keeps a transaction's order.
-    diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+async fn notify(connections: &Connections, channel: &str, payloads: &[String]) -> Result<()> {
+    let mut conn = connections.get().await?;
+    diesel::sql_query(super::sql::session::NOTIFY)
         .bind::<Text, _>(channel)
         .bind::<Array<Text>, _>(payloads)
         .execute(&mut conn)

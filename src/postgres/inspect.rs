@@ -13,11 +13,12 @@ use diesel::sql_types::{BigInt, Interval, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
+use super::pool::Connections;
 use super::sql;
-use super::store::PostgresAwarenessStore;
 use crate::entry::AwarenessEntry;
 use crate::error::{Field, Result};
 use crate::validate::check_id;
+use diesel::pg::data_types::PgInterval;
 
 /// One stored entry as an operator sees it: also tombstones and expired entries, with how long
 /// ago it was written.
@@ -36,7 +37,7 @@ pub struct InspectedEntry {
 }
 
 /// Counts and table health of the awareness table, from one statement
-/// ([`PostgresAwarenessStore::inspect_stats`]).
+/// ([`PostgresAwarenessStore::inspect_stats`](crate::PostgresAwarenessStore::inspect_stats)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
 pub struct StoreStats {
     /// Every stored row: `live + tombstones + expired`.
@@ -91,7 +92,7 @@ impl StoreStats {
     }
 }
 
-/// How many entries one document holds ([`PostgresAwarenessStore::inspect_busiest_documents`]).
+/// How many entries one document holds ([`PostgresAwarenessStore::inspect_busiest_documents`](crate::PostgresAwarenessStore::inspect_busiest_documents)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
 pub struct DocumentActivity {
     /// The document.
@@ -105,53 +106,48 @@ pub struct DocumentActivity {
     pub total: i64,
 }
 
-impl PostgresAwarenessStore {
-    /// The entries of `document_id`, ordered by `client_id`, each with whether it is expired
-    /// and its age. Without `include_hidden`, only live entries (what
-    /// [`get_all`](crate::AwarenessStore::get_all) returns); with it, tombstones and expired
-    /// entries too.
-    pub async fn inspect_document(
-        &self,
-        document: &str,
-        include_hidden: bool,
-    ) -> Result<Vec<InspectedEntry>> {
-        check_id(Field::DocumentId, document)?;
-        let mut conn = self.conn().await?;
-        let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> =
-            sql::read::inspect_document(document, include_hidden, self.timeout())
-                .load(&mut conn)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(entry, expired, now)| InspectedEntry {
-                age: (now - entry.last_seen).to_std().unwrap_or(Duration::ZERO),
-                entry,
-                expired,
-            })
-            .collect())
-    }
-
-    /// Entry counts (total, live, tombstones, expired, documents), table and index size, and
-    /// the table's `pg_stat_user_tables` figures.
-    ///
-    /// Counting scans the whole table (there is deliberately no index on `last_seen`): meant
-    /// for an operator's occasional look, not for a request path. PostgreSQL publishes
-    /// `pg_stat_user_tables` counters with a delay of up to a second or so.
-    pub async fn inspect_stats(&self) -> Result<StoreStats> {
-        let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(sql::raw::STATS)
-            .bind::<Interval, _>(self.timeout())
-            .get_result(&mut conn)
-            .await?)
-    }
-
-    /// The `limit` documents with the most live entries (ties: more stored rows, then by id).
-    pub async fn inspect_busiest_documents(&self, limit: u32) -> Result<Vec<DocumentActivity>> {
-        let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(sql::raw::BUSIEST_DOCUMENTS)
-            .bind::<Interval, _>(self.timeout())
-            .bind::<BigInt, _>(i64::from(limit))
+/// See [`PostgresAwarenessStore::inspect_document`](crate::PostgresAwarenessStore::inspect_document).
+pub(super) async fn document(
+    connections: &Connections,
+    timeout: PgInterval,
+    document: &str,
+    include_hidden: bool,
+) -> Result<Vec<InspectedEntry>> {
+    check_id(Field::DocumentId, document)?;
+    let mut conn = connections.get().await?;
+    let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> =
+        sql::read::inspect_document(document, include_hidden, timeout)
             .load(&mut conn)
-            .await?)
-    }
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(entry, expired, now)| InspectedEntry {
+            age: (now - entry.last_seen).to_std().unwrap_or(Duration::ZERO),
+            entry,
+            expired,
+        })
+        .collect())
+}
+
+/// See [`PostgresAwarenessStore::inspect_stats`](crate::PostgresAwarenessStore::inspect_stats)(crate::PostgresAwarenessStore::inspect_stats).
+pub(super) async fn stats(connections: &Connections, timeout: PgInterval) -> Result<StoreStats> {
+    let mut conn = connections.get().await?;
+    Ok(diesel::sql_query(sql::raw::STATS)
+        .bind::<Interval, _>(timeout)
+        .get_result(&mut conn)
+        .await?)
+}
+
+/// See [`PostgresAwarenessStore::inspect_busiest_documents`](crate::PostgresAwarenessStore::inspect_busiest_documents)(crate::PostgresAwarenessStore::inspect_busiest_documents).
+pub(super) async fn busiest_documents(
+    connections: &Connections,
+    timeout: PgInterval,
+    limit: u32,
+) -> Result<Vec<DocumentActivity>> {
+    let mut conn = connections.get().await?;
+    Ok(diesel::sql_query(sql::raw::BUSIEST_DOCUMENTS)
+        .bind::<Interval, _>(timeout)
+        .bind::<BigInt, _>(i64::from(limit))
+        .load(&mut conn)
+        .await?)
 }

@@ -18,7 +18,7 @@ use diesel::sql_types::{Interval, Text};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::store::PgPool;
+use super::pool::{interval, Connections};
 use crate::error::{Error, Field, Result};
 
 /// Default [`InstanceOptions::lease`].
@@ -108,21 +108,13 @@ fn random_instance_id() -> String {
 }
 
 /// Sends [`RENEW`](super::sql::lease::RENEW): whether the lease row was (re-)inserted.
-async fn renew_statement(pool: &PgPool, id: &str, lease: Duration) -> Result<bool> {
+async fn renew_statement(connections: &Connections, id: &str, lease: Duration) -> Result<bool> {
     use diesel_async::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Renewed {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        registered: bool,
-    }
-    let mut conn = pool.get().await.map_err(|e| match e {
-        bb8::RunError::User(e) => super::store::pool_error_to_error(e),
-        bb8::RunError::TimedOut => Error::PoolTimeout(pool.config().connection_timeout),
-    })?;
-    // `load` reads to the end of the response, past the commit (see `set_on` in store.rs).
-    let renewed: Vec<Renewed> = diesel::sql_query(super::sql::lease::RENEW)
+    let mut conn = connections.get().await?;
+    // `load` reads to the end of the response, past the commit (see `set_on` in storage.rs).
+    let renewed: Vec<super::sql::lease::Renewed> = diesel::sql_query(super::sql::lease::RENEW)
         .bind::<Text, _>(id)
-        .bind::<Interval, _>(super::store::interval(lease))
+        .bind::<Interval, _>(interval(lease))
         .load(&mut conn)
         .await?;
     renewed
@@ -159,7 +151,10 @@ impl Drop for Lease {
 
 impl Lease {
     /// Registers `options.instance_id` and starts renewing its lease on the current runtime.
-    pub(crate) async fn start(pool: PgPool, options: InstanceOptions) -> Result<Arc<Self>> {
+    pub(crate) async fn start(
+        connections: Connections,
+        options: InstanceOptions,
+    ) -> Result<Arc<Self>> {
         options.check()?;
         let lease = Arc::new(Self {
             id: options.instance_id.clone(),
@@ -169,7 +164,7 @@ impl Lease {
             takeovers: AtomicU64::new(0),
             task: Mutex::new(None),
         });
-        lease.renew(&pool).await?;
+        lease.renew(&connections).await?;
         // The task holds the lease weakly: when the last store handle goes, it stops.
         let weak = Arc::downgrade(&lease);
         let period = lease.options.renew_every;
@@ -183,7 +178,7 @@ impl Lease {
                 if lease.shut_down.load(Ordering::Acquire) {
                     break;
                 }
-                if let Err(error) = lease.renew(&pool).await {
+                if let Err(error) = lease.renew(&connections).await {
                     ::metrics::counter!(crate::metrics::LEASE_RENEWALS, "result" => "error")
                         .increment(1);
                     tracing::warn!(
@@ -199,9 +194,9 @@ impl Lease {
     }
 
     /// One renewal: on success, writes are allowed for one more lease from when it was sent.
-    async fn renew(&self, pool: &PgPool) -> Result<()> {
+    async fn renew(&self, connections: &Connections) -> Result<()> {
         let sent = Instant::now();
-        let registered = renew_statement(pool, &self.id, self.options.lease).await?;
+        let registered = renew_statement(connections, &self.id, self.options.lease).await?;
         if self.shut_down.load(Ordering::Acquire) {
             return Ok(());
         }

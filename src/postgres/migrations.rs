@@ -74,11 +74,14 @@ async fn with_locked_harness<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(move || {
         let mut harness = Wrapper::from(conn);
-        advisory(&mut harness, "pg_advisory_lock")?;
+        advisory(&mut harness, crate::postgres::sql::session::MIGRATION_LOCK)?;
         let result = f(&mut harness);
         // Unlock even when a migration failed; the connection is dropped right after, which
         // also releases a session lock if this statement cannot run.
-        let unlocked = advisory(&mut harness, "pg_advisory_unlock");
+        let unlocked = advisory(
+            &mut harness,
+            crate::postgres::sql::session::MIGRATION_UNLOCK,
+        );
         let value = result?;
         unlocked?;
         Ok(value)
@@ -87,9 +90,9 @@ async fn with_locked_harness<T: Send + 'static>(
     .map_err(|e| Error::Migration(format!("the migration task stopped: {e}")))?
 }
 
-fn advisory(harness: &mut Wrapper, function: &str) -> Result<()> {
+fn advisory(harness: &mut Wrapper, statement: &'static str) -> Result<()> {
     diesel::RunQueryDsl::execute(
-        diesel::sql_query(format!("SELECT {function}($1)")).bind::<BigInt, _>(MIGRATION_LOCK_KEY),
+        diesel::sql_query(statement).bind::<BigInt, _>(MIGRATION_LOCK_KEY),
         harness,
     )?;
     Ok(())

@@ -1,19 +1,19 @@
 //! The PostgreSQL store and what it needs: pool set-up, SQL, error mapping.
 
-mod batch;
-mod coalesce;
 mod connect;
 mod feed;
 mod inspect;
 mod instance;
 pub(crate) mod migrations;
 mod options;
-mod publishing;
+mod pool;
 pub(crate) mod schema_check;
 pub(crate) mod secret;
 pub(crate) mod sql;
+mod storage;
 mod store;
 pub(crate) mod tls;
+mod write;
 
 pub use connect::{build_pool, connection_manager};
 pub use feed::{
@@ -23,4 +23,5 @@ pub use feed::{
 pub use inspect::{DocumentActivity, InspectedEntry, StoreStats};
 pub use instance::{InstanceOptions, DEFAULT_LEASE};
 pub use options::PostgresOptions;
-pub use store::{PgPool, PostgresAwarenessStore};
+pub use pool::PgPool;
+pub use store::PostgresAwarenessStore;

@@ -1,37 +1,27 @@
-//! [`PostgresAwarenessStore`]: the contract on one table, one statement per operation
-//! (the statements are in `sql/`). [`PgStorage`] does the storage work; the publishing layer
-//! (`publishing.rs`) and the validation and tracing every store shares (`storage.rs`) wrap it.
+//! [`PostgresAwarenessStore`], the facade: its constructors and every inherent method,
+//! delegating to the parts below it (`storage.rs`, the publishing layer, `feed/`, `instance.rs`,
+//! `inspect.rs`, `pool.rs`). Nothing in the crate imports this file but `mod.rs`.
 
 use std::fmt;
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use diesel::pg::data_types::PgInterval;
-use diesel::prelude::*;
-use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
-use diesel_async::pooled_connection::PoolError;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::EmbeddedMigrations;
 
-use std::sync::{Arc, OnceLock};
-
-use super::coalesce::{Coalescer, Turn};
-use super::connect::ConnectErrors;
+use super::feed::publishing::Publishing;
+use super::feed::{ChangeFeedOptions, ChangeFilter, ChangeStream, Feed};
+use super::inspect::{self, DocumentActivity, InspectedEntry, StoreStats};
 use super::instance::{InstanceOptions, Lease};
 use super::options::PostgresOptions;
-use super::publishing::Publishing;
-use super::sql;
-use super::sql::write::WriteContext;
-use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
+use super::pool::{interval, ConnectErrors, Connections, PgPool};
+use super::storage::PgStorage;
+use super::write::coalesce::Coalescer;
+use crate::entry::AwarenessEntry;
 use crate::error::{Error, Result};
 use crate::postgres::migrations::{run_migrations, MigrationReport};
 use crate::postgres::schema_check::validate_schema;
-use crate::postgres::secret::redact;
 use crate::schema_report::SchemaReport;
 use crate::storage::Storage;
 use crate::store::StoreOptions;
-
-/// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
-pub type PgPool = Pool<AsyncPgConnection>;
 
 /// An [`AwarenessStore`](crate::AwarenessStore) on PostgreSQL: entries survive restarts, can be
 /// inspected with SQL and are shared by every server using the same database.
@@ -47,24 +37,11 @@ pub struct PostgresAwarenessStore {
 
 crate::storage::awareness_store!(PostgresAwarenessStore, "postgres", |store| &store.layers);
 
-/// The storage work on the `awareness_entries` table: one statement per operation.
-#[derive(Clone)]
-pub(crate) struct PgStorage {
-    pool: PgPool,
-    options: StoreOptions,
-    timeout: PgInterval,
-    connect_errors: ConnectErrors,
-    /// Queue of `set`s coalesced into one statement when connections are busy; `None`: off.
-    coalescer: Option<Arc<Coalescer>>,
-    /// The instance this store runs as, once started; shared by every clone.
-    instance: Arc<OnceLock<Arc<Lease>>>,
-}
-
 impl fmt::Debug for PostgresAwarenessStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The pool's manager holds the connection URL (and its password): never print it.
         let storage = &self.layers.inner;
-        let pool_state = storage.pool.state();
+        let pool_state = storage.connections.pool().state();
         f.debug_struct("PostgresAwarenessStore")
             .field("options", &storage.options)
             .field("connections", &pool_state.connections)
@@ -83,10 +60,9 @@ impl PostgresAwarenessStore {
     pub fn from_pool(pool: PgPool, options: StoreOptions) -> Self {
         let pool_size = pool.config().max_size;
         Self::with_storage(PgStorage {
-            pool,
+            connections: Connections::new(pool, ConnectErrors::default()),
             options,
             timeout: interval(options.timeout),
-            connect_errors: ConnectErrors::default(),
             coalescer: PostgresOptions::default()
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(pool_size))),
@@ -98,7 +74,7 @@ impl PostgresAwarenessStore {
     /// [`PostgresOptions::coalesce_writes`]); for stores made with
     /// [`from_pool`](Self::from_pool), which takes no [`PostgresOptions`].
     pub fn with_coalesced_writes(mut self, coalesce: bool) -> Self {
-        let pool_size = self.layers.inner.pool.config().max_size;
+        let pool_size = self.pool().config().max_size;
         self.layers.inner.coalescer = coalesce.then(|| Arc::new(Coalescer::new(pool_size)));
         self
     }
@@ -116,10 +92,9 @@ impl PostgresAwarenessStore {
         let (pool, connect_errors) =
             super::connect::build_pool_reporting(database_url, &options).await?;
         let store = Self::with_storage(PgStorage {
-            pool,
+            connections: Connections::new(pool, connect_errors),
             options: options.store,
             timeout: interval(options.store.timeout),
-            connect_errors,
             coalescer: options
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(options.pool_size))),
@@ -133,7 +108,7 @@ impl PostgresAwarenessStore {
 
     /// The pool this store uses.
     pub fn pool(&self) -> &PgPool {
-        &self.layers.inner.pool
+        self.layers.inner.connections.pool()
     }
 
     /// Applies this crate's pending migrations, then `extra` (the host application's), under
@@ -142,17 +117,13 @@ impl PostgresAwarenessStore {
         &self,
         extra: &'static [&'static EmbeddedMigrations],
     ) -> Result<MigrationReport> {
-        let conn = self
-            .pool()
-            .dedicated_connection()
-            .await
-            .map_err(pool_error_to_error)?;
+        let conn = self.layers.inner.connections.dedicated().await?;
         run_migrations(conn, extra).await
     }
 
     /// Compares the database with the schema this crate expects.
     pub async fn validate_schema(&self) -> Result<SchemaReport> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.layers.inner.connections.get().await?;
         validate_schema(&mut conn).await
     }
 
@@ -188,7 +159,7 @@ impl PostgresAwarenessStore {
                 "this store already runs as an instance".to_owned(),
             ));
         }
-        let lease = Lease::start(storage.pool.clone(), options).await?;
+        let lease = Lease::start(storage.connections.clone(), options).await?;
         storage
             .instance
             .set(lease)
@@ -231,350 +202,78 @@ impl PostgresAwarenessStore {
     /// (by document and client) so the server can broadcast their leaves. Later writes through
     /// this store fail with [`Error::LeaseLost`]. Without an instance, removes nothing.
     pub async fn shutdown(&self) -> Result<Vec<AwarenessEntry>> {
-        let Some(lease) = self.layers.inner.instance.get() else {
-            return Ok(Vec::new());
-        };
-        lease.stop();
-        let mut conn = self.conn().await?;
-        let removed: Vec<Departing> = diesel::sql_query(sql::lease::SHUTDOWN)
-            .bind::<diesel::sql_types::Text, _>(&lease.id)
-            .bind::<diesel::sql_types::Interval, _>(self.timeout())
-            .load(&mut conn)
-            .await?;
-        let fresh: Vec<AwarenessEntry> = removed
-            .into_iter()
-            .filter(|d| !d.expired)
-            .map(|d| d.entry)
-            .collect();
-        self.layers.publish_removed(&fresh);
-        Ok(fresh)
+        let span = crate::storage::span!("awareness.shutdown", "postgres");
+        crate::trace::traced(span, Storage::shutdown(&self.layers)).await
     }
 
-    /// A pooled connection, or why there is none.
-    pub(super) async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
-        self.layers.inner.conn().await
+    /// This store with the change feed configured by `options`; with
+    /// [`publish`](ChangeFeedOptions::publish) it starts the publisher task, so it must be
+    /// called inside a Tokio runtime. Clones made afterwards share the feed.
+    pub fn with_change_feed(mut self, options: ChangeFeedOptions) -> Result<Self> {
+        self.layers.feed = Feed::start(&self.layers.inner.connections, options)?;
+        Ok(self)
     }
 
-    /// The expiry timeout as an SQL interval.
-    pub(super) fn timeout(&self) -> PgInterval {
-        self.layers.inner.timeout
+    /// This store's id in the change feed ([`ChangeFeedOptions::origin`]).
+    pub fn change_feed_origin(&self) -> &str {
+        self.layers.feed.origin()
     }
-}
 
-/// An entry removed by a pruning round or a shutdown, with whether it was expired.
-#[derive(diesel::QueryableByName)]
-struct Departing {
-    #[diesel(embed)]
-    entry: AwarenessEntry,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    expired: bool,
-}
+    /// Waits until every change this store applied so far was published (its `NOTIFY`
+    /// committed, or given up after a retry): what a server calls before it exits, so that
+    /// its last leaves reach the other instances. Returns at once without a publishing feed.
+    pub async fn flush_change_feed(&self) {
+        self.layers.feed.flush().await;
+    }
 
-impl PgStorage {
-    async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
-        let started = std::time::Instant::now();
-        let conn = self
-            .pool
-            .get()
+    /// Subscribes to the change feed: changes published by every store on this database and
+    /// channel (this one included), filtered by `filter`.
+    ///
+    /// The first subscription opens the listener: a dedicated connection (outside the pool)
+    /// that runs `LISTEN` before this returns, so every change published afterwards arrives.
+    /// When that connection is lost, the listener reconnects with backoff and every stream
+    /// yields [`FeedEvent::Resync`](super::FeedEvent::Resync): changes published while it was
+    /// away are lost, so re-read the documents you follow.
+    pub async fn subscribe(&self, filter: ChangeFilter) -> Result<ChangeStream> {
+        self.layers
+            .feed
+            .subscribe(&self.layers.inner.connections, filter)
             .await
-            .map_err(|e| self.run_error(e, started));
-        crate::metrics::pool_checkout(&self.pool, started);
-        conn
     }
 
-    /// What a write needs besides its updates, or why this store may not write now.
-    fn write_context(&self) -> Result<WriteContext<'_>> {
-        let instance_id = match self.instance.get() {
-            Some(lease) => Some(lease.check()?),
-            None => None,
-        };
-        Ok(WriteContext::new(self.timeout, instance_id, &self.options))
-    }
-
-    fn run_error(&self, error: RunError, started: std::time::Instant) -> Error {
-        match error {
-            RunError::User(e) => pool_error_to_error(e),
-            RunError::TimedOut => self.timed_out(started),
-        }
-    }
-
-    /// `set` alone: the one statement on a connection of its own.
-    async fn set_alone(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
-        let context = self.write_context()?;
-        let mut conn = self.conn().await?;
-        set_on(&mut conn, update, context).await
-    }
-
-    /// `set_many` on a connection of its own.
-    pub(super) async fn set_many_pooled(
+    /// The entries of `document_id`, ordered by `client_id`, each with whether it is expired
+    /// and its age. Without `include_hidden`, only live entries (what
+    /// [`get_all`](crate::AwarenessStore::get_all) returns); with it, tombstones and expired
+    /// entries too.
+    pub async fn inspect_document(
         &self,
-        conn: &mut AsyncPgConnection,
-        updates: &[AwarenessUpdate],
-    ) -> Result<Vec<SetOutcome>> {
-        let context = self.write_context()?;
-        set_many_on(conn, updates, context).await
+        document: &str,
+        include_hidden: bool,
+    ) -> Result<Vec<InspectedEntry>> {
+        let storage = &self.layers.inner;
+        inspect::document(
+            &storage.connections,
+            storage.timeout,
+            document,
+            include_hidden,
+        )
+        .await
     }
 
-    /// `set` through the coalescer (see `coalesce.rs`).
-    async fn set_coalesced(
-        &self,
-        coalescer: &Coalescer,
-        update: &AwarenessUpdate,
-    ) -> Result<SetOutcome> {
-        // A free slot and nobody waiting: nothing to batch with, go at once.
-        if let Some(_slot) = coalescer.try_alone() {
-            return self.set_alone(update).await;
-        }
-        let ticket = coalescer.enqueue(update);
-        // As long as a caller would wait for a pooled connection, no longer.
-        let waited = self.pool.config().connection_timeout;
-        let slot = match tokio::time::timeout(waited, coalescer.slot()).await {
-            Ok(slot) => slot,
-            Err(_) if coalescer.withdraw(&ticket) => return Err(Error::PoolTimeout(waited)),
-            // A batch already carries the update.
-            Err(_) => return ticket.outcome().await,
-        };
-        match coalescer.take(ticket) {
-            Turn::Wait(ticket) => {
-                drop(slot);
-                ticket.outcome().await
-            }
-            Turn::Alone(update) => {
-                let _slot = slot;
-                self.set_alone(&update).await
-            }
-            Turn::Batch(batch, ticket) => {
-                let storage = self.clone();
-                let runner = self.clone();
-                let conn = async move {
-                    let started = std::time::Instant::now();
-                    storage
-                        .pool
-                        .get_owned()
-                        .await
-                        .map_err(|e| storage.run_error(e, started))
-                };
-                tokio::spawn(batch.run(conn, runner, slot));
-                ticket.outcome().await
-            }
-        }
+    /// Entry counts (total, live, tombstones, expired, documents), table and index size, and
+    /// the table's `pg_stat_user_tables` figures.
+    ///
+    /// Counting scans the whole table (there is deliberately no index on `last_seen`): meant
+    /// for an operator's occasional look, not for a request path. PostgreSQL publishes
+    /// `pg_stat_user_tables` counters with a delay of up to a second or so.
+    pub async fn inspect_stats(&self) -> Result<StoreStats> {
+        let storage = &self.layers.inner;
+        inspect::stats(&storage.connections, storage.timeout).await
     }
 
-    /// Why waiting for a pooled connection ended without one: the pool was busy, or it could
-    /// not open connections (then never blame the pool size).
-    fn timed_out(&self, started: std::time::Instant) -> Error {
-        let waited = self.pool.config().connection_timeout;
-        if let Some(reason) = self.connect_errors.since(started) {
-            return Error::Connection(reason);
-        }
-        let open = self.pool.state().connections;
-        let max = self.pool.config().max_size;
-        if open < max {
-            // Room for more connections, yet none was handed out: opening them fails.
-            Error::Connection(format!(
-                "no connection could be opened within {waited:?} ({open} of {max} open); \
-                 check the URL and that the server accepts connections; if the URL asks for \
-                 TLS (sslmode), build the pool with `synckit_awareness::build_pool` or \
-                 `synckit_awareness::connection_manager` (diesel-async's default manager \
-                 connects without TLS)"
-            ))
-        } else {
-            Error::PoolTimeout(waited)
-        }
-    }
-}
-
-/// `set` on `conn`: the fast path, then, when it changed nothing, the full statement (see
-/// `sql/write.rs`).
-async fn set_on(
-    conn: &mut AsyncPgConnection,
-    update: &AwarenessUpdate,
-    context: WriteContext<'_>,
-) -> Result<SetOutcome> {
-    if sql::write::set_fast(update, context).execute(conn).await? > 0 {
-        return Ok(SetOutcome::Applied);
-    }
-    // `load`, not `get_result`: diesel-async's `get_result` returns at the first row, before
-    // the server's ReadyForQuery, i.e. before the implicit commit; a crash in between would
-    // lose an update reported applied (tests/faults.rs caught it). `load` reads to the end.
-    let codes: Vec<i16> = sql::write::set_full(update, context).load(conn).await?;
-    let code = codes.into_iter().next().unwrap_or(-1);
-    SetOutcome::from_code(code).ok_or_else(|| unexpected("set", code))
-}
-
-fn unexpected(what: &str, code: i16) -> Error {
-    Error::Database(diesel::result::Error::DeserializationError(
-        format!("{what}: the database returned the unknown outcome code {code}").into(),
-    ))
-}
-
-/// `set_many` as one statement on `conn`: the lean one when every key is distinct, else the
-/// one that reads the old rows to resolve repeated keys (see `postgres/batch.rs`). A batch
-/// where one key comes from several owners is applied one update after another.
-async fn set_many_on(
-    conn: &mut AsyncPgConnection,
-    updates: &[AwarenessUpdate],
-    context: WriteContext<'_>,
-) -> Result<Vec<SetOutcome>> {
-    let plan = super::batch::BatchPlan::new(updates);
-    if plan.has_mixed_owners(updates) {
-        let mut outcomes = Vec::with_capacity(updates.len());
-        for update in updates {
-            outcomes.push(set_on(conn, update, context).await?);
-        }
-        return Ok(outcomes);
-    }
-    let mut attempt = 0;
-    loop {
-        let outcomes = if plan.is_distinct() {
-            sql::write::set_many_distinct(plan.columns(updates), context)
-                .distinct()
-                .load::<i16>(conn)
-                .await
-                .map(|rows| plan.outcomes_distinct(&rows))
-        } else {
-            sql::write::set_many(plan.columns(updates), context)
-                .exact()
-                .load::<super::batch::SentResult>(conn)
-                .await
-                .map(|rows| plan.outcomes(updates, &rows))
-        };
-        match outcomes {
-            // Two batches can still deadlock when one inserts a key the other's snapshot did
-            // not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
-            Err(diesel::result::Error::DatabaseError(_, info))
-                if attempt < 3 && info.message().starts_with("deadlock detected") =>
-            {
-                attempt += 1;
-            }
-            other => {
-                return other?.ok_or_else(|| {
-                    Error::Database(diesel::result::Error::DeserializationError(
-                        "set_many: the database returned rows that do not match the batch".into(),
-                    ))
-                })
-            }
-        }
-    }
-}
-
-pub(super) fn pool_error_to_error(e: PoolError) -> Error {
-    match e {
-        PoolError::ConnectionError(e) => {
-            let reason = redact(&e.to_string());
-            if reason.contains("TLS handshake") {
-                Error::Connection(format!(
-                    "{reason}: this pool cannot do TLS (diesel-async's default manager connects \
-                     without it); build it with `synckit_awareness::build_pool` or \
-                     `synckit_awareness::connection_manager`"
-                ))
-            } else {
-                Error::Connection(reason)
-            }
-        }
-        PoolError::QueryError(e) => Error::Database(e),
-    }
-}
-
-pub(super) fn interval(timeout: std::time::Duration) -> PgInterval {
-    PgInterval::from_microseconds(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX))
-}
-
-#[async_trait]
-impl Storage for PgStorage {
-    async fn get(&self, document: &str, client: &str) -> Result<Option<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        Ok(sql::read::get(document, client, self.timeout)
-            .get_result(&mut conn)
-            .await
-            .optional()?)
-    }
-
-    async fn get_all(&self, document: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        Ok(sql::read::get_all(document, self.timeout)
-            .load(&mut conn)
-            .await?)
-    }
-
-    async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
-        match self.coalescer.as_deref() {
-            Some(coalescer) => self.set_coalesced(coalescer, update).await,
-            None => self.set_alone(update).await,
-        }
-    }
-
-    /// One statement for the whole batch (see `postgres/batch.rs` and `sql::write`).
-    async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
-        let context = self.write_context()?;
-        let mut conn = self.conn().await?;
-        set_many_on(&mut conn, updates, context).await
-    }
-
-    async fn remove(&self, document: &str, client: &str) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        let rows = sql::delete::remove(document, client)
-            .execute(&mut conn)
-            .await?;
-        Ok(rows > 0)
-    }
-
-    async fn remove_all_for_connection(&self, connection: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        let removed: Vec<(AwarenessEntry, bool)> =
-            sql::delete::remove_all_for_connection(connection, self.timeout)
-                .get_results(&mut conn)
-                .await?;
-        let mut fresh: Vec<AwarenessEntry> = removed
-            .into_iter()
-            .filter_map(|(entry, fresh)| fresh.then_some(entry))
-            .collect();
-        sort_by_key(&mut fresh);
-        Ok(fresh)
-    }
-
-    async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        Ok(sql::read::get_expired(self.timeout).load(&mut conn).await?)
-    }
-
-    async fn prune_expired(&self) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let rows = sql::delete::prune_expired(self.timeout)
-            .execute(&mut conn)
-            .await?;
-        Ok(rows as u64)
-    }
-
-    async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        let mut taken: Vec<AwarenessEntry> = sql::delete::take_expired(self.timeout)
-            .get_results(&mut conn)
-            .await?;
-        sort_by_key(&mut taken);
-        Ok(taken)
-    }
-
-    /// One statement: lapsed leases, expired entries and the entries of lapsed instances (see
-    /// `sql/lease.rs`).
-    async fn take_departed(&self) -> Result<Departed> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<Departing> = diesel::sql_query(sql::lease::TAKE_DEPARTED)
-            .bind::<diesel::sql_types::Interval, _>(self.timeout)
-            .load(&mut conn)
-            .await?;
-        let mut departed = Departed::default();
-        for row in rows {
-            if row.expired {
-                departed.expired.push(row.entry);
-            } else {
-                departed.abandoned.push(row.entry);
-            }
-        }
-        Ok(departed)
-    }
-
-    fn options(&self) -> StoreOptions {
-        self.options
+    /// The `limit` documents with the most live entries (ties: more stored rows, then by id).
+    pub async fn inspect_busiest_documents(&self, limit: u32) -> Result<Vec<DocumentActivity>> {
+        let storage = &self.layers.inner;
+        inspect::busiest_documents(&storage.connections, storage.timeout, limit).await
     }
 }

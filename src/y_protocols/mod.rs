@@ -19,13 +19,15 @@
 
 pub(crate) mod apply;
 mod codec;
+pub(crate) mod error;
 mod varint;
 
 pub use apply::{apply_awareness_update, apply_awareness_update_as, encode_awareness_state};
 
 pub use codec::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage, CodecError, DecodeLimits,
-    WireField, MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
+    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage, DecodeLimits, MESSAGE_AUTH,
+    MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
 };
+pub use error::{CodecError, WireField};
 pub use varint::{MAX_SAFE_INTEGER, MAX_VAR_UINT_LEN};

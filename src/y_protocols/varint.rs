@@ -4,7 +4,7 @@
 //! the high bit (0x80) set on every byte except the last. JavaScript numbers are only exact up
 //! to `Number.MAX_SAFE_INTEGER` (2^53 - 1), which needs at most 8 bytes.
 
-use super::codec::{CodecError, WireField};
+use super::error::{CodecError, WireField};
 
 /// `Number.MAX_SAFE_INTEGER` (2^53 - 1): the largest integer lib0 can round-trip exactly.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;

@@ -190,10 +190,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         .with_max_clients_per_document(limit(args.max_clients_per_document))
         .with_max_clients_per_connection(limit(args.max_clients_per_connection));
     let options = PresenceOptions::default()
-        .with_decode_limits(DecodeLimits {
-            max_state_bytes: args.max_state_bytes,
-            ..DecodeLimits::default()
-        })
+        .with_decode_limits(DecodeLimits::default().with_max_state_bytes(args.max_state_bytes))
         .with_queue_capacity(args.queue_capacity)
         .with_prune_interval(args.prune_interval)
         .with_instance(InstanceOptions::default().with_lease(args.lease));

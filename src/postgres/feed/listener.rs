@@ -9,10 +9,11 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{payload, ChangeFeedOptions, ChangeFilter, ChangeStream, FeedEvent};
-use crate::error::{Error, Result};
-use crate::postgres::secret::redact;
-use crate::postgres::store::PgPool;
+use super::payload;
+use super::types::{ChangeFeedOptions, ChangeFilter, ChangeStream, FeedEvent};
+use crate::error::Result;
+use crate::postgres::pool::Connections;
+use crate::postgres::sql;
 
 /// How long the listener waits without a notification before checking its connection with a
 /// query: a connection lost without a TCP reset would otherwise go unnoticed.
@@ -37,10 +38,18 @@ impl Drop for Listener {
 impl Listener {
     /// Connects and runs `LISTEN` before returning, so no change published afterwards is
     /// missed; a first connection failure is the caller's error.
-    pub(super) async fn start(pool: PgPool, options: &ChangeFeedOptions) -> Result<Self> {
-        let conn = listen(&pool, &options.channel).await?;
+    pub(super) async fn start(
+        connections: Connections,
+        options: &ChangeFeedOptions,
+    ) -> Result<Self> {
+        let conn = listen(&connections, &options.channel).await?;
         let (events, _) = broadcast::channel(options.capacity);
-        let task = tokio::spawn(run(pool, options.channel.clone(), conn, events.clone()));
+        let task = tokio::spawn(run(
+            connections,
+            options.channel.clone(),
+            conn,
+            events.clone(),
+        ));
         Ok(Self { events, task })
     }
 
@@ -65,23 +74,15 @@ impl Listener {
 }
 
 /// A dedicated connection (outside the pool: it is held for good) listening on `channel`.
-async fn listen(pool: &PgPool, channel: &str) -> Result<AsyncPgConnection> {
-    let mut conn = pool
-        .dedicated_connection()
-        .await
-        .map_err(|e| Error::Connection(redact(&e.to_string())))?;
-    // The application name makes the listener easy to find in pg_stat_activity. The channel is
-    // quoted: pg_notify takes the name verbatim, LISTEN would fold it to lower case.
-    conn.batch_execute(&format!(
-        "SET application_name = '{LISTENER_APPLICATION_NAME}'; LISTEN \"{}\"",
-        channel.replace('"', "\"\"")
-    ))
-    .await?;
+async fn listen(connections: &Connections, channel: &str) -> Result<AsyncPgConnection> {
+    let mut conn = connections.dedicated().await?;
+    conn.batch_execute(&sql::session::listen(LISTENER_APPLICATION_NAME, channel))
+        .await?;
     Ok(conn)
 }
 
 async fn run(
-    pool: PgPool,
+    connections: Connections,
     channel: String,
     mut conn: AsyncPgConnection,
     events: broadcast::Sender<Arc<FeedEvent>>,
@@ -92,7 +93,7 @@ async fn run(
         let mut delay = FIRST_RETRY;
         conn = loop {
             tokio::time::sleep(delay).await;
-            match listen(&pool, &channel).await {
+            match listen(&connections, &channel).await {
                 Ok(conn) => break conn,
                 Err(e) => {
                     tracing::warn!(error = %e, ?delay, "awareness change feed: cannot reconnect");
@@ -138,7 +139,7 @@ async fn forward(
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(_)) | None) => return,
             Err(_idle) => {
-                if conn.batch_execute("SELECT 1").await.is_err() {
+                if conn.batch_execute(sql::session::PING).await.is_err() {
                     return;
                 }
             }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{AwarenessChange, ChangeKind, ChangedState};
+use super::types::{AwarenessChange, ChangeKind, ChangedState};
 
 /// Longest payload sent, in bytes. PostgreSQL refuses payloads of 8000 bytes or more; the
 /// margin is for nothing in particular but costs nothing either.
@@ -22,7 +22,7 @@ const ENVELOPE_BYTES: usize = 18 + 20;
 /// Changes waiting to be published, coalesced without reordering any (document, client):
 /// a change merges into the document's latest group only when that group has the same kind.
 #[derive(Debug, Default)]
-pub(crate) struct Batch {
+pub(crate) struct Notifications {
     groups: Vec<Group>,
     /// Index in `groups` of each document's latest group.
     latest: HashMap<String, usize>,
@@ -37,7 +37,7 @@ struct Group {
     states: Vec<Option<ChangedState>>,
 }
 
-impl Batch {
+impl Notifications {
     /// Adds changes of `kind` to `client_ids` in `document_id`, with the states they wrote
     /// (`states` empty, or one per client id).
     pub(crate) fn add(
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn coalesces_without_reordering_a_key() {
-        let mut batch = Batch::default();
+        let mut batch = Notifications::default();
         batch.add(ChangeKind::Set, "d".into(), vec!["a".into()], vec![]);
         batch.add(ChangeKind::Set, "e".into(), vec!["a".into()], vec![]);
         batch.add(
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn splits_below_the_limit_and_keeps_every_key_in_order() {
         let long_doc = "é\"".repeat(80);
-        let mut batch = Batch::default();
+        let mut batch = Notifications::default();
         batch.add(ChangeKind::Expire, long_doc.clone(), ids(0..1500), vec![]);
         batch.add(ChangeKind::Leave, "x".into(), ids(0..3), vec![]);
         let mut sequence = 0;
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn carries_states_and_keeps_the_latest_of_a_repeat() {
-        let mut batch = Batch::default();
+        let mut batch = Notifications::default();
         let v = |x: i64| Some(serde_json::json!({ "x": x }));
         batch.add(
             ChangeKind::Set,
@@ -370,7 +370,7 @@ mod tests {
                 Some(serde_json::json!({ "pad": "y".repeat(300), "i": i })),
             )
         };
-        let mut batch = Batch::default();
+        let mut batch = Notifications::default();
         let ids: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
         let mut states: Vec<Option<ChangedState>> = (0..60).map(small).collect();
         states[30] = carried(30, big);

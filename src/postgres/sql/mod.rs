@@ -8,15 +8,22 @@
 //! - [`lease`]: the instance leases: renewal, the pruning round that takes over lapsed
 //!   instances' entries, graceful shutdown;
 //! - [`raw`]: the statements diesel's DSL cannot say (operator statistics, catalog queries of
-//!   the schema validator), as SQL text.
+//!   the schema validator), as SQL text;
+//! - [`session`]: `NOTIFY`, `LISTEN`, the listener's probe, the session settings, the
+//!   migration lock.
+//!
+//! Row types of the hand-written statements sit beside them (`lease::Departing`,
+//! `lease::Renewed`, `write::SentRow`).
 //!
 //! What "expired" means is written here once: [`expired`], [`fresh`] (its negation) and
-//! [`live`] (fresh and not a tombstone), with the same predicates as text for [`raw`].
+//! [`live`] (fresh and not a tombstone), with the same predicates as text ([`expired_sql!`],
+//! [`fresh_sql!`], [`live_sql!`]) for every hand-written statement.
 
 pub(crate) mod delete;
 pub(crate) mod lease;
 pub(crate) mod raw;
 pub(crate) mod read;
+pub(crate) mod session;
 pub(crate) mod write;
 
 use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
@@ -82,24 +89,35 @@ pub(crate) fn live(timeout: PgInterval) -> Live {
     state.is_not_null().and(fresh(timeout))
 }
 
-/// [`expired`] as SQL text for [`raw`] statements, with the timeout as `$1`.
+/// [`expired`] as SQL text: `expired_sql!()` for [`raw`] statements (columns unqualified, the
+/// timeout as `$1`), `expired_sql!("e.", "p.timeout")` for a qualified row and another timeout
+/// expression (the hand-written statements of [`write`] and [`lease`]).
 macro_rules! expired_sql {
     () => {
-        "last_seen <= now() - $1"
+        expired_sql!("", "$1")
+    };
+    ($row:literal, $timeout:literal) => {
+        concat!($row, "last_seen <= now() - ", $timeout)
     };
 }
 
-/// [`fresh`] as SQL text for [`raw`] statements, with the timeout as `$1`.
+/// [`fresh`] as SQL text; arguments as for [`expired_sql!`].
 macro_rules! fresh_sql {
     () => {
-        "last_seen > now() - $1"
+        fresh_sql!("", "$1")
+    };
+    ($row:literal, $timeout:literal) => {
+        concat!($row, "last_seen > now() - ", $timeout)
     };
 }
 
-/// [`live`] as SQL text for [`raw`] statements, with the timeout as `$1`.
+/// [`live`] as SQL text; arguments as for [`expired_sql!`].
 macro_rules! live_sql {
     () => {
-        concat!("state IS NOT NULL AND ", fresh_sql!())
+        live_sql!("", "$1")
+    };
+    ($row:literal, $timeout:literal) => {
+        concat!($row, "state IS NOT NULL AND ", fresh_sql!($row, $timeout))
     };
 }
 

@@ -1,17 +1,19 @@
 //! The writes: `set` as one statement around the conditional upsert, and `set_many` as one
 //! statement per batch.
 //!
-//! Every write decides, in its one statement, the contract's rules in order (docs/contract.md):
+//! Every write decides, in its one statement, the contract's rules (docs/contract.md, numbered
+//! as there), checked in this order:
 //!
-//! 1. **ownership** — a fresh entry owned by a principal is written only by that principal
-//!    (`owner`); expired entries are free;
-//! 2. **clocks** — the existing fresh entry loses to a higher clock, or to a leave at its clock;
-//! 3. **limits** — an update with a state for a client that has no live entry *joins*; it is
-//!    refused when the document or the connection already holds its maximum of live
-//!    participants.
+//! - rule 4, **ownership** — a fresh entry owned by a principal is written only by that
+//!   principal (`owner`); expired entries are free;
+//! - rules 1-3, **clocks** — the existing fresh entry loses to a higher clock, or to a leave at
+//!   its clock (`entry::supersedes` says the same in Rust);
+//! - rule 5, **limits** — an update with a state for a client that has no live entry *joins*; it
+//!   is refused when the document or the connection already holds its maximum of live
+//!   participants.
 //!
-//! Rules 1 and 2 sit in the upsert's `DO UPDATE … WHERE` (the row is locked and re-read there,
-//! so they are exact under any concurrency). Rule 3 filters the rows the upsert proposes, from
+//! Rules 1-4 sit in the upsert's `DO UPDATE … WHERE` (the row is locked and re-read there,
+//! so they are exact under any concurrency). Rule 5 filters the rows the upsert proposes, from
 //! counts read in the statement's snapshot: two statements joining one document at the same
 //! instant can both see room for one more (docs/contract.md says so); inside one batch, joins
 //! are numbered so that a batch can never exceed a limit by itself.
@@ -23,7 +25,7 @@
 //! the same instant, so a `set` takes effect in exactly one statement.
 //!
 //! The full statement and the batch statements return, per update, its outcome as a code
-//! (`SetOutcome::from_code`): 0 applied, 1 stale, 2 forbidden, 3 document full, 4 connection
+//! ([`outcome`]): 0 applied, 1 stale, 2 forbidden, 3 document full, 4 connection
 //! full; their scalars are bound once, in a `p` row every part of the statement reads. The
 //! reason of a refusal is worked out from the statement's snapshot, so under a race it may be
 //! the wrong one — never "applied" for an update that was not. The statements' SQL text never
@@ -35,19 +37,24 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Interval, Jsonb, Nullable, SmallInt, Text};
 
-use crate::entry::AwarenessUpdate;
+use super::{expired_sql, fresh_sql, live_sql};
+use crate::entry::{AwarenessUpdate, SetOutcome};
 use crate::store::StoreOptions;
 
-/// `$alias` is live: a state, not expired (`p.timeout` is the expiry timeout).
-macro_rules! live_row {
-    ($alias:literal) => {
-        concat!(
-            $alias,
-            ".state IS NOT NULL AND ",
-            $alias,
-            ".last_seen > now() - p.timeout"
-        )
-    };
+/// What the batch statements report for one sent row (see [`SetMany`]): its outcome code, then
+/// what the exact form reads of the old row (inserted, clock, is a leave, expired).
+pub(crate) type SentRow = (i16, Option<bool>, Option<i64>, Option<bool>, Option<bool>);
+
+/// The outcome for the code the full and batch statements return.
+pub(crate) fn outcome(code: i16) -> Option<SetOutcome> {
+    Some(match code {
+        0 => SetOutcome::Applied,
+        1 => SetOutcome::Stale,
+        2 => SetOutcome::Forbidden,
+        3 => SetOutcome::DocumentFull,
+        4 => SetOutcome::ConnectionFull,
+        _ => return None,
+    })
 }
 
 /// The column list every write inserts, and the `DO UPDATE SET` of the upsert.
@@ -56,15 +63,16 @@ const INSERT_COLUMNS: &str = "INSERT INTO awareness_entries (document_id, client
 
 /// Rules 1 and 2 on the conflicting row (`awareness_entries`) and the proposed one
 /// (`excluded`): expired, or owned by the writer (or nobody) and beaten on clocks.
-const UPSERT: &str =
+const UPSERT: &str = concat!(
     " ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = excluded.connection_id, \
      state = excluded.state, clock_value = excluded.clock_value, last_seen = excluded.last_seen, \
-     owner = excluded.owner, instance_id = excluded.instance_id \
-     WHERE awareness_entries.last_seen <= now() - (SELECT timeout FROM p) \
-     OR ((awareness_entries.owner IS NULL OR awareness_entries.owner = excluded.owner) \
+     owner = excluded.owner, instance_id = excluded.instance_id WHERE ",
+    expired_sql!("awareness_entries.", "(SELECT timeout FROM p)"),
+    " OR ((awareness_entries.owner IS NULL OR awareness_entries.owner = excluded.owner) \
      AND (awareness_entries.clock_value < excluded.clock_value \
      OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state IS NULL \
-     AND awareness_entries.state IS NOT NULL)))";
+     AND awareness_entries.state IS NOT NULL)))"
+);
 
 /// The code of an update `$u` that was not applied, as far as the key's fresh row `f` (NULL
 /// columns when none) tells: 2 when another principal owns it, 1 when it wins on clocks.
@@ -113,14 +121,14 @@ const FULL_SQL: &str = concat!(
      AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) \
      AND NOT EXISTS (SELECT 1 FROM awareness_entries l WHERE l.document_id = p.document_id \
      AND l.client_id = p.client_id AND ",
-    live_row!("l"),
+    live_sql!("l.", "p.timeout"),
     ") AS joins FROM p), \
      room AS (SELECT NOT joining.joins OR p.max_document IS NULL \
      OR (SELECT count(*) FROM awareness_entries d WHERE d.document_id = p.document_id AND ",
-    live_row!("d"),
+    live_sql!("d.", "p.timeout"),
     ") < p.max_document AS in_document, NOT joining.joins OR p.max_connection IS NULL \
      OR (SELECT count(*) FROM awareness_entries c WHERE c.connection_id = p.connection_id AND ",
-    live_row!("c"),
+    live_sql!("c.", "p.timeout"),
     ") < p.max_connection AS on_connection FROM p, joining), \
      applied AS (",
 );
@@ -136,7 +144,8 @@ const FULL_SQL_TAIL: &str = concat!(
     refused_by_row!("p"),
     "WHEN NOT room.in_document THEN 3 WHEN NOT room.on_connection THEN 4 ELSE 1 END)::smallint \
      FROM p CROSS JOIN room LEFT JOIN awareness_entries f ON f.document_id = p.document_id \
-     AND f.client_id = p.client_id AND f.last_seen > now() - p.timeout"
+     AND f.client_id = p.client_id AND ",
+    fresh_sql!("f.", "p.timeout")
 );
 
 /// The whole full statement, built once.
@@ -173,11 +182,14 @@ static FULL_PIECES: std::sync::LazyLock<Vec<String>> =
 /// on clocks — rules 1 and 2. Limits never refuse such an update (it adds no participant), so
 /// none is counted. Returns the row count: 1 applied; 0 means the full statement decides
 /// ([`FULL_SQL`]: an insert, a join, an expired row, or a refusal and its reason).
-const FAST_SQL: &str = "UPDATE awareness_entries SET connection_id = $1, state = $2, \
+const FAST_SQL: &str = concat!(
+    "UPDATE awareness_entries SET connection_id = $1, state = $2, \
      clock_value = $3, last_seen = CURRENT_TIMESTAMP, owner = $4, instance_id = $5 \
-     WHERE document_id = $6 AND client_id = $7 AND last_seen > now() - $8::interval \
-     AND (state IS NOT NULL OR $9::jsonb IS NULL) AND (owner IS NULL OR owner = $10) \
-     AND (clock_value < $11 OR (clock_value = $12 AND $13::jsonb IS NULL AND state IS NOT NULL))";
+     WHERE document_id = $6 AND client_id = $7 AND ",
+    fresh_sql!("", "$8::interval"),
+    " AND (state IS NOT NULL OR $9::jsonb IS NULL) AND (owner IS NULL OR owner = $10) \
+     AND (clock_value < $11 OR (clock_value = $12 AND $13::jsonb IS NULL AND state IS NOT NULL))"
+);
 
 /// The value of each placeholder of [`FAST_SQL`], `$1` first.
 const FAST_BINDS: [Bind; 13] = {
@@ -352,7 +364,7 @@ pub(crate) struct BatchColumns<'a> {
 }
 
 /// `set_many` as one statement: the upsert of [`set`] over `unnest` of column arrays (at most
-/// one row per key, see `batch.rs`), plus what the caller needs to resolve duplicates of a key
+/// one row per key, see `write/plan.rs`), plus what the caller needs to resolve duplicates of a key
 /// inside the batch.
 ///
 /// * `locked` locks the existing rows of the batch's keys (`FOR UPDATE`, in key order, so two
@@ -490,19 +502,19 @@ impl QueryFragment<Pg> for SetMany<'_> {
              AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) \
              AND NOT EXISTS (SELECT 1 FROM awareness_entries l \
              WHERE l.document_id = input.document_id AND l.client_id = input.client_id AND ",
-            live_row!("l"),
+            live_sql!("l.", "p.timeout"),
             ") AS joins FROM input, p), \
              in_document AS (SELECT j.document_id, n.live \
              FROM (SELECT DISTINCT document_id FROM joining WHERE joins) j \
              CROSS JOIN LATERAL (SELECT count(*) AS live FROM awareness_entries d, p \
              WHERE d.document_id = j.document_id AND ",
-            live_row!("d"),
+            live_sql!("d.", "p.timeout"),
             ") n), \
              on_connection AS (SELECT j.connection_id, n.live \
              FROM (SELECT DISTINCT connection_id FROM joining WHERE joins) j \
              CROSS JOIN LATERAL (SELECT count(*) AS live FROM awareness_entries c, p \
              WHERE c.connection_id = j.connection_id AND ",
-            live_row!("c"),
+            live_sql!("c.", "p.timeout"),
             ") n), ",
             // The n-th join of a document (or connection) in the batch needs room for n.
             "counted AS (SELECT j.*, \
@@ -517,12 +529,14 @@ impl QueryFragment<Pg> for SetMany<'_> {
              LEFT JOIN on_connection c ON c.connection_id = j.connection_id), "
         ));
         if self.exact {
-            out.push_sql(
+            out.push_sql(concat!(
                 "locked AS MATERIALIZED (SELECT e.document_id, e.client_id, e.clock_value, \
-                 e.state IS NULL AS is_leave, e.last_seen <= now() - p.timeout AS expired \
+                 e.state IS NULL AS is_leave, ",
+                expired_sql!("e.", "p.timeout"),
+                " AS expired \
                  FROM awareness_entries e JOIN input USING (document_id, client_id) CROSS JOIN p \
                  ORDER BY e.document_id, e.client_id FOR UPDATE OF e), ",
-            );
+            ));
         }
         out.push_sql("applied AS (");
         out.push_sql(INSERT_COLUMNS);
@@ -552,12 +566,13 @@ impl QueryFragment<Pg> for SetMany<'_> {
         } else {
             out.push_sql(" FROM counted u CROSS JOIN p");
         }
-        out.push_sql(
+        out.push_sql(concat!(
             " LEFT JOIN applied a ON a.document_id = u.document_id AND a.client_id = u.client_id \
              LEFT JOIN awareness_entries f ON f.document_id = u.document_id \
-             AND f.client_id = u.client_id AND f.last_seen > now() - p.timeout \
-             ORDER BY u.ord",
-        );
+             AND f.client_id = u.client_id AND ",
+            fresh_sql!("f.", "p.timeout"),
+            " ORDER BY u.ord",
+        ));
         Ok(())
     }
 }
@@ -640,7 +655,7 @@ mod tests {
     #[test]
     fn batch_statements_share_the_upsert() {
         let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
-        let plan = crate::postgres::batch::BatchPlan::new(&updates);
+        let plan = crate::postgres::write::plan::WritePlan::new(&updates);
         let exact = super::super::text(&set_many(plan.columns(&updates), context()).exact());
         let distinct =
             super::super::text(&set_many_distinct(plan.columns(&updates), context()).distinct());

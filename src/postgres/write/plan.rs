@@ -1,7 +1,8 @@
-//! `set_many` on PostgreSQL: which update of each key the one statement sends, and how the
+//! The write plan of `set_many` on PostgreSQL: which update of each key the one statement sends, and how the
 //! outcome of every update in the batch follows from what the statement reports.
 //!
-//! The contract orders updates of one key by `(clock, is_leave)` with a strict `>`: applying
+//! The clock rule ([`supersedes`]) orders updates of one key like `(clock, is_leave)` with a
+//! strict `>`: applying
 //! `u1..un` in order over an existing entry `E` is a running maximum. So only the first update
 //! reaching the key's maximum can be the final write (it is the one sent), and an earlier
 //! update applied exactly when it beat `E` and every update before it. `ON CONFLICT` cannot
@@ -9,14 +10,24 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::write::BatchColumns;
-use crate::entry::{AwarenessUpdate, SetOutcome};
+use crate::entry::{supersedes, AwarenessUpdate, SetOutcome};
+use crate::postgres::sql::write::{BatchColumns, SentRow};
 
-/// The order of updates of one key: a higher clock wins; at equal clocks a leave beats a state.
+/// What an update of one key wrote: its clock, and whether it is a leave.
 type Rank = (i64, bool);
 
 fn rank(update: &AwarenessUpdate) -> Rank {
     (update.clock, update.state.is_none())
+}
+
+/// Whether `update` beats what is held at `held` (nothing: `None`): the clock rule
+/// ([`supersedes`]).
+fn beats(update: &AwarenessUpdate, held: Option<Rank>) -> bool {
+    supersedes(
+        held.map(|(clock, is_leave)| (clock, !is_leave)),
+        update.clock,
+        update.state.is_some(),
+    )
 }
 
 /// The updates of one key, by input position.
@@ -31,13 +42,9 @@ struct KeyGroup {
 /// A batch split into one row per key (sorted by key, so concurrent batches lock rows in the
 /// same order) and the bookkeeping to resolve every update's outcome.
 #[derive(Debug)]
-pub(crate) struct BatchPlan {
+pub(crate) struct WritePlan {
     groups: Vec<KeyGroup>,
 }
-
-/// What the statement reports for one sent row (see [`SetMany`](super::sql::write::SetMany)):
-/// its outcome code, then what the exact form reads of the old row.
-pub(crate) type SentResult = (i16, Option<bool>, Option<i64>, Option<bool>, Option<bool>);
 
 /// The existing entry an update of the key was decided against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +58,7 @@ enum Existing {
     Unknown,
 }
 
-impl BatchPlan {
+impl WritePlan {
     /// Groups `updates` by key.
     pub(crate) fn new(updates: &[AwarenessUpdate]) -> Self {
         let mut by_key: BTreeMap<(&str, &str), KeyGroup> = BTreeMap::new();
@@ -62,7 +69,7 @@ impl BatchPlan {
                     positions: Vec::new(),
                     sent: i,
                 });
-            if rank(update) > rank(&updates[group.sent]) {
+            if beats(update, Some(rank(&updates[group.sent]))) {
                 group.sent = i;
             }
             group.positions.push(i);
@@ -83,7 +90,7 @@ impl BatchPlan {
     }
 
     /// True when no key occurs twice: every update is sent, and the lean statement
-    /// ([`SetManyDistinct`](super::sql::write::SetManyDistinct)) decides each exactly.
+    /// ([`Distinct`](crate::postgres::sql::write::Distinct)) decides each exactly.
     pub(crate) fn is_distinct(&self) -> bool {
         self.groups.iter().all(|group| group.positions.len() == 1)
     }
@@ -97,7 +104,7 @@ impl BatchPlan {
         }
         let mut outcomes = vec![SetOutcome::Stale; self.groups.len()];
         for (group, &code) in self.groups.iter().zip(codes) {
-            outcomes[group.sent] = SetOutcome::from_code(code)?;
+            outcomes[group.sent] = crate::postgres::sql::write::outcome(code)?;
         }
         Some(outcomes)
     }
@@ -122,14 +129,14 @@ impl BatchPlan {
     pub(crate) fn outcomes(
         &self,
         updates: &[AwarenessUpdate],
-        rows: &[SentResult],
+        rows: &[SentRow],
     ) -> Option<Vec<SetOutcome>> {
         if rows.len() != self.groups.len() {
             return None;
         }
         let mut outcomes = vec![SetOutcome::Stale; updates.len()];
         for (group, &(code, inserted, clock, is_leave, expired)) in self.groups.iter().zip(rows) {
-            match SetOutcome::from_code(code)? {
+            match crate::postgres::sql::write::outcome(code)? {
                 SetOutcome::Applied => {}
                 // The existing entry ranks at or above the key's maximum: every update is stale.
                 SetOutcome::Stale => continue,
@@ -173,10 +180,9 @@ fn resolve_group(
         }
     };
     for &i in &group.positions {
-        let r = rank(&updates[i]);
-        if highest.is_none_or(|h| r > h) {
+        if beats(&updates[i], highest) {
             outcomes[i] = SetOutcome::Applied;
-            highest = Some(r);
+            highest = Some(rank(&updates[i]));
         }
         if i == group.sent {
             // Later updates rank at or below the sent one: stale.
@@ -205,7 +211,7 @@ mod tests {
             up("b", 4, false),
             up("a", 3, true),
         ];
-        let plan = BatchPlan::new(&updates);
+        let plan = WritePlan::new(&updates);
         let columns = plan.columns(&updates);
         assert_eq!(columns.client_ids, ["a", "b"]);
         assert_eq!(columns.clocks, [3, 4]);
@@ -216,7 +222,7 @@ mod tests {
     #[test]
     fn distinct_batches_map_rows_back_to_input_order() {
         let updates = [up("b", 1, false), up("c", 1, false), up("a", 1, true)];
-        let plan = BatchPlan::new(&updates);
+        let plan = WritePlan::new(&updates);
         assert!(plan.is_distinct());
         // Rows come in key order: a, b, c.
         assert_eq!(
@@ -225,7 +231,7 @@ mod tests {
         );
         assert!(plan.outcomes_distinct(&[0]).is_none());
         assert!(plan.outcomes_distinct(&[0, 0, 9]).is_none());
-        assert!(!BatchPlan::new(&[up("a", 1, false), up("a", 2, false)]).is_distinct());
+        assert!(!WritePlan::new(&[up("a", 1, false), up("a", 2, false)]).is_distinct());
     }
 
     #[test]
@@ -237,7 +243,7 @@ mod tests {
             up("a", 5, true),
             up("a", 5, true),
         ];
-        let plan = BatchPlan::new(&updates);
+        let plan = WritePlan::new(&updates);
         // Existing live entry at clock 2: 1 is stale, 5 applies, 3 stale, leave 5 applies.
         let rows = [(0, Some(false), Some(2), Some(false), Some(false))];
         assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, A, S, A, S]);

@@ -21,8 +21,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use diesel_async::pooled_connection::bb8::PooledConnection;
-use diesel_async::AsyncPgConnection;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::entry::{AwarenessUpdate, SetOutcome};
@@ -60,11 +58,11 @@ pub(crate) enum Turn {
     /// Only its own update was queued: run it here, alone.
     Alone(AwarenessUpdate),
     /// It took a batch with other callers' updates: run it on its own task, then wait.
-    Batch(Batch, Ticket),
+    Send(Taken, Ticket),
 }
 
 /// Updates taken from the queue to go out in one statement.
-pub(crate) struct Batch(Vec<Queued>);
+pub(crate) struct Taken(Vec<Queued>);
 
 impl Coalescer {
     /// A coalescer for a pool of `pool_size` connections: a quarter of them (at least one)
@@ -142,7 +140,7 @@ impl Coalescer {
                     None => Turn::Wait(ticket),
                 }
             }
-            _ => Turn::Batch(Batch(taken), ticket),
+            _ => Turn::Send(Taken(taken), ticket),
         }
     }
 }
@@ -159,23 +157,17 @@ impl Ticket {
     }
 }
 
-impl Batch {
-    /// Runs the batch as one `set_many` statement on a connection from `conn` and answers
-    /// every caller in it; the slot is held until then.
-    pub(crate) async fn run<F>(
-        self,
-        conn: F,
-        storage: super::store::PgStorage,
-        slot: Option<OwnedSemaphorePermit>,
-    ) where
-        F: std::future::Future<Output = Result<PooledConnection<'static, AsyncPgConnection>>>,
+impl Taken {
+    /// Runs the batch through `write` (one `set_many` statement) and answers every caller in
+    /// it; the slot is held until then.
+    pub(crate) async fn run<W, F>(self, write: W, slot: Option<OwnedSemaphorePermit>)
+    where
+        W: FnOnce(Vec<AwarenessUpdate>) -> F,
+        F: std::future::Future<Output = Result<Vec<SetOutcome>>>,
     {
         let (updates, replies): (Vec<AwarenessUpdate>, Vec<_>) =
             self.0.into_iter().map(|q| (q.update, q.reply)).unzip();
-        let result = match conn.await {
-            Ok(mut conn) => storage.set_many_pooled(&mut conn, &updates).await,
-            Err(error) => Err(error),
-        };
+        let result = write(updates).await;
         drop(slot);
         match result {
             Ok(outcomes) => {

@@ -6,7 +6,8 @@
 
 use async_trait::async_trait;
 
-use super::feed::{ChangeKind, Feed};
+use super::types::ChangeKind;
+use super::Feed;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::Result;
 use crate::storage::Storage;
@@ -20,11 +21,6 @@ pub(crate) struct Publishing<S> {
 }
 
 impl<S> Publishing<S> {
-    /// Announces entries removed outside `Storage` (an instance's shutdown).
-    pub(crate) fn publish_removed(&self, entries: &[AwarenessEntry]) {
-        self.feed.publish_entries(ChangeKind::Remove, entries);
-    }
-
     /// `inner` with a feed that publishes nothing (see `with_change_feed`).
     pub(crate) fn new(inner: S) -> Self {
         Self {
@@ -106,6 +102,13 @@ impl<S: Storage> Storage for Publishing<S> {
         self.feed
             .publish_entries(ChangeKind::Remove, &departed.abandoned);
         Ok(departed)
+    }
+
+    /// The instance's entries, as [`ChangeKind::Remove`].
+    async fn shutdown(&self) -> Result<Vec<AwarenessEntry>> {
+        let removed = self.inner.shutdown().await?;
+        self.feed.publish_entries(ChangeKind::Remove, &removed);
+        Ok(removed)
     }
 
     fn options(&self) -> StoreOptions {

@@ -1,0 +1,160 @@
+//! The pool, and the one way every part of the store gets a connection from it: the wait is
+//! recorded (metrics), pool errors are mapped once (with the TLS hint), and a wait that ends
+//! without a connection says why (the last failure to connect) instead of blaming the pool
+//! size. Everything else in `postgres/` imports from here; this file imports none of it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bb8::ErrorSink;
+use diesel::pg::data_types::PgInterval;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
+use diesel_async::pooled_connection::PoolError;
+use diesel_async::AsyncPgConnection;
+
+use crate::error::{Error, Result};
+use crate::postgres::secret::redact;
+
+/// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// A pooled connection borrowed from [`Connections`].
+pub(crate) type Pooled<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+/// A pool with what it reported of its failures to connect.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    pool: PgPool,
+    connect_errors: ConnectErrors,
+}
+
+impl Connections {
+    pub(crate) fn new(pool: PgPool, connect_errors: ConnectErrors) -> Self {
+        Self {
+            pool,
+            connect_errors,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A pooled connection, or why there is none.
+    pub(crate) async fn get(&self) -> Result<Pooled<'_>> {
+        let started = Instant::now();
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| self.run_error(e, started));
+        self.record(started);
+        conn
+    }
+
+    /// [`get`](Self::get) for a task of its own.
+    pub(crate) async fn get_owned(&self) -> Result<Pooled<'static>> {
+        let started = Instant::now();
+        let conn = self
+            .pool
+            .get_owned()
+            .await
+            .map_err(|e| self.run_error(e, started));
+        self.record(started);
+        conn
+    }
+
+    /// A connection outside the pool, set up like the pooled ones, held for good by its
+    /// caller (the change feed's listener, the migration runner).
+    pub(crate) async fn dedicated(&self) -> Result<AsyncPgConnection> {
+        self.pool.dedicated_connection().await.map_err(pool_error)
+    }
+
+    fn record(&self, started: Instant) {
+        let state = self.pool.state();
+        crate::metrics::pool_checkout(started, state.connections, state.idle_connections);
+    }
+
+    fn run_error(&self, error: RunError, started: Instant) -> Error {
+        match error {
+            RunError::User(e) => pool_error(e),
+            RunError::TimedOut => self.timed_out(started),
+        }
+    }
+
+    /// Why waiting for a pooled connection ended without one: the pool was busy, or it could
+    /// not open connections (then never blame the pool size).
+    fn timed_out(&self, started: Instant) -> Error {
+        let waited = self.pool.config().connection_timeout;
+        if let Some(reason) = self.connect_errors.since(started) {
+            return Error::Connection(reason);
+        }
+        let open = self.pool.state().connections;
+        let max = self.pool.config().max_size;
+        if open < max {
+            // Room for more connections, yet none was handed out: opening them fails.
+            Error::Connection(format!(
+                "no connection could be opened within {waited:?} ({open} of {max} open); \
+                 check the URL and that the server accepts connections; if the URL asks for \
+                 TLS (sslmode), build the pool with `synckit_awareness::build_pool` or \
+                 `synckit_awareness::connection_manager` (diesel-async's default manager \
+                 connects without TLS)"
+            ))
+        } else {
+            Error::PoolTimeout(waited)
+        }
+    }
+}
+
+/// A pool error as this crate's error, the password redacted.
+pub(crate) fn pool_error(e: PoolError) -> Error {
+    match e {
+        PoolError::ConnectionError(e) => {
+            let reason = redact(&e.to_string());
+            if reason.contains("TLS handshake") {
+                Error::Connection(format!(
+                    "{reason}: this pool cannot do TLS (diesel-async's default manager connects \
+                     without it); build it with `synckit_awareness::build_pool` or \
+                     `synckit_awareness::connection_manager`"
+                ))
+            } else {
+                Error::Connection(reason)
+            }
+        }
+        PoolError::QueryError(e) => Error::Database(e),
+    }
+}
+
+/// A timeout as an SQL interval (saturating).
+pub(crate) fn interval(timeout: std::time::Duration) -> PgInterval {
+    PgInterval::from_microseconds(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The pool's most recent failure to open a connection (password redacted).
+///
+/// bb8 never hands a failed connection attempt to the caller waiting in `get` (it retries until
+/// the connection timeout, then reports a timeout); this keeps the last failure so the store can
+/// say *why* instead ("connection refused", "invalid certificate").
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectErrors(Arc<Mutex<Option<(Instant, String)>>>);
+
+impl ConnectErrors {
+    /// The last failure, if it happened after `since`.
+    pub(crate) fn since(&self, since: Instant) -> Option<String> {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, message)| message.clone())
+    }
+}
+
+impl ErrorSink<PoolError> for ConnectErrors {
+    fn sink(&self, error: PoolError) {
+        let message = redact(&error.to_string());
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), message));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<PoolError>> {
+        Box::new(self.clone())
+    }
+}

@@ -1,0 +1,60 @@
+//! The statements that are not about entries: the change feed's `NOTIFY` and `LISTEN`, the
+//! listener's liveness probe, the session settings of each new connection, and the migration
+//! runner's advisory lock.
+
+use super::super::options::PostgresOptions;
+
+/// Sends each payload of `$2` on channel `$1`, in order, in one statement (one transaction:
+/// `unnest` yields the array in order and `NOTIFY` keeps a transaction's order).
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+
+/// What the change feed's listener runs on its connection: names itself (easy to find in
+/// `pg_stat_activity`) and listens on `channel`, quoted (`pg_notify` takes the name verbatim,
+/// `LISTEN` would fold it to lower case).
+pub(crate) fn listen(application_name: &str, channel: &str) -> String {
+    format!(
+        "SET application_name = '{}'; LISTEN \"{}\"",
+        application_name.replace('\'', "''"),
+        channel.replace('"', "\"\"")
+    )
+}
+
+/// The listener's check of a connection that has been quiet for a while.
+pub(crate) const PING: &str = "SELECT 1";
+
+/// The `SET` statements run once on each new connection, from the options.
+pub(crate) fn session_settings(options: &PostgresOptions) -> String {
+    let mut sql = String::new();
+    if let Some(timeout) = options.statement_timeout {
+        sql.push_str(&format!(
+            "SET statement_timeout = {};",
+            timeout.as_millis().max(1)
+        ));
+    }
+    if !options.synchronous_commit {
+        sql.push_str("SET synchronous_commit = off;");
+    }
+    sql
+}
+
+/// Takes the migration runner's session-level advisory lock; `$1`: the key.
+pub(crate) const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock($1)";
+/// Releases it; `$1`: the key.
+pub(crate) const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_quotes_the_channel_and_the_name() {
+        assert_eq!(
+            listen("app", "Ch\"an"),
+            "SET application_name = 'app'; LISTEN \"Ch\"\"an\""
+        );
+        assert_eq!(
+            listen("it's", "c"),
+            "SET application_name = 'it''s'; LISTEN \"c\""
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! [`PgStorage`]: the contract on one table, one statement per operation (the statements are
+//! in `sql/`). The publishing layer (`feed/publishing.rs`) and the validation and tracing every
+//! store shares (`crate::storage`) wrap it; the facade (`store.rs`) holds the result.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use diesel::pg::data_types::PgInterval;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::instance::Lease;
+use super::pool::{Connections, Pooled};
+use super::sql;
+use super::sql::write::WriteContext;
+use super::write::coalesce::{Coalescer, Turn};
+use super::write::plan::WritePlan;
+use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::store::StoreOptions;
+
+/// The storage work on the `awareness_entries` table: one statement per operation.
+#[derive(Clone)]
+pub(crate) struct PgStorage {
+    pub(super) connections: Connections,
+    pub(super) options: StoreOptions,
+    pub(super) timeout: PgInterval,
+    /// Queue of `set`s coalesced into one statement when connections are busy; `None`: off.
+    pub(super) coalescer: Option<Arc<Coalescer>>,
+    /// The instance this store runs as, once started; shared by every clone.
+    pub(super) instance: Arc<OnceLock<Arc<Lease>>>,
+}
+
+impl PgStorage {
+    async fn conn(&self) -> Result<Pooled<'_>> {
+        self.connections.get().await
+    }
+
+    /// What a write needs besides its updates, or why this store may not write now.
+    fn write_context(&self) -> Result<WriteContext<'_>> {
+        let instance_id = match self.instance.get() {
+            Some(lease) => Some(lease.check()?),
+            None => None,
+        };
+        Ok(WriteContext::new(self.timeout, instance_id, &self.options))
+    }
+
+    /// `set` alone: the one statement on a connection of its own.
+    async fn set_alone(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        let context = self.write_context()?;
+        let mut conn = self.conn().await?;
+        set_on(&mut conn, update, context).await
+    }
+
+    /// `set_many` on a connection of its own.
+    async fn set_many_pooled(
+        &self,
+        conn: &mut AsyncPgConnection,
+        updates: &[AwarenessUpdate],
+    ) -> Result<Vec<SetOutcome>> {
+        let context = self.write_context()?;
+        set_many_on(conn, updates, context).await
+    }
+
+    /// `set` through the coalescer (see `write/coalesce.rs`).
+    async fn set_coalesced(
+        &self,
+        coalescer: &Coalescer,
+        update: &AwarenessUpdate,
+    ) -> Result<SetOutcome> {
+        // A free slot and nobody waiting: nothing to batch with, go at once.
+        if let Some(_slot) = coalescer.try_alone() {
+            return self.set_alone(update).await;
+        }
+        let ticket = coalescer.enqueue(update);
+        // As long as a caller would wait for a pooled connection, no longer.
+        let waited = self.connections.pool().config().connection_timeout;
+        let slot = match tokio::time::timeout(waited, coalescer.slot()).await {
+            Ok(slot) => slot,
+            Err(_) if coalescer.withdraw(&ticket) => return Err(Error::PoolTimeout(waited)),
+            // A batch already carries the update.
+            Err(_) => return ticket.outcome().await,
+        };
+        match coalescer.take(ticket) {
+            Turn::Wait(ticket) => {
+                drop(slot);
+                ticket.outcome().await
+            }
+            Turn::Alone(update) => {
+                let _slot = slot;
+                self.set_alone(&update).await
+            }
+            Turn::Send(batch, ticket) => {
+                let storage = self.clone();
+                let write = move |updates: Vec<AwarenessUpdate>| async move {
+                    let mut conn = storage.connections.get_owned().await?;
+                    storage.set_many_pooled(&mut conn, &updates).await
+                };
+                tokio::spawn(batch.run(write, slot));
+                ticket.outcome().await
+            }
+        }
+    }
+}
+
+/// `set` on `conn`: the fast path, then, when it changed nothing, the full statement (see
+/// `sql/write.rs`).
+async fn set_on(
+    conn: &mut AsyncPgConnection,
+    update: &AwarenessUpdate,
+    context: WriteContext<'_>,
+) -> Result<SetOutcome> {
+    if sql::write::set_fast(update, context).execute(conn).await? > 0 {
+        return Ok(SetOutcome::Applied);
+    }
+    // `load`, not `get_result`: diesel-async's `get_result` returns at the first row, before
+    // the server's ReadyForQuery, i.e. before the implicit commit; a crash in between would
+    // lose an update reported applied (tests/faults.rs caught it). `load` reads to the end.
+    let codes: Vec<i16> = sql::write::set_full(update, context).load(conn).await?;
+    let code = codes.into_iter().next().unwrap_or(-1);
+    crate::postgres::sql::write::outcome(code).ok_or_else(|| unexpected("set", code))
+}
+
+fn unexpected(what: &str, code: i16) -> Error {
+    Error::Database(diesel::result::Error::DeserializationError(
+        format!("{what}: the database returned the unknown outcome code {code}").into(),
+    ))
+}
+
+/// `set_many` as one statement on `conn`: the lean one when every key is distinct, else the
+/// one that reads the old rows to resolve repeated keys (see `postgres/write/plan.rs`). A batch
+/// where one key comes from several owners is applied one update after another.
+async fn set_many_on(
+    conn: &mut AsyncPgConnection,
+    updates: &[AwarenessUpdate],
+    context: WriteContext<'_>,
+) -> Result<Vec<SetOutcome>> {
+    let plan = WritePlan::new(updates);
+    if plan.has_mixed_owners(updates) {
+        let mut outcomes = Vec::with_capacity(updates.len());
+        for update in updates {
+            outcomes.push(set_on(conn, update, context).await?);
+        }
+        return Ok(outcomes);
+    }
+    let mut attempt = 0;
+    loop {
+        let outcomes = if plan.is_distinct() {
+            sql::write::set_many_distinct(plan.columns(updates), context)
+                .distinct()
+                .load::<i16>(conn)
+                .await
+                .map(|rows| plan.outcomes_distinct(&rows))
+        } else {
+            sql::write::set_many(plan.columns(updates), context)
+                .exact()
+                .load::<sql::write::SentRow>(conn)
+                .await
+                .map(|rows| plan.outcomes(updates, &rows))
+        };
+        match outcomes {
+            // Two batches can still deadlock when one inserts a key the other's snapshot did
+            // not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if attempt < 3 && info.message().starts_with("deadlock detected") =>
+            {
+                attempt += 1;
+            }
+            other => {
+                return other?.ok_or_else(|| {
+                    Error::Database(diesel::result::Error::DeserializationError(
+                        "set_many: the database returned rows that do not match the batch".into(),
+                    ))
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for PgStorage {
+    async fn get(&self, document: &str, client: &str) -> Result<Option<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        Ok(sql::read::get(document, client, self.timeout)
+            .get_result(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    async fn get_all(&self, document: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        Ok(sql::read::get_all(document, self.timeout)
+            .load(&mut conn)
+            .await?)
+    }
+
+    async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
+        match self.coalescer.as_deref() {
+            Some(coalescer) => self.set_coalesced(coalescer, update).await,
+            None => self.set_alone(update).await,
+        }
+    }
+
+    /// One statement for the whole batch (see `postgres/write/plan.rs` and `sql::write`).
+    async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
+        let context = self.write_context()?;
+        let mut conn = self.conn().await?;
+        set_many_on(&mut conn, updates, context).await
+    }
+
+    async fn remove(&self, document: &str, client: &str) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let rows = sql::delete::remove(document, client)
+            .execute(&mut conn)
+            .await?;
+        Ok(rows > 0)
+    }
+
+    async fn remove_all_for_connection(&self, connection: &str) -> Result<Vec<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        let removed: Vec<(AwarenessEntry, bool)> =
+            sql::delete::remove_all_for_connection(connection, self.timeout)
+                .get_results(&mut conn)
+                .await?;
+        let mut fresh: Vec<AwarenessEntry> = removed
+            .into_iter()
+            .filter_map(|(entry, fresh)| fresh.then_some(entry))
+            .collect();
+        sort_by_key(&mut fresh);
+        Ok(fresh)
+    }
+
+    async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        Ok(sql::read::get_expired(self.timeout).load(&mut conn).await?)
+    }
+
+    async fn prune_expired(&self) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let rows = sql::delete::prune_expired(self.timeout)
+            .execute(&mut conn)
+            .await?;
+        Ok(rows as u64)
+    }
+
+    async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
+        let mut conn = self.conn().await?;
+        let mut taken: Vec<AwarenessEntry> = sql::delete::take_expired(self.timeout)
+            .get_results(&mut conn)
+            .await?;
+        sort_by_key(&mut taken);
+        Ok(taken)
+    }
+
+    /// One statement: lapsed leases, expired entries and the entries of lapsed instances (see
+    /// `sql/lease.rs`).
+    async fn take_departed(&self) -> Result<Departed> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<sql::lease::Departing> = diesel::sql_query(sql::lease::TAKE_DEPARTED)
+            .bind::<diesel::sql_types::Interval, _>(self.timeout)
+            .load(&mut conn)
+            .await?;
+        let mut departed = Departed::default();
+        for row in rows {
+            if row.expired {
+                departed.expired.push(row.entry);
+            } else {
+                departed.abandoned.push(row.entry);
+            }
+        }
+        Ok(departed)
+    }
+
+    /// Stops the instance's renewals, then removes its lease and entries in one statement
+    /// (see `sql/lease.rs`); the entries that were not expired are returned.
+    async fn shutdown(&self) -> Result<Vec<AwarenessEntry>> {
+        let Some(lease) = self.instance.get() else {
+            return Ok(Vec::new());
+        };
+        lease.stop();
+        let mut conn = self.conn().await?;
+        let removed: Vec<sql::lease::Departing> = diesel::sql_query(sql::lease::SHUTDOWN)
+            .bind::<diesel::sql_types::Text, _>(&lease.id)
+            .bind::<diesel::sql_types::Interval, _>(self.timeout)
+            .load(&mut conn)
+            .await?;
+        Ok(removed
+            .into_iter()
+            .filter(|d| !d.expired)
+            .map(|d| d.entry)
+            .collect())
+    }
+
+    fn options(&self) -> StoreOptions {
+        self.options
+    }
+}
