@@ -54,9 +54,12 @@ relay: relay-web
 # before anything is installed or compiled, each with one short message.
 CHROMIUM ?= $(firstword $(wildcard /usr/bin/chromium /usr/bin/chromium-browser) $(shell command -v chromium chromium-browser google-chrome 2>/dev/null))
 export CHROMIUM
+PGBOUNCER ?= $(firstword $(shell command -v pgbouncer 2>/dev/null) $(wildcard /usr/sbin/pgbouncer))
+export PGBOUNCER
 prerequisites:
 	@command -v node >/dev/null && command -v npm >/dev/null || { echo "Node.js and npm missing: install Node.js >= 18 with npm (the interop and relay tests run real npm packages)"; exit 2; }
 	@[ -n "$(CHROMIUM)" ] && [ -x "$(CHROMIUM)" ] || { echo "Chromium missing: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome); the relay's browser test drives it"; exit 2; }
+	@[ -n "$(PGBOUNCER)" ] && [ -x "$(PGBOUNCER)" ] || { echo "PgBouncer missing: apt-get install -y pgbouncer (or set PGBOUNCER=/path/to/pgbouncer); the pooler tests run through it"; exit 2; }
 
 test: prerequisites tests/js/node_modules/.installed $(RELAY_WEB)/dist/page.js
 	@tests/support/with-postgres.sh $(MAKE) --no-print-directory test-suite

@@ -105,6 +105,12 @@ pub struct PostgresSettings {
     pub instance_id: String,
     /// The instance's lease in milliseconds (renewed every third of it).
     pub lease_ms: u64,
+    /// The URL leads to a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy)
+    /// ([`PostgresOptions::transaction_pooler`]).
+    pub transaction_pooler: bool,
+    /// The change feed listener's own URL, direct or session-mode
+    /// ([`ChangeFeedOptions::listen_url`]); required with `transaction_pooler` and a feed.
+    pub listen_url: Option<DatabaseUrl>,
 }
 
 impl Default for PostgresSettings {
@@ -124,6 +130,8 @@ impl Default for PostgresSettings {
             instance: false,
             instance_id: String::new(),
             lease_ms: millis(crate::postgres::DEFAULT_LEASE),
+            transaction_pooler: false,
+            listen_url: None,
         }
     }
 }
@@ -153,13 +161,18 @@ impl PostgresSettings {
             )
             .with_synchronous_commit(self.synchronous_commit)
             .with_coalesce_writes(self.coalesce_writes)
+            .with_transaction_pooler(self.transaction_pooler)
     }
 
     /// The [`ChangeFeedOptions`] these settings describe (a fresh `origin`).
     pub fn change_feed_options(&self) -> ChangeFeedOptions {
-        ChangeFeedOptions::default()
+        let options = ChangeFeedOptions::default()
             .with_publish(self.change_feed)
-            .with_channel(self.change_feed_channel.clone())
+            .with_channel(self.change_feed_channel.clone());
+        match &self.listen_url {
+            Some(url) => options.with_listen_url(url.expose()),
+            None => options,
+        }
     }
 }
 
@@ -288,6 +301,12 @@ impl AwarenessSettings {
         if let Some(v) = var("POSTGRES__LEASE_MS") {
             pg.lease_ms = parse("POSTGRES__LEASE_MS", &v)?;
         }
+        if let Some(v) = var("POSTGRES__TRANSACTION_POOLER") {
+            pg.transaction_pooler = parse("POSTGRES__TRANSACTION_POOLER", &v)?;
+        }
+        if let Some(v) = var("POSTGRES__LISTEN_URL").filter(|v| !v.is_empty()) {
+            pg.listen_url = Some(DatabaseUrl::new(v));
+        }
         Ok(settings)
     }
 
@@ -411,7 +430,7 @@ impl fmt::Display for AwarenessSettings {
              postgres.migrate_on_start={} postgres.statement_timeout_ms={} \
              postgres.synchronous_commit={} postgres.coalesce_writes={} postgres.change_feed={} \
              postgres.change_feed_channel={} postgres.instance={} postgres.instance_id={} \
-             postgres.lease_ms={}",
+             postgres.lease_ms={} postgres.transaction_pooler={}",
             pg.pool_size,
             pg.acquire_timeout_ms,
             pg.validate_on_start,
@@ -427,8 +446,13 @@ impl fmt::Display for AwarenessSettings {
             } else {
                 &pg.instance_id
             },
-            pg.lease_ms
-        )
+            pg.lease_ms,
+            pg.transaction_pooler
+        )?;
+        match &pg.listen_url {
+            Some(url) => write!(f, " postgres.listen_url={url}"),
+            None => Ok(()),
+        }
     }
 }
 

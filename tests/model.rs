@@ -391,15 +391,31 @@ async fn stores_match_the_contract_model_without_write_coalescing() {
     stores_match_the_model(false).await;
 }
 
+/// Through PgBouncer in transaction mode, the store told so (issue 21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_match_the_contract_model_through_a_transaction_pooler() {
+    run_model(true, true).await;
+}
+
 async fn stores_match_the_model(coalesce_writes: bool) {
+    run_model(coalesce_writes, false).await;
+}
+
+async fn run_model(coalesce_writes: bool, pooler: bool) {
     let db = TestDb::migrated().await;
+    let url = if pooler {
+        common::pooled_url(&db).await
+    } else {
+        db.url.clone()
+    };
     let postgres = Arc::new(
         PostgresAwarenessStore::connect(
-            &db.url,
+            &url,
             PostgresOptions::default()
                 .with_store(options())
                 .with_pool_size(2)
-                .with_coalesce_writes(coalesce_writes),
+                .with_coalesce_writes(coalesce_writes)
+                .with_transaction_pooler(pooler),
         )
         .await
         .expect("store"),

@@ -5,7 +5,7 @@ use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use super::options::PostgresOptions;
@@ -36,9 +36,11 @@ pub fn connection_manager(
     options: &PostgresOptions,
 ) -> AsyncDieselConnectionManager<AsyncPgConnection> {
     let session = super::sql::session::session_settings(options);
+    let pooler = options.transaction_pooler;
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.recycling_method = RecyclingMethod::Fast;
-    config.custom_setup = Box::new(move |url| establish(url.to_owned(), session.clone()).boxed());
+    config.custom_setup =
+        Box::new(move |url| establish(url.to_owned(), session.clone(), pooler).boxed());
     AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config)
 }
 
@@ -77,8 +79,18 @@ pub(crate) async fn build_pool_reporting(
     Ok((pool, errors))
 }
 
-async fn establish(url: String, session: String) -> ConnectionResult<AsyncPgConnection> {
+async fn establish(
+    url: String,
+    session: String,
+    pooler: bool,
+) -> ConnectionResult<AsyncPgConnection> {
     let mut conn = super::tls::connect(&url).await?;
+    if pooler {
+        // A prepared statement lives on one server connection; behind a transaction-mode
+        // pooler the next transaction may run on another. Prepared per use, closed inside the
+        // operation's transaction.
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+    }
     if !session.is_empty() {
         conn.batch_execute(&session)
             .await

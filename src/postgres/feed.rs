@@ -27,7 +27,7 @@ use diesel::sql_types::{Array, Text};
 use diesel_async::RunQueryDsl;
 use tokio::sync::mpsc;
 
-use super::pool::Connections;
+use super::pool::{with_conn, Connections};
 use crate::entry::{AwarenessEntry, AwarenessUpdate};
 use crate::error::{Error, Result};
 
@@ -174,10 +174,22 @@ impl Feed {
         filter: ChangeFilter,
     ) -> Result<ChangeStream> {
         let options = &self.inner.options;
+        if options.listen_url.is_none() && connections.behind_pooler() {
+            return Err(Error::Config(
+                "the change feed's listener needs a session of its own, which a \
+                 transaction-mode pooler does not give: set ChangeFeedOptions::with_listen_url \
+                 to a direct (or session-mode) URL of the same database"
+                    .into(),
+            ));
+        }
+        let source = match &options.listen_url {
+            Some(url) => listener::Source::Url(url.clone()),
+            None => listener::Source::Pool(connections.clone()),
+        };
         let listener = self
             .inner
             .listener
-            .get_or_try_init(|| listener::Listener::start(connections.clone(), options))
+            .get_or_try_init(|| listener::Listener::start(source, options))
             .await?;
         Ok(listener.stream(filter, options.origin.clone()))
     }
@@ -245,11 +257,12 @@ async fn publish_loop(
 
 /// Sends every payload in one statement (one transaction, one commit).
 async fn notify(connections: &Connections, channel: &str, payloads: &[String]) -> Result<()> {
-    let mut conn = connections.get().await?;
-    diesel::sql_query(super::sql::session::NOTIFY)
-        .bind::<Text, _>(channel)
-        .bind::<Array<Text>, _>(payloads)
-        .execute(&mut conn)
-        .await?;
-    Ok(())
+    with_conn!(*connections, |conn| {
+        diesel::sql_query(super::sql::session::NOTIFY)
+            .bind::<Text, _>(channel)
+            .bind::<Array<Text>, _>(payloads)
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
 }

@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Interval, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
-use super::pool::Connections;
+use super::pool::{with_conn, Connections};
 use super::sql;
 use crate::entry::AwarenessEntry;
 use crate::error::{Field, Result};
@@ -114,11 +114,11 @@ pub(super) async fn document(
     include_hidden: bool,
 ) -> Result<Vec<InspectedEntry>> {
     check_id(Field::DocumentId, document)?;
-    let mut conn = connections.get().await?;
-    let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> =
+    let rows: Vec<(AwarenessEntry, bool, DateTime<Utc>)> = with_conn!(*connections, |conn| Ok(
         sql::read::inspect_document(document, include_hidden, timeout)
-            .load(&mut conn)
-            .await?;
+            .load(conn)
+            .await?
+    ))?;
     Ok(rows
         .into_iter()
         .map(|(entry, expired, now)| InspectedEntry {
@@ -131,11 +131,10 @@ pub(super) async fn document(
 
 /// See [`PostgresAwarenessStore::inspect_stats`](crate::PostgresAwarenessStore::inspect_stats)(crate::PostgresAwarenessStore::inspect_stats).
 pub(super) async fn stats(connections: &Connections, timeout: PgInterval) -> Result<StoreStats> {
-    let mut conn = connections.get().await?;
-    Ok(diesel::sql_query(sql::raw::STATS)
+    with_conn!(*connections, |conn| Ok(diesel::sql_query(sql::raw::STATS)
         .bind::<Interval, _>(timeout)
-        .get_result(&mut conn)
-        .await?)
+        .get_result(conn)
+        .await?))
 }
 
 /// See [`PostgresAwarenessStore::inspect_busiest_documents`](crate::PostgresAwarenessStore::inspect_busiest_documents)(crate::PostgresAwarenessStore::inspect_busiest_documents).
@@ -144,10 +143,11 @@ pub(super) async fn busiest_documents(
     timeout: PgInterval,
     limit: u32,
 ) -> Result<Vec<DocumentActivity>> {
-    let mut conn = connections.get().await?;
-    Ok(diesel::sql_query(sql::raw::BUSIEST_DOCUMENTS)
-        .bind::<Interval, _>(timeout)
-        .bind::<BigInt, _>(i64::from(limit))
-        .load(&mut conn)
-        .await?)
+    with_conn!(*connections, |conn| Ok(diesel::sql_query(
+        sql::raw::BUSIEST_DOCUMENTS
+    )
+    .bind::<Interval, _>(timeout)
+    .bind::<BigInt, _>(i64::from(limit))
+    .load(conn)
+    .await?))
 }

@@ -18,7 +18,7 @@ use diesel::sql_types::{Interval, Text};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::pool::{interval, Connections};
+use super::pool::{interval, with_conn, Connections};
 use crate::error::{Error, Field, Result};
 
 /// Default [`InstanceOptions::lease`].
@@ -110,13 +110,14 @@ fn random_instance_id() -> String {
 /// Sends [`RENEW`](super::sql::lease::RENEW): whether the lease row was (re-)inserted.
 async fn renew_statement(connections: &Connections, id: &str, lease: Duration) -> Result<bool> {
     use diesel_async::RunQueryDsl;
-    let mut conn = connections.get().await?;
     // `load` reads to the end of the response, past the commit (see `set_on` in storage.rs).
-    let renewed: Vec<super::sql::lease::Renewed> = diesel::sql_query(super::sql::lease::RENEW)
-        .bind::<Text, _>(id)
-        .bind::<Interval, _>(interval(lease))
-        .load(&mut conn)
-        .await?;
+    let renewed: Vec<super::sql::lease::Renewed> = with_conn!(*connections, |conn| Ok(
+        diesel::sql_query(super::sql::lease::RENEW)
+            .bind::<Text, _>(id)
+            .bind::<Interval, _>(interval(lease))
+            .load(conn)
+            .await?
+    ))?;
     renewed
         .into_iter()
         .next()

@@ -52,6 +52,17 @@ pub struct PostgresOptions {
     /// `set` (docs/performance.md has the figures). Turn it on where the database, not the
     /// connection count, is the limit, and measure.
     pub coalesce_writes: bool,
+    /// The URL leads to a transaction-mode connection pooler (PgBouncer `pool_mode =
+    /// transaction`, Supavisor's transaction port, RDS Proxy, Neon's pooler), where each
+    /// transaction may run on another server connection. Then every operation runs in one
+    /// explicit transaction that starts with the session settings as `SET LOCAL` (nothing
+    /// outlives it on the server connection), no prepared statement is cached past it, the
+    /// change feed's listener needs its own direct URL
+    /// ([`ChangeFeedOptions::listen_url`](crate::ChangeFeedOptions::listen_url)), and
+    /// [`migrate`](crate::PostgresAwarenessStore::migrate) refuses (run migrations on a
+    /// direct URL). Costs two round trips per operation (`BEGIN`, `COMMIT`) and a prepare per
+    /// statement. Default `false`.
+    pub transaction_pooler: bool,
 }
 
 impl Default for PostgresOptions {
@@ -64,6 +75,7 @@ impl Default for PostgresOptions {
             statement_timeout: Some(Duration::from_secs(10)),
             synchronous_commit: false,
             coalesce_writes: false,
+            transaction_pooler: false,
         }
     }
 }
@@ -119,6 +131,13 @@ impl PostgresOptions {
     /// ([`synchronous_commit`](Self::synchronous_commit)).
     pub fn with_synchronous_commit(mut self, synchronous_commit: bool) -> Self {
         self.synchronous_commit = synchronous_commit;
+        self
+    }
+
+    /// These options for a URL that leads to a transaction-mode pooler (see
+    /// [`transaction_pooler`](Self::transaction_pooler)).
+    pub fn with_transaction_pooler(mut self, transaction_pooler: bool) -> Self {
+        self.transaction_pooler = transaction_pooler;
         self
     }
 }

@@ -10,7 +10,7 @@ use bb8::ErrorSink;
 use diesel::pg::data_types::PgInterval;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
 use diesel_async::pooled_connection::PoolError;
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 use crate::error::{Error, Result};
 use crate::postgres::secret::redact;
@@ -21,23 +21,94 @@ pub type PgPool = Pool<AsyncPgConnection>;
 /// A pooled connection borrowed from [`Connections`].
 pub(crate) type Pooled<'a> = PooledConnection<'a, AsyncPgConnection>;
 
-/// A pool with what it reported of its failures to connect.
+/// A pool with what it reported of its failures to connect, and how an operation runs on it.
 #[derive(Clone)]
 pub(crate) struct Connections {
     pool: PgPool,
     connect_errors: ConnectErrors,
+    /// Behind a transaction-mode pooler: what starts each operation's transaction.
+    pooled_begin: Option<Arc<str>>,
+}
+
+/// Runs `$body` (a `Result`) with `$conn: &mut AsyncPgConnection` checked out of
+/// `$connections` ([`Connections`]): behind a transaction-mode pooler inside one explicit
+/// transaction (committed when `$body` is `Ok`, rolled back otherwise), directly otherwise.
+macro_rules! with_conn {
+    ($connections:expr, |$conn:ident| $body:expr) => {{
+        let connections: &$crate::postgres::pool::Connections = &$connections;
+        let mut pooled = connections.get().await?;
+        connections.begin(&mut pooled).await?;
+        let result = $crate::postgres::pool::typed(async {
+            let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
+            $body
+        })
+        .await;
+        connections.end(&mut pooled, result).await
+    }};
+}
+pub(crate) use with_conn;
+
+/// Pins an operation's output type (so `?` inside [`with_conn!`] bodies infers).
+pub(crate) fn typed<T, F: std::future::Future<Output = Result<T>>>(operation: F) -> F {
+    operation
 }
 
 impl Connections {
-    pub(crate) fn new(pool: PgPool, connect_errors: ConnectErrors) -> Self {
+    /// `pool` as the store's; `pooled_begin` set (see `sql::session::pooled_begin`) when the URL
+    /// leads to a transaction-mode pooler.
+    pub(crate) fn new(
+        pool: PgPool,
+        connect_errors: ConnectErrors,
+        pooled_begin: Option<String>,
+    ) -> Self {
         Self {
             pool,
             connect_errors,
+            pooled_begin: pooled_begin.map(Arc::from),
         }
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// True when the URL leads to a transaction-mode pooler.
+    pub(crate) fn behind_pooler(&self) -> bool {
+        self.pooled_begin.is_some()
+    }
+
+    /// Starts an operation's transaction behind a transaction-mode pooler (else nothing).
+    /// Tracked by diesel-async: a connection dropped inside it is discarded, not reused.
+    pub(crate) async fn begin(&self, conn: &mut AsyncPgConnection) -> Result<()> {
+        if let Some(begin) = &self.pooled_begin {
+            AnsiTransactionManager::begin_transaction_sql(conn, begin).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends what [`begin`](Self::begin) started: commits after `Ok`, rolls back after `Err`.
+    pub(crate) async fn end<T>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        result: Result<T>,
+    ) -> Result<T> {
+        if self.pooled_begin.is_none() {
+            return result;
+        }
+        match result {
+            Ok(value) => {
+                <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
+                    .await?;
+                Ok(value)
+            }
+            Err(error) => {
+                // A failed rollback leaves the transaction open: the pool discards the
+                // connection (diesel-async tracks it); the operation's error is what matters.
+                let _ = <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(conn)
+                    .await;
+                Err(error)
+            }
+        }
     }
 
     /// A pooled connection, or why there is none.
@@ -46,18 +117,6 @@ impl Connections {
         let conn = self
             .pool
             .get()
-            .await
-            .map_err(|e| self.run_error(e, started));
-        self.record(started);
-        conn
-    }
-
-    /// [`get`](Self::get) for a task of its own.
-    pub(crate) async fn get_owned(&self) -> Result<Pooled<'static>> {
-        let started = Instant::now();
-        let conn = self
-            .pool
-            .get_owned()
             .await
             .map_err(|e| self.run_error(e, started));
         self.record(started);

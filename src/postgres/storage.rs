@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::instance::Lease;
-use super::pool::{Connections, Pooled};
+use super::pool::{with_conn, Connections};
 use super::sql;
 use super::sql::write::WriteContext;
 use super::write::coalesce::{Coalescer, Turn};
@@ -33,10 +33,6 @@ pub(crate) struct PgStorage {
 }
 
 impl PgStorage {
-    async fn conn(&self) -> Result<Pooled<'_>> {
-        self.connections.get().await
-    }
-
     /// What a write needs besides its updates, or why this store may not write now.
     fn write_context(&self) -> Result<WriteContext<'_>> {
         let instance_id = match self.instance.get() {
@@ -49,8 +45,7 @@ impl PgStorage {
     /// `set` alone: the one statement on a connection of its own.
     async fn set_alone(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
         let context = self.write_context()?;
-        let mut conn = self.conn().await?;
-        set_on(&mut conn, update, context).await
+        with_conn!(self.connections, |conn| set_on(conn, update, context).await)
     }
 
     /// `set_many` on a connection of its own.
@@ -94,8 +89,9 @@ impl PgStorage {
             Turn::Send(batch, ticket) => {
                 let storage = self.clone();
                 let write = move |updates: Vec<AwarenessUpdate>| async move {
-                    let mut conn = storage.connections.get_owned().await?;
-                    storage.set_many_pooled(&mut conn, &updates).await
+                    with_conn!(storage.connections, |conn| storage
+                        .set_many_pooled(conn, &updates)
+                        .await)
                 };
                 tokio::spawn(batch.run(write, slot));
                 ticket.outcome().await
@@ -181,18 +177,23 @@ async fn set_many_on(
 #[async_trait]
 impl Storage for PgStorage {
     async fn get(&self, document: &str, client: &str) -> Result<Option<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        Ok(sql::read::get(document, client, self.timeout)
-            .get_result(&mut conn)
-            .await
-            .optional()?)
+        with_conn!(self.connections, |conn| Ok(sql::read::get(
+            document,
+            client,
+            self.timeout
+        )
+        .get_result(conn)
+        .await
+        .optional()?))
     }
 
     async fn get_all(&self, document: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        Ok(sql::read::get_all(document, self.timeout)
-            .load(&mut conn)
-            .await?)
+        with_conn!(self.connections, |conn| Ok(sql::read::get_all(
+            document,
+            self.timeout
+        )
+        .load(conn)
+        .await?))
     }
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
@@ -205,24 +206,25 @@ impl Storage for PgStorage {
     /// One statement for the whole batch (see `postgres/write/plan.rs` and `sql::write`).
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
         let context = self.write_context()?;
-        let mut conn = self.conn().await?;
-        set_many_on(&mut conn, updates, context).await
+        with_conn!(self.connections, |conn| set_many_on(conn, updates, context)
+            .await)
     }
 
     async fn remove(&self, document: &str, client: &str) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        let rows = sql::delete::remove(document, client)
-            .execute(&mut conn)
-            .await?;
-        Ok(rows > 0)
+        with_conn!(self.connections, |conn| Ok(sql::delete::remove(
+            document, client
+        )
+        .execute(conn)
+        .await?
+            > 0))
     }
 
     async fn remove_all_for_connection(&self, connection: &str) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        let removed: Vec<(AwarenessEntry, bool)> =
+        let removed: Vec<(AwarenessEntry, bool)> = with_conn!(self.connections, |conn| Ok(
             sql::delete::remove_all_for_connection(connection, self.timeout)
-                .get_results(&mut conn)
-                .await?;
+                .get_results(conn)
+                .await?
+        ))?;
         let mut fresh: Vec<AwarenessEntry> = removed
             .into_iter()
             .filter_map(|(entry, fresh)| fresh.then_some(entry))
@@ -232,23 +234,28 @@ impl Storage for PgStorage {
     }
 
     async fn get_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        Ok(sql::read::get_expired(self.timeout).load(&mut conn).await?)
+        with_conn!(self.connections, |conn| Ok(sql::read::get_expired(
+            self.timeout
+        )
+        .load(conn)
+        .await?))
     }
 
     async fn prune_expired(&self) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let rows = sql::delete::prune_expired(self.timeout)
-            .execute(&mut conn)
-            .await?;
+        let rows = with_conn!(self.connections, |conn| Ok(sql::delete::prune_expired(
+            self.timeout
+        )
+        .execute(conn)
+        .await?))?;
         Ok(rows as u64)
     }
 
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut conn = self.conn().await?;
-        let mut taken: Vec<AwarenessEntry> = sql::delete::take_expired(self.timeout)
-            .get_results(&mut conn)
-            .await?;
+        let mut taken: Vec<AwarenessEntry> = with_conn!(self.connections, |conn| Ok(
+            sql::delete::take_expired(self.timeout)
+                .get_results(conn)
+                .await?
+        ))?;
         sort_by_key(&mut taken);
         Ok(taken)
     }
@@ -256,11 +263,12 @@ impl Storage for PgStorage {
     /// One statement: lapsed leases, expired entries and the entries of lapsed instances (see
     /// `sql/lease.rs`).
     async fn take_departed(&self) -> Result<Departed> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<sql::lease::Departing> = diesel::sql_query(sql::lease::TAKE_DEPARTED)
-            .bind::<diesel::sql_types::Interval, _>(self.timeout)
-            .load(&mut conn)
-            .await?;
+        let rows: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
+            diesel::sql_query(sql::lease::TAKE_DEPARTED)
+                .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                .load(conn)
+                .await?
+        ))?;
         let mut departed = Departed::default();
         for row in rows {
             if row.expired {
@@ -279,12 +287,13 @@ impl Storage for PgStorage {
             return Ok(Vec::new());
         };
         lease.stop();
-        let mut conn = self.conn().await?;
-        let removed: Vec<sql::lease::Departing> = diesel::sql_query(sql::lease::SHUTDOWN)
-            .bind::<diesel::sql_types::Text, _>(&lease.id)
-            .bind::<diesel::sql_types::Interval, _>(self.timeout)
-            .load(&mut conn)
-            .await?;
+        let removed: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
+            diesel::sql_query(sql::lease::SHUTDOWN)
+                .bind::<diesel::sql_types::Text, _>(&lease.id)
+                .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                .load(conn)
+                .await?
+        ))?;
         Ok(removed
             .into_iter()
             .filter(|d| !d.expired)

@@ -12,7 +12,8 @@ use super::feed::{ChangeFeedOptions, ChangeFilter, ChangeStream, Feed};
 use super::inspect::{self, DocumentActivity, InspectedEntry, StoreStats};
 use super::instance::{InstanceOptions, Lease};
 use super::options::PostgresOptions;
-use super::pool::{interval, ConnectErrors, Connections, PgPool};
+use super::pool::{interval, with_conn, ConnectErrors, Connections, PgPool};
+use super::sql;
 use super::storage::PgStorage;
 use super::write::coalesce::Coalescer;
 use crate::entry::AwarenessEntry;
@@ -60,12 +61,28 @@ impl PostgresAwarenessStore {
     pub fn from_pool(pool: PgPool, options: StoreOptions) -> Self {
         let pool_size = pool.config().max_size;
         Self::with_storage(PgStorage {
-            connections: Connections::new(pool, ConnectErrors::default()),
+            connections: Connections::new(pool, ConnectErrors::default(), None),
             options,
             timeout: interval(options.timeout),
             coalescer: PostgresOptions::default()
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(pool_size))),
+            instance: Arc::default(),
+        })
+    }
+
+    /// Another handle on the same connections (pool, pooler mode) with other options: a
+    /// shorter timeout, other limits. Without this store's instance and change feed.
+    pub fn view_with_options(&self, options: StoreOptions) -> Self {
+        let storage = &self.layers.inner;
+        Self::with_storage(PgStorage {
+            connections: storage.connections.clone(),
+            options,
+            timeout: interval(options.timeout),
+            coalescer: storage
+                .coalescer
+                .as_ref()
+                .map(|_| Arc::new(Coalescer::new(self.pool().config().max_size))),
             instance: Arc::default(),
         })
     }
@@ -92,7 +109,13 @@ impl PostgresAwarenessStore {
         let (pool, connect_errors) =
             super::connect::build_pool_reporting(database_url, &options).await?;
         let store = Self::with_storage(PgStorage {
-            connections: Connections::new(pool, connect_errors),
+            connections: Connections::new(
+                pool,
+                connect_errors,
+                options
+                    .transaction_pooler
+                    .then(|| sql::session::pooled_begin(&options)),
+            ),
             options: options.store,
             timeout: interval(options.store.timeout),
             coalescer: options
@@ -117,14 +140,22 @@ impl PostgresAwarenessStore {
         &self,
         extra: &'static [&'static EmbeddedMigrations],
     ) -> Result<MigrationReport> {
+        if self.layers.inner.connections.behind_pooler() {
+            return Err(Error::Config(
+                "migrations take a session-level advisory lock, which a transaction-mode pooler \
+                 cannot hold: run them on a direct (or session-mode) URL, with \
+                 `synckit-awareness migrate`, `diesel migration run` or `run_migrations_at`"
+                    .into(),
+            ));
+        }
         let conn = self.layers.inner.connections.dedicated().await?;
         run_migrations(conn, extra).await
     }
 
     /// Compares the database with the schema this crate expects.
     pub async fn validate_schema(&self) -> Result<SchemaReport> {
-        let mut conn = self.layers.inner.connections.get().await?;
-        validate_schema(&mut conn).await
+        with_conn!(self.layers.inner.connections, |conn| validate_schema(conn)
+            .await)
     }
 
     /// Like [`validate_schema`](Self::validate_schema), but any difference is an

@@ -3,6 +3,8 @@
 //! migrated database per test, cloned from a template migrated once per migration set.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod pooler;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,6 +360,54 @@ async fn postgres_stores_coalescing(coalesce: bool) -> Stores {
         })),
     }
 }
+
+/// A URL of `db` through the test PgBouncer (transaction mode; started on first use).
+pub async fn pooled_url(db: &TestDb) -> String {
+    let server = server().await;
+    pooler::pgbouncer(&server.admin_url).await.url(&db.name)
+}
+
+/// Stores on a fresh database through PgBouncer in transaction mode, the store told so
+/// (`transaction_pooler`).
+pub async fn postgres_stores_pooled() -> Stores {
+    let db = TestDb::migrated().await;
+    let url = pooled_url(&db).await;
+    let long = PostgresAwarenessStore::connect(
+        &url,
+        synckit_awareness::PostgresOptions::default()
+            .with_store(options(LONG))
+            .with_pool_size(8)
+            .with_transaction_pooler(true),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot open the store through PgBouncer: {e}"));
+    let short = long.view_with_options(options(SHORT));
+    let base = long.clone();
+    Stores {
+        long: Arc::new(long),
+        short: Arc::new(short),
+        db: Some(db),
+        view: Some(Arc::new(move |options| {
+            Arc::new(base.view_with_options(options))
+        })),
+    }
+}
+
+/// Stamps each named suite function once more, through PgBouncer in transaction mode:
+/// `postgres_pooler::name`. Use beside [`both_stores!`].
+macro_rules! pooled_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_pooler {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::common::postgres_stores_pooled().await).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use pooled_stores;
 
 /// Stamps each `async fn name(stores: Stores)` named in the calling test file as one test per
 /// store: `memory::name`, `postgres::name` (write coalescing on) and

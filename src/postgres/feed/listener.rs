@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use super::payload;
 use super::types::{ChangeFeedOptions, ChangeFilter, ChangeStream, FeedEvent};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::postgres::pool::Connections;
+use crate::postgres::secret::{redact, DatabaseUrl};
 use crate::postgres::sql;
 
 /// How long the listener waits without a notification before checking its connection with a
@@ -38,18 +39,10 @@ impl Drop for Listener {
 impl Listener {
     /// Connects and runs `LISTEN` before returning, so no change published afterwards is
     /// missed; a first connection failure is the caller's error.
-    pub(super) async fn start(
-        connections: Connections,
-        options: &ChangeFeedOptions,
-    ) -> Result<Self> {
-        let conn = listen(&connections, &options.channel).await?;
+    pub(super) async fn start(source: Source, options: &ChangeFeedOptions) -> Result<Self> {
+        let conn = listen(&source, &options.channel).await?;
         let (events, _) = broadcast::channel(options.capacity);
-        let task = tokio::spawn(run(
-            connections,
-            options.channel.clone(),
-            conn,
-            events.clone(),
-        ));
+        let task = tokio::spawn(run(source, options.channel.clone(), conn, events.clone()));
         Ok(Self { events, task })
     }
 
@@ -73,16 +66,29 @@ impl Listener {
     }
 }
 
-/// A dedicated connection (outside the pool: it is held for good) listening on `channel`.
-async fn listen(connections: &Connections, channel: &str) -> Result<AsyncPgConnection> {
-    let mut conn = connections.dedicated().await?;
+/// Where the listener's connection comes from.
+pub(super) enum Source {
+    /// A dedicated connection of the store's pool (set up like the pooled ones).
+    Pool(Connections),
+    /// A URL of its own (a direct connection when the pool goes through a pooler).
+    Url(DatabaseUrl),
+}
+
+/// A connection held for good (outside the pool), listening on `channel`.
+async fn listen(source: &Source, channel: &str) -> Result<AsyncPgConnection> {
+    let mut conn = match source {
+        Source::Pool(connections) => connections.dedicated().await?,
+        Source::Url(url) => crate::postgres::tls::connect(url.expose())
+            .await
+            .map_err(|e| Error::Connection(redact(&e.to_string())))?,
+    };
     conn.batch_execute(&sql::session::listen(LISTENER_APPLICATION_NAME, channel))
         .await?;
     Ok(conn)
 }
 
 async fn run(
-    connections: Connections,
+    source: Source,
     channel: String,
     mut conn: AsyncPgConnection,
     events: broadcast::Sender<Arc<FeedEvent>>,
@@ -93,7 +99,7 @@ async fn run(
         let mut delay = FIRST_RETRY;
         conn = loop {
             tokio::time::sleep(delay).await;
-            match listen(&connections, &channel).await {
+            match listen(&source, &channel).await {
                 Ok(conn) => break conn,
                 Err(e) => {
                     tracing::warn!(error = %e, ?delay, "awareness change feed: cannot reconnect");

@@ -8,6 +8,7 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::postgres::secret::DatabaseUrl;
 
 /// What happened to the listed clients of a document. Events carry the keys, and for applied
 /// sets and leaves the clock and state they were set to where those fit in the notification
@@ -149,6 +150,12 @@ pub struct ChangeFeedOptions {
     /// Events buffered per subscriber; one that falls further behind gets a
     /// [`FeedEvent::Resync`] instead of the events it missed.
     pub capacity: usize,
+    /// Where the listener connects (`LISTEN` needs a session of its own): `None` for a
+    /// dedicated connection of the store's pool. Behind a transaction-mode pooler
+    /// ([`PostgresOptions::transaction_pooler`](crate::PostgresOptions::transaction_pooler)) it
+    /// is required: a direct or session-mode URL of the same database. `NOTIFY` still goes
+    /// through the pooled connections.
+    pub listen_url: Option<DatabaseUrl>,
 }
 
 /// Default `NOTIFY` channel.
@@ -171,6 +178,7 @@ impl Default for ChangeFeedOptions {
             ),
             publish_delay: Duration::from_millis(1),
             capacity: 4096,
+            listen_url: None,
         }
     }
 }
@@ -204,6 +212,12 @@ impl ChangeFeedOptions {
     #[deprecated(note = "renamed with_publish_delay (\"coalesce\" also names write coalescing)")]
     pub fn with_coalesce(self, delay: Duration) -> Self {
         self.with_publish_delay(delay)
+    }
+
+    /// These options with the listener on its own URL ([`listen_url`](Self::listen_url)).
+    pub fn with_listen_url(mut self, url: impl Into<String>) -> Self {
+        self.listen_url = Some(DatabaseUrl::new(url));
+        self
     }
 
     /// These options with another per-subscriber buffer ([`capacity`](Self::capacity)).

@@ -22,17 +22,31 @@ pub(crate) fn listen(application_name: &str, channel: &str) -> String {
 /// The listener's check of a connection that has been quiet for a while.
 pub(crate) const PING: &str = "SELECT 1";
 
-/// The `SET` statements run once on each new connection, from the options.
+/// The `SET` statements run once on each new connection, from the options (none behind a
+/// transaction-mode pooler: they would stay on a server connection other clients share).
 pub(crate) fn session_settings(options: &PostgresOptions) -> String {
+    if options.transaction_pooler {
+        return String::new();
+    }
+    settings(options, "SET")
+}
+
+/// What every operation runs first behind a transaction-mode pooler: `BEGIN`, then the session
+/// settings as `SET LOCAL`, which end with the transaction. One round trip.
+pub(crate) fn pooled_begin(options: &PostgresOptions) -> String {
+    format!("BEGIN;{}", settings(options, "SET LOCAL"))
+}
+
+fn settings(options: &PostgresOptions, set: &str) -> String {
     let mut sql = String::new();
     if let Some(timeout) = options.statement_timeout {
         sql.push_str(&format!(
-            "SET statement_timeout = {};",
+            "{set} statement_timeout = {};",
             timeout.as_millis().max(1)
         ));
     }
     if !options.synchronous_commit {
-        sql.push_str("SET synchronous_commit = off;");
+        sql.push_str(&format!("{set} synchronous_commit = off;"));
     }
     sql
 }
@@ -45,6 +59,21 @@ pub(crate) const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_per_session_or_per_transaction() {
+        let direct = PostgresOptions::default();
+        assert_eq!(
+            session_settings(&direct),
+            "SET statement_timeout = 10000;SET synchronous_commit = off;"
+        );
+        let pooled = direct.with_transaction_pooler(true);
+        assert_eq!(session_settings(&pooled), "");
+        assert_eq!(
+            pooled_begin(&pooled),
+            "BEGIN;SET LOCAL statement_timeout = 10000;SET LOCAL synchronous_commit = off;"
+        );
+    }
 
     #[test]
     fn listen_quotes_the_channel_and_the_name() {
