@@ -172,3 +172,57 @@ async fn the_store_leaves_no_session_setting_on_the_poolers_server_connections()
         assert_eq!(rows[0].value, "on/0", "a setting leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_presence_engine_shares_presence_across_instances_through_the_pooler() {
+    use synckit_awareness::presence::{Outgoing, Presence, PresenceOptions};
+    use synckit_awareness::y_protocols::{
+        decode_awareness_update, decode_message, encode_awareness_update, encode_message,
+        AwarenessClientUpdate, AwarenessMessage, DecodeLimits,
+    };
+    let db = TestDb::migrated().await;
+    let pooled = common::pooled_url(&db).await;
+    let engine = || async {
+        Presence::on_postgres(
+            pooled_store(&pooled).await,
+            PresenceOptions::default().with_change_feed(
+                ChangeFeedOptions::default()
+                    .with_publish_delay(Duration::ZERO)
+                    .with_listen_url(db.url.clone()),
+            ),
+        )
+        .await
+        .expect("an engine through the pooler")
+    };
+    let (a, b) = (engine().await, engine().await);
+    let (alice, _alice_out) = a.join("doc", Some("alice".into())).await.expect("join");
+    let (_bob, mut bob_out) = b.join("doc", Some("bob".into())).await.expect("join");
+    let update = encode_awareness_update(&[AwarenessClientUpdate {
+        client_id: 7,
+        clock: 1,
+        state: Some(json!({ "name": "alice" })),
+    }])
+    .expect("encode");
+    let received = alice
+        .receive(&encode_message(&AwarenessMessage::Update(update)))
+        .await
+        .expect("receive");
+    assert_eq!(received.applied, vec![7]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let next = tokio::time::timeout(deadline - Instant::now(), bob_out.next())
+            .await
+            .expect("alice reaches bob within 5 s");
+        let Some(Outgoing::Message(bytes)) = next else {
+            panic!("bob's connection ended: {next:?}");
+        };
+        let Ok(AwarenessMessage::Update(update)) = decode_message(&bytes) else {
+            continue;
+        };
+        let clients = decode_awareness_update(&update, &DecodeLimits::default()).expect("decode");
+        if clients.iter().any(|c| c.client_id == 7 && c.clock == 1) {
+            break;
+        }
+    }
+    a.shutdown().await.expect("shutdown through the pooler");
+}

@@ -30,7 +30,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use synckit_awareness::presence::{Presence, PresenceOptions};
 use synckit_awareness::y_protocols::DecodeLimits;
 use synckit_awareness::{
-    InstanceOptions, MemoryAwarenessStore, PostgresAwarenessStore, PostgresOptions, StoreOptions,
+    run_migrations_at, ChangeFeedOptions, InstanceOptions, MemoryAwarenessStore,
+    PostgresAwarenessStore, PostgresOptions, StoreOptions,
 };
 use tokio::sync::watch;
 
@@ -106,6 +107,14 @@ struct Args {
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "SYNCKIT_RELAY_POOL_SIZE", default_value_t = 8)]
     pool_size: u32,
+    /// DATABASE_URL leads to a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy):
+    /// needs --listen-url (README "Behind PgBouncer / Supavisor / RDS Proxy").
+    #[arg(long, env = "SYNCKIT_RELAY_TRANSACTION_POOLER")]
+    transaction_pooler: bool,
+    /// A direct (or session-mode) URL of the same database, for the change feed's listener and
+    /// the migrations, when DATABASE_URL goes through a transaction-mode pooler.
+    #[arg(long, env = "SYNCKIT_RELAY_LISTEN_URL", hide_env_values = true)]
+    listen_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,7 +198,12 @@ async fn run(args: Args) -> Result<(), Failure> {
         .with_max_state_bytes(args.max_state_bytes)
         .with_max_clients_per_document(limit(args.max_clients_per_document))
         .with_max_clients_per_connection(limit(args.max_clients_per_connection));
+    let mut change_feed = ChangeFeedOptions::default();
+    if let Some(url) = args.listen_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        change_feed = change_feed.with_listen_url(url);
+    }
     let options = PresenceOptions::default()
+        .with_change_feed(change_feed.with_publish_delay(Duration::ZERO))
         .with_decode_limits(DecodeLimits::default().with_max_state_bytes(args.max_state_bytes))
         .with_queue_capacity(args.queue_capacity)
         .with_prune_interval(args.prune_interval)
@@ -206,10 +220,19 @@ async fn run(args: Args) -> Result<(), Failure> {
                 PostgresOptions::default()
                     .with_store(store_options)
                     .with_pool_size(args.pool_size)
-                    .with_validate_on_start(false),
+                    .with_validate_on_start(false)
+                    .with_transaction_pooler(args.transaction_pooler),
             )
             .await?;
-            store.migrate(&[]).await?;
+            if args.transaction_pooler {
+                // Migrations hold a session-level lock: on the direct URL.
+                let direct = args.listen_url.as_deref().ok_or(
+                    "--transaction-pooler needs --listen-url (a direct URL of the same database)",
+                )?;
+                run_migrations_at(direct, &[]).await?;
+            } else {
+                store.migrate(&[]).await?;
+            }
             store.ensure_schema().await?;
             (Presence::on_postgres(store, options).await?, "postgres")
         }
