@@ -588,31 +588,9 @@ async fn racing_sets_end_at_the_highest_clock(s: Stores) {
     assert_eq!(e.state, Some(json!({ "clock": TASKS * PER_TASK - 1 })));
 }
 
+// Memory, PostgreSQL (write coalescing on and off), and through PgBouncer in transaction mode.
 common::both_stores!(
-    higher_clock_applies,
-    lower_and_equal_clocks_are_stale,
-    equal_clock_leave_removes_live_state,
-    tombstone_blocks_older_update,
-    expired_entry_accepts_any_clock,
-    applying_refreshes_last_seen,
-    get_all_returns_live_entries_in_client_order,
-    get_all_and_get_skip_expired_entries,
-    documents_are_kept_apart,
-    remove_says_whether_an_entry_was_there,
-    remove_all_for_connection_takes_only_owned_entries,
-    remove_all_for_connection_deletes_but_hides_expired,
-    expired_entries_are_listed_then_pruned,
-    take_expired_returns_what_it_deletes,
-    multi_document_results_are_in_key_byte_order,
-    pruner_hands_over_expired_entries_and_stops,
-    bad_input_is_refused_and_changes_nothing,
-    odd_but_valid_ids_round_trip,
-    set_many_applies_in_order,
-    racing_sets_end_at_the_highest_clock,
-);
-
-// The same suite through PgBouncer in transaction mode (issue 21).
-common::pooled_stores!(
+    and_pooler;
     higher_clock_applies,
     lower_and_equal_clocks_are_stale,
     equal_clock_leave_removes_live_state,

@@ -145,9 +145,28 @@ async fn the_store_leaves_no_session_setting_on_the_poolers_server_connections()
         #[diesel(sql_type = diesel::sql_types::Text)]
         value: String,
     }
+    const SETTINGS: &str = "SELECT current_setting('synchronous_commit') || '/' || \
+         current_setting('statement_timeout') AS value";
     let db = TestDb::migrated().await;
+    // What a connection of the server has when nobody sets anything.
+    let mut direct = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("a direct connection");
+    let server: Vec<Setting> = diesel::sql_query(SETTINGS)
+        .load(&mut direct)
+        .await
+        .expect("the server's settings");
+    // The store sets a statement_timeout no server has by default, and synchronous_commit.
     let pooled = common::pooled_url(&db).await;
-    let store = pooled_store(&pooled).await;
+    let store = PostgresAwarenessStore::connect(
+        &pooled,
+        pooled_options()
+            .with_statement_timeout(Some(Duration::from_millis(4321)))
+            .with_synchronous_commit(false),
+    )
+    .await
+    .expect("store");
+    assert!(!server[0].value.ends_with("/4321ms"), "{}", server[0].value);
     for clock in 1..=20 {
         store.set(&update("a", clock)).await.expect("set");
     }
@@ -159,17 +178,10 @@ async fn the_store_leaves_no_session_setting_on_the_poolers_server_connections()
     plain.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
     for _ in 0..10 {
         let rows: Vec<Setting> = plain
-            .transaction(async |c| {
-                diesel::sql_query(
-                    "SELECT current_setting('synchronous_commit') || '/' || \
-                     current_setting('statement_timeout') AS value",
-                )
-                .load(c)
-                .await
-            })
+            .transaction(async |c| diesel::sql_query(SETTINGS).load(c).await)
             .await
             .expect("current settings");
-        assert_eq!(rows[0].value, "on/0", "a setting leaked");
+        assert_eq!(rows[0].value, server[0].value, "a setting leaked");
     }
 }
 

@@ -414,6 +414,11 @@ pub(crate) use pooled_stores;
 /// `postgres_uncoalesced::name` (off, the default): one suite, every store (as River runs one conformance suite per
 /// driver). Use as `common::both_stores!(test_a, test_b);`.
 macro_rules! both_stores {
+    // `both_stores!(and_pooler; a, b)`: also through PgBouncer ([`pooled_stores!`]).
+    (and_pooler; $($name:ident),* $(,)?) => {
+        common::both_stores!($($name),*);
+        common::pooled_stores!($($name),*);
+    };
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(
