@@ -12,8 +12,6 @@ mod common;
 mod roles;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,23 +92,7 @@ async fn a_crashed_instance_is_removed_by_the_others_exactly_once() {
     let plain = db.store(common::options(common::LONG)).await;
     plain.set(&update("doc0", "plain", "p", 1)).await.unwrap();
 
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crashing_instance", "--ignored", "--nocapture"])
-        .env(CHILD_URL, &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.trim() == "READY")
-    })
-    .await
-    .unwrap();
-    assert!(ready, "the child instance did not start");
+    let mut child = common::ready_child("crashing_instance", &[(CHILD_URL, &db.url)]).await;
     assert_eq!(instances(&db).await, 2);
 
     child.kill().expect("SIGKILL the child");

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
@@ -109,26 +108,16 @@ async fn crashing_presence() {
 
 /// Starts `crashing_presence` on `db`, writing `client` as `principal`; returns once it has.
 async fn crashing_child(db: &TestDb, principal: &str, client: u64) -> Child {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crashing_presence", "--ignored", "--nocapture"])
-        .env(CHILD_URL, &db.url)
-        .env(CHILD_PRINCIPAL, principal)
-        .env(CHILD_CLIENT, client.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.trim() == "READY")
-    })
+    let client = client.to_string();
+    common::ready_child(
+        "crashing_presence",
+        &[
+            (CHILD_URL, &db.url),
+            (CHILD_PRINCIPAL, principal),
+            (CHILD_CLIENT, &client),
+        ],
+    )
     .await
-    .expect("read the child");
-    assert!(ready, "the child instance did not start");
-    child
 }
 
 #[tokio::test(flavor = "multi_thread")]

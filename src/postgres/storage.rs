@@ -204,10 +204,18 @@ impl Storage for PgStorage {
     }
 
     /// One statement for the whole batch (see `postgres/write/plan.rs` and `sql::write`).
+    /// A lone update (a y-protocols heartbeat) is a `set`: its one-statement fast path instead
+    /// of the batch statement; no update, no round trip.
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
-        let context = self.write_context()?;
-        with_conn!(self.connections, |conn| set_many_on(conn, updates, context)
-            .await)
+        match updates {
+            [] => Ok(Vec::new()),
+            [one] => Ok(vec![self.set(one).await?]),
+            many => {
+                let context = self.write_context()?;
+                with_conn!(self.connections, |conn| set_many_on(conn, many, context)
+                    .await)
+            }
+        }
     }
 
     async fn remove(&self, document: &str, client: &str) -> Result<bool> {

@@ -246,15 +246,27 @@ struct Sender {
 }
 
 impl Sender {
+    /// Queues `message` for this connection (counted).
     fn send(&self, message: Bytes) {
+        if self.queue(message) {
+            ::metrics::counter!(crate::metrics::PRESENCE_SENT).increment(1);
+        }
+    }
+
+    /// Queues `message`, uncounted; false when it was not queued (queue full: the connection
+    /// is ended; or it is gone).
+    fn queue(&self, message: Bytes) -> bool {
         match self.messages.try_send(message) {
-            Ok(()) => ::metrics::counter!(crate::metrics::PRESENCE_SENT).increment(1),
-            Err(mpsc::error::TrySendError::Full(_)) => self.disconnect(Disconnect::new(
-                close_code::POLICY_VIOLATION,
-                "too slow: the connection's send queue is full",
-            )),
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.disconnect(Disconnect::new(
+                    close_code::POLICY_VIOLATION,
+                    "too slow: the connection's send queue is full",
+                ));
+                false
+            }
             // The connection is gone; its session cleans up.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -347,11 +359,15 @@ impl Room {
 
 impl RoomState {
     fn send_all(&self, message: &Bytes, except: Option<u64>) {
-        for (number, member) in &self.members {
-            if Some(*number) != except {
-                member.sender.send(message.clone());
-            }
-        }
+        let queued = self
+            .members
+            .iter()
+            .filter(|(number, member)| {
+                Some(**number) != except && member.sender.queue(message.clone())
+            })
+            .count();
+        // One metric call per message, not per recipient.
+        ::metrics::counter!(crate::metrics::PRESENCE_SENT).increment(queued as u64);
     }
 
     /// Runs `updates` through the view and sends the ones the clients will accept to every
@@ -373,6 +389,15 @@ impl RoomState {
             self.send_all(&message, None);
         }
         hidden
+    }
+
+    /// Entries removed from the store (expired, a crashed or stopped instance's): no local
+    /// connection holds them any more, and the clients that see them are told they left.
+    fn remove(&mut self, clients: Vec<u64>) {
+        for client in &clients {
+            self.claims.remove(client);
+        }
+        self.forward_gone(clients);
     }
 
     /// Entries gone from the store: leaves for the ones the clients see.
@@ -633,11 +658,7 @@ impl Engine {
         for (name, clients) in by_room {
             if let Some(room) = self.room(&name) {
                 tracing::debug!(room = %name, count = clients.len(), "presence: announcing departed clients");
-                let mut state = room.lock();
-                for client in &clients {
-                    state.claims.remove(client);
-                }
-                state.forward_gone(clients);
+                room.lock().remove(clients);
             }
         }
     }
@@ -687,11 +708,7 @@ impl Engine {
                     .iter()
                     .filter_map(|id| y_client_id(id))
                     .collect();
-                let mut state = room.lock();
-                for client in &clients {
-                    state.claims.remove(client);
-                }
-                state.forward_gone(clients);
+                room.lock().remove(clients);
             }
         }
         Ok(())
@@ -1063,6 +1080,9 @@ impl Session {
 
     /// Tells the client, once per client id and reason, why its update was refused.
     fn report(&self, refusals: Vec<(u64, SetOutcome)>) {
+        if refusals.is_empty() {
+            return;
+        }
         let mut told = lock(&self.refused);
         for (client_id, outcome) in refusals {
             if told.insert(client_id, outcome) == Some(outcome) {
@@ -1154,29 +1174,25 @@ async fn write_leaves(
         // Stopping: the instance's shutdown removes every entry in one statement.
         return;
     }
-    let updates: Vec<AwarenessUpdate> = leaves
+    let clients: Vec<AwarenessClientUpdate> = leaves
         .iter()
-        .map(|(client, clock)| {
-            AwarenessUpdate::leave(
-                room.name.clone(),
-                client.to_string(),
-                connection_id,
-                i64::try_from(*clock).unwrap_or(i64::MAX),
-            )
-            .with_owner(principal.map(str::to_owned))
-        })
+        .map(|&(client, clock)| leave(client, clock))
         .collect();
-    let outcomes = match updates.as_slice() {
-        [one] => engine.store.set(one).await.map(|o| vec![o]),
-        many => engine.store.set_many(many).await,
-    };
+    let outcomes = apply_clients(
+        &*engine.store,
+        &room.name,
+        connection_id,
+        principal,
+        &clients,
+    )
+    .await;
     match outcomes {
         Ok(outcomes) => {
-            let applied: Vec<AwarenessClientUpdate> = leaves
+            let applied: Vec<AwarenessClientUpdate> = clients
                 .into_iter()
                 .zip(outcomes)
                 .filter(|(_, outcome)| outcome.is_applied())
-                .map(|((client, clock), _)| leave(client, clock))
+                .map(|(client, _)| client)
                 .collect();
             room.lock().forward(applied);
         }

@@ -59,9 +59,9 @@ pub async fn apply_awareness_update_as(
     Ok(clients.iter().map(|c| c.client_id).zip(outcomes).collect())
 }
 
-/// [`apply_awareness_update_as`] for clients already decoded: one outcome per client, in order.
-/// A lone update (every heartbeat) goes through [`AwarenessStore::set`] — one statement on
-/// PostgreSQL — and more through one [`AwarenessStore::set_many`].
+/// [`apply_awareness_update_as`] for clients already decoded, written as `owner`: one outcome
+/// per client, in order, through one [`AwarenessStore::set_many`] (on PostgreSQL a lone update,
+/// every heartbeat, takes `set`'s one-statement fast path).
 pub(crate) async fn apply_clients(
     store: &dyn AwarenessStore,
     document_id: &str,
@@ -96,12 +96,7 @@ pub(crate) async fn apply_clients(
         }
     }
     let (indexes, forwarded): (Vec<usize>, Vec<AwarenessUpdate>) = forwarded.into_iter().unzip();
-    let applied = match forwarded.as_slice() {
-        [] => Vec::new(),
-        [one] => vec![store.set(one).await?],
-        many => store.set_many(many).await?,
-    };
-    for (index, outcome) in indexes.into_iter().zip(applied) {
+    for (index, outcome) in indexes.into_iter().zip(store.set_many(&forwarded).await?) {
         outcomes[index] = outcome;
     }
     Ok(outcomes)

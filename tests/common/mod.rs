@@ -361,6 +361,32 @@ async fn postgres_stores_coalescing(coalesce: bool) -> Stores {
     }
 }
 
+/// Runs this test binary again as a child process that runs only the ignored test `test`,
+/// with `env`; returns once the child printed `READY` (for tests that SIGKILL a real process).
+pub async fn ready_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start the child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.trim() == "READY")
+    })
+    .await
+    .expect("read the child");
+    assert!(ready, "the child ({test}) did not start");
+    child
+}
+
 /// A URL of `db` through the test PgBouncer (transaction mode; started on first use).
 pub async fn pooled_url(db: &TestDb) -> String {
     let server = server().await;

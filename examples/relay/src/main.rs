@@ -30,8 +30,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use synckit_awareness::presence::{Presence, PresenceOptions};
 use synckit_awareness::y_protocols::DecodeLimits;
 use synckit_awareness::{
-    run_migrations_at, ChangeFeedOptions, InstanceOptions, MemoryAwarenessStore,
-    PostgresAwarenessStore, PostgresOptions, StoreOptions,
+    run_migrations_at, InstanceOptions, MemoryAwarenessStore, PostgresAwarenessStore,
+    PostgresOptions, StoreOptions,
 };
 use tokio::sync::watch;
 
@@ -198,12 +198,12 @@ async fn run(args: Args) -> Result<(), Failure> {
         .with_max_state_bytes(args.max_state_bytes)
         .with_max_clients_per_document(limit(args.max_clients_per_document))
         .with_max_clients_per_connection(limit(args.max_clients_per_connection));
-    let mut change_feed = ChangeFeedOptions::default();
+    let mut options = PresenceOptions::default();
     if let Some(url) = args.listen_url.as_deref().filter(|u| !u.trim().is_empty()) {
-        change_feed = change_feed.with_listen_url(url);
+        let change_feed = options.change_feed.clone().with_listen_url(url);
+        options = options.with_change_feed(change_feed);
     }
-    let options = PresenceOptions::default()
-        .with_change_feed(change_feed.with_publish_delay(Duration::ZERO))
+    let options = options
         .with_decode_limits(DecodeLimits::default().with_max_state_bytes(args.max_state_bytes))
         .with_queue_capacity(args.queue_capacity)
         .with_prune_interval(args.prune_interval)
