@@ -2,7 +2,7 @@
 //! concurrency on each side, interleaved run by run so machine noise hits all sides alike.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use synckit_awareness::{AwarenessStore, AwarenessUpdate, MemoryAwarenessStore};
 use tokio::sync::Mutex;
@@ -794,27 +794,40 @@ async fn redis_bytes_per_entry(cfg: &Config, sha: &str, n: i64) -> f64 {
     (after - before) / n as f64
 }
 
+/// This process's resident set size, from /proc/self/statm (0 where there is none).
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 pub async fn memory_store(cfg: &Config, report: &mut Report, sha: &str) {
     let n: i64 = if cfg.quick { 10_000 } else { 1_000_000 };
     report.note(&format!("in-memory store, {n} entries"));
     let redis_n = n.min(100_000);
     let redis = redis_bytes_per_entry(cfg, sha, redis_n).await;
     let before = crate::alloc::live_bytes();
+    let rss_before = rss_bytes();
     let store = Arc::new(MemoryAwarenessStore::new());
+    let loading = Instant::now();
     for k in 0..n {
         store
             .set(&update(k / PER_DOC, k, k.to_string(), 1))
             .await
             .expect("memory set");
     }
+    let loaded = loading.elapsed();
     let bytes = crate::alloc::live_bytes().saturating_sub(before);
     let per_entry = bytes as f64 / n as f64;
+    let rss_per_entry = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
     report.note(&format!(
-        "  memory per entry at {n} entries: {per_entry:.0} bytes (heap, counted by the allocator; \
-         ~{}-byte state); Redis: {redis:.0} bytes per entry (used_memory, {redis_n} entries) \
-         = {:.2}x Redis",
+        "  memory store: {n} entries loaded in {:.2} s; per entry {rss_per_entry:.0} bytes of RSS \
+         growth ({per_entry:.0} bytes of heap, counted by the allocator; ~{}-byte state); Redis: \
+         {redis:.0} bytes per entry (used_memory, {redis_n} entries) = {:.2}x Redis (RSS)",
+        loaded.as_secs_f64(),
         STATE.len(),
-        per_entry / redis
+        rss_per_entry / redis
     ));
     for tasks in CONCURRENCY {
         let per_task = cfg.count(200_000, tasks);
