@@ -57,8 +57,26 @@ async fn set_and_set_many_are_prepared_once_per_connection() {
     );
 }
 
-/// A heartbeat (a live entry, a higher clock, the same or no owner) is one statement: the fast
-/// path. The full statement is never prepared on a connection that only sent heartbeats.
+/// How many times the prepared statements matching `pattern` ran on the store's one connection
+/// (PostgreSQL counts a plan choice per execution).
+async fn executions_like(store: &PostgresAwarenessStore, pattern: &str) -> i64 {
+    let mut conn = store.pool().get().await.unwrap();
+    diesel::sql_query(
+        "SELECT coalesce(sum(generic_plans + custom_plans), 0)::bigint AS n \
+         FROM pg_prepared_statements WHERE statement LIKE $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(pattern)
+    .get_result::<Count>(&mut *conn)
+    .await
+    .unwrap()
+    .n
+}
+
+const FAST: &str = "UPDATE awareness_entries %";
+const FULL: &str = "WITH p AS %";
+
+/// A heartbeat (a live entry this store wrote, a higher clock, the same or no owner) is one
+/// statement: the fast path. The full statement ran only for the first write of each key.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_heartbeat_is_one_statement() {
     let db = common::TestDb::migrated().await;
@@ -80,10 +98,48 @@ async fn a_heartbeat_is_one_statement() {
     }
     let leave = AwarenessUpdate::leave("d", "c", "k", 6);
     assert!(store.set(&leave).await.unwrap().is_applied());
-    assert_eq!(prepared_like(&store, "UPDATE awareness_entries %").await, 1);
+    assert_eq!(prepared_like(&store, FAST).await, 1);
     assert_eq!(
-        prepared_like(&store, "WITH p AS %").await,
-        0,
-        "no heartbeat needed the full statement"
+        executions_like(&store, FULL).await,
+        2,
+        "the full statement: once per key this store had not written"
     );
+    assert_eq!(
+        executions_like(&store, FAST).await,
+        7,
+        "the fast path alone for the 6 heartbeats and the leave"
+    );
+}
+
+/// A join, an insert and a stale update are one statement too: the full one, without the
+/// fast path first (it would change nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_inserts_and_stale_updates_are_one_statement() {
+    let db = common::TestDb::migrated().await;
+    let store =
+        PostgresAwarenessStore::connect(&db.url, PostgresOptions::default().with_pool_size(1))
+            .await
+            .unwrap();
+    let state = Some(json!({ "n": 1 }));
+    for client in ["a", "b", "c"] {
+        let insert = AwarenessUpdate::new("d", client, "k", 5, state.clone());
+        assert!(store.set(&insert).await.unwrap().is_applied());
+        let stale = AwarenessUpdate::new("d", client, "k", 4, state.clone());
+        assert!(!store.set(&stale).await.unwrap().is_applied());
+        let equal = AwarenessUpdate::new("d", client, "k", 5, state.clone());
+        assert!(!store.set(&equal).await.unwrap().is_applied());
+    }
+    // After a leave, the next state is a join.
+    assert!(store
+        .set(&AwarenessUpdate::leave("d", "a", "k", 6))
+        .await
+        .unwrap()
+        .is_applied());
+    assert!(store
+        .set(&AwarenessUpdate::new("d", "a", "k", 7, state))
+        .await
+        .unwrap()
+        .is_applied());
+    assert_eq!(executions_like(&store, FULL).await, 10);
+    assert_eq!(executions_like(&store, FAST).await, 1, "the leave only");
 }

@@ -364,8 +364,10 @@ struct Statements {
 
 async fn capture_statements(url: &str) -> Statements {
     let store = open_store(url, 1, true).await;
-    // A new key: the fast path changes nothing, the full statement inserts.
+    // A new key: the full statement inserts; then a heartbeat: the fast path.
     let up = AwarenessUpdate::new("capture", "capture", "capture", 1, Some(state()));
+    store.set(&up).await.expect("set");
+    let up = AwarenessUpdate::new("capture", "capture", "capture", 2, Some(state()));
     store.set(&up).await.expect("set");
     let set = pg::prepared_starting(&store, "UPDATE awareness_entries").await;
     let set_full = pg::prepared_starting(&store, "WITH p AS").await;

@@ -14,6 +14,7 @@ use super::pool::{with_conn, Connections};
 use super::sql;
 use super::sql::write::WriteContext;
 use super::write::coalesce::{Coalescer, Turn};
+use super::write::known::KnownKeys;
 use super::write::plan::WritePlan;
 use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::{Error, Result};
@@ -30,6 +31,8 @@ pub(crate) struct PgStorage {
     pub(super) coalescer: Option<Arc<Coalescer>>,
     /// The instance this store runs as, once started; shared by every clone.
     pub(super) instance: Arc<OnceLock<Arc<Lease>>>,
+    /// The keys this store wrote and their clocks: which statement a `set` sends first.
+    pub(super) known: Arc<KnownKeys>,
 }
 
 impl PgStorage {
@@ -45,7 +48,13 @@ impl PgStorage {
     /// `set` alone: the one statement on a connection of its own.
     async fn set_alone(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
         let context = self.write_context()?;
-        with_conn!(self.connections, |conn| set_on(conn, update, context).await)
+        with_conn!(self.connections, |conn| set_on(
+            conn,
+            update,
+            context,
+            &self.known
+        )
+        .await)
     }
 
     /// `set_many` on a connection of its own.
@@ -55,7 +64,7 @@ impl PgStorage {
         updates: &[AwarenessUpdate],
     ) -> Result<Vec<SetOutcome>> {
         let context = self.write_context()?;
-        set_many_on(conn, updates, context).await
+        set_many_on(conn, updates, context, &self.known).await
     }
 
     /// `set` through the coalescer (see `write/coalesce.rs`).
@@ -106,8 +115,14 @@ async fn set_on(
     conn: &mut AsyncPgConnection,
     update: &AwarenessUpdate,
     context: WriteContext<'_>,
+    known: &KnownKeys,
 ) -> Result<SetOutcome> {
-    if sql::write::set_fast(update, context).execute(conn).await? > 0 {
+    // One statement per call in the usual cases: the fast path for a likely heartbeat, the
+    // full statement for everything else (write/known.rs).
+    if known.fast_path_first(update)
+        && sql::write::set_fast(update, context).execute(conn).await? > 0
+    {
+        known.record(update, SetOutcome::Applied);
         return Ok(SetOutcome::Applied);
     }
     // `load`, not `get_result`: diesel-async's `get_result` returns at the first row, before
@@ -115,7 +130,10 @@ async fn set_on(
     // lose an update reported applied (tests/faults.rs caught it). `load` reads to the end.
     let codes: Vec<i16> = sql::write::set_full(update, context).load(conn).await?;
     let code = codes.into_iter().next().unwrap_or(-1);
-    crate::postgres::sql::write::outcome(code).ok_or_else(|| unexpected("set", code))
+    let outcome =
+        crate::postgres::sql::write::outcome(code).ok_or_else(|| unexpected("set", code))?;
+    known.record(update, outcome);
+    Ok(outcome)
 }
 
 fn unexpected(what: &str, code: i16) -> Error {
@@ -131,12 +149,13 @@ async fn set_many_on(
     conn: &mut AsyncPgConnection,
     updates: &[AwarenessUpdate],
     context: WriteContext<'_>,
+    known: &KnownKeys,
 ) -> Result<Vec<SetOutcome>> {
     let plan = WritePlan::new(updates);
     if plan.has_mixed_owners(updates) {
         let mut outcomes = Vec::with_capacity(updates.len());
         for update in updates {
-            outcomes.push(set_on(conn, update, context).await?);
+            outcomes.push(set_on(conn, update, context, known).await?);
         }
         return Ok(outcomes);
     }
@@ -164,11 +183,15 @@ async fn set_many_on(
                 attempt += 1;
             }
             other => {
-                return other?.ok_or_else(|| {
+                let outcomes = other?.ok_or_else(|| {
                     Error::Database(diesel::result::Error::DeserializationError(
                         "set_many: the database returned rows that do not match the batch".into(),
                     ))
-                })
+                })?;
+                for (update, &outcome) in updates.iter().zip(&outcomes) {
+                    known.record(update, outcome);
+                }
+                return Ok(outcomes);
             }
         }
     }
@@ -212,8 +235,13 @@ impl Storage for PgStorage {
             [one] => Ok(vec![self.set(one).await?]),
             many => {
                 let context = self.write_context()?;
-                with_conn!(self.connections, |conn| set_many_on(conn, many, context)
-                    .await)
+                with_conn!(self.connections, |conn| set_many_on(
+                    conn,
+                    many,
+                    context,
+                    &self.known
+                )
+                .await)
             }
         }
     }

@@ -68,6 +68,7 @@ impl PostgresAwarenessStore {
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(pool_size))),
             instance: Arc::default(),
+            known: Arc::default(),
         })
     }
 
@@ -84,6 +85,7 @@ impl PostgresAwarenessStore {
                 .as_ref()
                 .map(|_| Arc::new(Coalescer::new(self.pool().config().max_size))),
             instance: Arc::default(),
+            known: Arc::default(),
         })
     }
 
@@ -122,6 +124,7 @@ impl PostgresAwarenessStore {
                 .coalesce_writes
                 .then(|| Arc::new(Coalescer::new(options.pool_size))),
             instance: Arc::default(),
+            known: Arc::default(),
         });
         if options.validate_on_start {
             store.ensure_schema().await?;
