@@ -160,6 +160,12 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
     /// every entry of an instance whose lease lapsed (it crashed or lost the database), fresh
     /// or not. Each entry is returned by exactly one call, whichever store or process makes it.
     /// Stores without instances take the expired entries.
+    ///
+    /// Meant to run every round (the `Pruner`'s period): an idle round costs what it removes,
+    /// not what the table holds. The PostgreSQL store finds lapsed instances through an index
+    /// every round, and scans for expired entries only once the first one can have expired
+    /// (its last scan says when); an entry backdated by hand in SQL is taken when that time
+    /// comes, within one timeout. [`take_expired`](Self::take_expired) always scans.
     async fn take_departed(&self) -> Result<Departed> {
         Ok(Departed {
             expired: self.take_expired().await?,

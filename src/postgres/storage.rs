@@ -2,7 +2,8 @@
 //! in `sql/`). The publishing layer (`feed/publishing.rs`) and the validation and tracing every
 //! store shares (`crate::storage`) wrap it; the facade (`store.rs`) holds the result.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use diesel::pg::data_types::PgInterval;
@@ -33,6 +34,27 @@ pub(crate) struct PgStorage {
     pub(super) instance: Arc<OnceLock<Arc<Lease>>>,
     /// The keys this store wrote and their clocks: which statement a `set` sends first.
     pub(super) known: Arc<KnownKeys>,
+    /// When the pruner next looks for expired entries (see `take_departed`).
+    pub(super) expiry: Arc<ExpiryCheck>,
+}
+
+/// When `take_departed` next scans for expired entries: `None` at the next round.
+#[derive(Debug, Default)]
+pub(crate) struct ExpiryCheck(Mutex<Option<Instant>>);
+
+impl ExpiryCheck {
+    fn is_due(&self) -> bool {
+        let at = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    fn check_in(&self, wait: Duration) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now().checked_add(wait);
+    }
+
+    fn check_next_round(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 impl PgStorage {
@@ -296,23 +318,66 @@ impl Storage for PgStorage {
         Ok(taken)
     }
 
-    /// One statement: lapsed leases, expired entries and the entries of lapsed instances (see
-    /// `sql/lease.rs`).
+    /// A pruning round in two halves, so that an idle round costs what it removes rather than
+    /// what the table holds (`sql/lease.rs`):
+    /// - leases, every round: lapsed leases deleted and the instances holding entries without
+    ///   a valid lease found through the `instance_id` index; their entries are deleted only
+    ///   when there are any;
+    /// - expiry, only when due: one scan reads how long until the first entry expires, and the
+    ///   next scan waits that long (an entry's `last_seen` only grows, and new entries expire
+    ///   later than every one seen); when one has expired, the expired entries are deleted and
+    ///   the next round checks again.
     async fn take_departed(&self) -> Result<Departed> {
-        let rows: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
-            diesel::sql_query(sql::lease::TAKE_DEPARTED)
-                .bind::<diesel::sql_types::Interval, _>(self.timeout)
+        let mut departed = Departed::default();
+        let orphaned: Vec<sql::lease::Orphaned> = with_conn!(self.connections, |conn| Ok(
+            diesel::sql_query(sql::lease::ORPHANED_INSTANCES)
                 .load(conn)
                 .await?
         ))?;
-        let mut departed = Departed::default();
-        for row in rows {
-            if row.expired {
-                departed.expired.push(row.entry);
-            } else {
-                departed.abandoned.push(row.entry);
+        if !orphaned.is_empty() {
+            let ids: Vec<String> = orphaned.into_iter().map(|o| o.instance_id).collect();
+            let rows: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
+                diesel::sql_query(sql::lease::TAKE_ABANDONED)
+                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
+                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                    .load(conn)
+                    .await?
+            ))?;
+            for row in rows {
+                if row.expired {
+                    departed.expired.push(row.entry);
+                } else {
+                    departed.abandoned.push(row.entry);
+                }
             }
         }
+        if self.expiry.is_due() {
+            let first: Vec<sql::lease::FirstExpiry> = with_conn!(self.connections, |conn| Ok(
+                diesel::sql_query(sql::lease::SECONDS_TO_FIRST_EXPIRY)
+                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                    .load(conn)
+                    .await?
+            ))?;
+            let seconds = first.into_iter().next().and_then(|row| row.seconds);
+            match seconds {
+                Some(seconds) if seconds <= 0.0 => {
+                    let taken: Vec<AwarenessEntry> = with_conn!(self.connections, |conn| Ok(
+                        sql::delete::take_expired(self.timeout)
+                            .get_results(conn)
+                            .await?
+                    ))?;
+                    departed.expired.extend(taken);
+                    self.expiry.check_next_round();
+                }
+                // Never later than a timeout from now (an empty table, or a clock change).
+                _ => self.expiry.check_in(
+                    seconds
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                        .map_or(self.options.timeout, |wait| wait.min(self.options.timeout)),
+                ),
+            }
+        }
+        sort_by_key(&mut departed.expired);
         Ok(departed)
     }
 

@@ -69,6 +69,7 @@ impl PostgresAwarenessStore {
                 .then(|| Arc::new(Coalescer::new(pool_size))),
             instance: Arc::default(),
             known: Arc::default(),
+            expiry: Arc::default(),
         })
     }
 
@@ -86,6 +87,7 @@ impl PostgresAwarenessStore {
                 .map(|_| Arc::new(Coalescer::new(self.pool().config().max_size))),
             instance: Arc::default(),
             known: Arc::default(),
+            expiry: Arc::default(),
         })
     }
 
@@ -125,6 +127,7 @@ impl PostgresAwarenessStore {
                 .then(|| Arc::new(Coalescer::new(options.pool_size))),
             instance: Arc::default(),
             known: Arc::default(),
+            expiry: Arc::default(),
         });
         if options.validate_on_start {
             store.ensure_schema().await?;

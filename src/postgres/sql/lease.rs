@@ -14,24 +14,59 @@ pub(crate) const RENEW: &str = "INSERT INTO awareness_instances (instance_id, le
      SET lease_expires_at = excluded.lease_expires_at \
      RETURNING xmax = 0 AS registered";
 
-/// One pruning round in one statement: deletes the lapsed leases, every expired entry and
-/// every entry of an instance holding no valid lease, and returns the entries with whether
-/// each was expired. `$1`: the expiry timeout.
+/// The lease half of a pruning round, run every round: deletes the lapsed leases and returns
+/// the instances that hold entries but no valid lease. Costs a few index probes whatever the
+/// table holds: the distinct `instance_id`s are read from the partial `instance_id` index by a
+/// skip scan (one probe per instance), not from the table.
+///
+/// (The lapsed leases' `DELETE` and the check share one snapshot: a lease it deletes is seen
+/// by the check as lapsed, so its instance is returned.)
+pub(crate) const ORPHANED_INSTANCES: &str = "WITH RECURSIVE ids AS (\
+     (SELECT instance_id FROM awareness_entries WHERE instance_id IS NOT NULL \
+     ORDER BY instance_id LIMIT 1) \
+     UNION ALL SELECT (SELECT e.instance_id FROM awareness_entries e \
+     WHERE e.instance_id > ids.instance_id ORDER BY e.instance_id LIMIT 1) \
+     FROM ids WHERE ids.instance_id IS NOT NULL), \
+     lapsed AS (DELETE FROM awareness_instances WHERE lease_expires_at <= now()) \
+     SELECT ids.instance_id FROM ids WHERE ids.instance_id IS NOT NULL AND NOT EXISTS \
+     (SELECT 1 FROM awareness_instances i WHERE i.instance_id = ids.instance_id \
+     AND i.lease_expires_at > now())";
+
+/// Deletes and returns the entries of the instances `$1` (from [`ORPHANED_INSTANCES`]) that
+/// still hold no valid lease, with whether each was expired. `$2`: the expiry timeout. Runs
+/// only when an instance is gone.
 ///
 /// Each row is deleted, and so returned, by exactly one statement however many pruners race
 /// (a row deleted by another is skipped). An entry written by an instance after its lease
-/// lapsed and was taken over has no lease to point to either, so the next round removes it.
-pub(crate) const TAKE_DEPARTED: &str = concat!(
-    "WITH lapsed AS (DELETE FROM awareness_instances \
-     WHERE lease_expires_at <= now() RETURNING instance_id), \
-     gone AS (DELETE FROM awareness_entries e WHERE ",
-    expired_sql!("e.", "$1"),
-    " OR (e.instance_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM awareness_instances i \
-     WHERE i.instance_id = e.instance_id AND i.lease_expires_at > now())) RETURNING e.*) \
+/// lapsed and was taken over has no lease to point to either, so a later round removes it.
+pub(crate) const TAKE_ABANDONED: &str = concat!(
+    "WITH gone AS (DELETE FROM awareness_entries e WHERE e.instance_id = ANY($1) \
+     AND NOT EXISTS (SELECT 1 FROM awareness_instances i \
+     WHERE i.instance_id = e.instance_id AND i.lease_expires_at > now()) RETURNING e.*) \
      SELECT gone.*, ",
-    expired_sql!("gone.", "$1"),
+    expired_sql!("gone.", "$2"),
     " AS expired FROM gone ORDER BY gone.document_id, gone.client_id"
 );
+
+/// The expiry half's check: seconds until the first entry expires (negative: one has; NULL:
+/// the table is empty). `$1`: the expiry timeout. One scan of the table, run only when the
+/// previous check said something could have expired by now — not every round.
+pub(crate) const SECONDS_TO_FIRST_EXPIRY: &str = "SELECT extract(epoch FROM \
+     min(last_seen) + $1 - now())::float8 AS seconds FROM awareness_entries";
+
+/// The row of [`ORPHANED_INSTANCES`].
+#[derive(QueryableByName)]
+pub(crate) struct Orphaned {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub(crate) instance_id: String,
+}
+
+/// The row of [`SECONDS_TO_FIRST_EXPIRY`].
+#[derive(QueryableByName)]
+pub(crate) struct FirstExpiry {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    pub(crate) seconds: Option<f64>,
+}
 
 /// A graceful shutdown: deletes the instance's lease and entries, and returns the entries
 /// with whether each was expired. `$1`: the instance, `$2`: the expiry timeout.
@@ -44,7 +79,7 @@ pub(crate) const SHUTDOWN: &str = concat!(
     " AS expired FROM gone ORDER BY gone.document_id, gone.client_id"
 );
 
-/// A row of [`TAKE_DEPARTED`] and [`SHUTDOWN`]: an entry removed, with whether it was expired.
+/// A row of [`TAKE_ABANDONED`] and [`SHUTDOWN`]: an entry removed, with whether it was expired.
 #[derive(QueryableByName)]
 pub(crate) struct Departing {
     #[diesel(embed)]
