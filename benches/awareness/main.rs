@@ -11,6 +11,7 @@
 
 mod alloc;
 mod pg;
+mod pruning;
 mod redis;
 mod stats;
 
@@ -49,7 +50,7 @@ fn next_base() -> i64 {
 struct Config {
     quick: bool,
     /// `--only a,b`: run only these parts (set, set_many, trust, read, sync, memory, expiry,
-    /// heartbeat); all when empty.
+    /// heartbeat, pruning); all when empty.
     only: Vec<String>,
     runs: usize,
     scale: f64,
@@ -469,6 +470,9 @@ async fn main() {
     drop(store);
     if cfg.runs_part("heartbeat") {
         heartbeat_workload(&cfg, &mut report, &url, &stmts).await;
+    }
+    if cfg.runs_part("pruning") {
+        pruning::pruning(&cfg, &mut report, &url).await;
     }
 
     redis_conn.call(&[b"FLUSHDB"]).await.expect("redis FLUSHDB");
