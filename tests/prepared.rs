@@ -143,3 +143,61 @@ async fn joins_inserts_and_stale_updates_are_one_statement() {
     assert_eq!(executions_like(&store, FULL).await, 10);
     assert_eq!(executions_like(&store, FAST).await, 1, "the leave only");
 }
+
+/// A batch of heartbeats of keys this store wrote is one `UPDATE` (the batch fast path); a
+/// batch where some update is not a heartbeat sends the rest through the full batch
+/// statement, with every outcome right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_heartbeats_is_one_update() {
+    let db = common::TestDb::migrated().await;
+    let store =
+        PostgresAwarenessStore::connect(&db.url, PostgresOptions::default().with_pool_size(1))
+            .await
+            .unwrap();
+    let batch = |clock: i64| -> Vec<AwarenessUpdate> {
+        (0..16)
+            .map(|c| {
+                AwarenessUpdate::new(
+                    "d",
+                    format!("c{c}"),
+                    "k",
+                    clock,
+                    Some(json!({ "n": clock })),
+                )
+            })
+            .collect()
+    };
+    let joined = store.set_many(&batch(1)).await.unwrap();
+    assert!(joined.iter().all(|o| o.is_applied()));
+    for clock in 2..5 {
+        let outcomes = store.set_many(&batch(clock)).await.unwrap();
+        assert!(outcomes.iter().all(|o| o.is_applied()), "{outcomes:?}");
+    }
+    assert_eq!(
+        executions_like(&store, "WITH input AS %").await,
+        1,
+        "the joins only"
+    );
+    assert_eq!(
+        executions_like(&store, "UPDATE awareness_entries e SET %").await,
+        3
+    );
+
+    // Another writer moved c3 ahead: the fast path applies 15, the full statement says c3 is
+    // stale.
+    db.exec("UPDATE awareness_entries SET clock_value = 100 WHERE client_id = 'c3'")
+        .await;
+    let outcomes = store.set_many(&batch(5)).await.unwrap();
+    for (c, outcome) in outcomes.iter().enumerate() {
+        assert_eq!(outcome.is_applied(), c != 3, "c{c}: {outcome:?}");
+    }
+    assert_eq!(executions_like(&store, "WITH input AS %").await, 2);
+    assert_eq!(
+        executions_like(&store, "UPDATE awareness_entries e SET %").await,
+        4
+    );
+    let c3 = store.get("d", "c3").await.unwrap().unwrap();
+    assert_eq!(c3.clock, 100);
+    let c4 = store.get("d", "c4").await.unwrap().unwrap();
+    assert_eq!(c4.clock, 5);
+}

@@ -164,9 +164,12 @@ fn unexpected(what: &str, code: i16) -> Error {
     ))
 }
 
-/// `set_many` as one statement on `conn`: the lean one when every key is distinct, else the
-/// one that reads the old rows to resolve repeated keys (see `postgres/write/plan.rs`). A batch
-/// where one key comes from several owners is applied one update after another.
+/// `set_many` on `conn`. A batch of distinct keys that all look like heartbeats
+/// (`write/known.rs`) first takes the batch fast path (one `UPDATE`, [`sql::write::SetManyFast`]);
+/// whatever it did not apply, and every other batch, goes through one full statement: the
+/// lean one when every key is distinct, else the one that reads the old rows to resolve
+/// repeated keys (see `postgres/write/plan.rs`). A batch where one key comes from several
+/// owners is applied one update after another.
 async fn set_many_on(
     conn: &mut AsyncPgConnection,
     updates: &[AwarenessUpdate],
@@ -181,6 +184,54 @@ async fn set_many_on(
         }
         return Ok(outcomes);
     }
+    if !(plan.is_distinct() && updates.iter().all(|u| known.fast_path_first(u))) {
+        return set_many_full(conn, updates, &plan, context, known).await;
+    }
+    let positions: Vec<i64> = sql::write::set_many_fast(plan.columns(updates), context)
+        .load(conn)
+        .await?;
+    let sent = plan.sent_positions();
+    let mut applied = vec![false; updates.len()];
+    for position in positions {
+        let index = usize::try_from(position - 1).ok();
+        if let Some(&at) = index.and_then(|i| sent.get(i)) {
+            applied[at] = true;
+            known.record(&updates[at], SetOutcome::Applied);
+        }
+    }
+    let rest: Vec<AwarenessUpdate> = updates
+        .iter()
+        .zip(&applied)
+        .filter(|(_, &applied)| !applied)
+        .map(|(update, _)| update.clone())
+        .collect();
+    if rest.is_empty() {
+        return Ok(vec![SetOutcome::Applied; updates.len()]);
+    }
+    let rest_plan = WritePlan::new(&rest);
+    let mut rest_outcomes = set_many_full(conn, &rest, &rest_plan, context, known)
+        .await?
+        .into_iter();
+    Ok(applied
+        .into_iter()
+        .map(|applied| {
+            if applied {
+                SetOutcome::Applied
+            } else {
+                rest_outcomes.next().unwrap_or(SetOutcome::Stale)
+            }
+        })
+        .collect())
+}
+
+/// `set_many` as one full statement on `conn` (see [`set_many_on`]).
+async fn set_many_full(
+    conn: &mut AsyncPgConnection,
+    updates: &[AwarenessUpdate],
+    plan: &WritePlan,
+    context: WriteContext<'_>,
+    known: &KnownKeys,
+) -> Result<Vec<SetOutcome>> {
     let mut attempt = 0;
     loop {
         let outcomes = if plan.is_distinct() {

@@ -577,6 +577,71 @@ impl QueryFragment<Pg> for SetMany<'_> {
     }
 }
 
+/// The fast path of a batch whose keys are distinct and all likely heartbeats (see
+/// `write/known.rs`): [`FAST_SQL`] over `unnest` — one `UPDATE` of the keys' live rows that
+/// the writer may write and whose clocks it beats (rules 1, 2 and 4; no limit can refuse an
+/// update of a live participant). Returns the position (1-based, in the order of the
+/// columns) of every row it updated; the caller sends the others through the full batch
+/// statement.
+#[derive(Debug)]
+pub(crate) struct SetManyFast<'a> {
+    columns: BatchColumns<'a>,
+    context: WriteContext<'a>,
+}
+
+/// See [`SetManyFast`].
+pub(crate) fn set_many_fast<'a>(
+    columns: BatchColumns<'a>,
+    context: WriteContext<'a>,
+) -> SetManyFast<'a> {
+    SetManyFast { columns, context }
+}
+
+static_query_id!(SetManyFast => SetManyFastId);
+
+impl diesel::query_builder::Query for SetManyFast<'_> {
+    type SqlType = BigInt;
+}
+
+impl QueryFragment<Pg> for SetManyFast<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let c = &self.columns;
+        let x = &self.context;
+        out.push_sql(
+            "UPDATE awareness_entries e SET connection_id = i.connection_id, state = i.state, \
+             clock_value = i.clock_value, last_seen = CURRENT_TIMESTAMP, owner = i.owner, \
+             instance_id = ",
+        );
+        out.push_bind_param::<Nullable<Text>, _>(&x.instance_id)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
+        out.push_sql("::jsonb[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.owners)?;
+        out.push_sql(
+            "::text[]) WITH ORDINALITY \
+             AS i(document_id, client_id, connection_id, state, clock_value, owner, ord) \
+             WHERE e.document_id = i.document_id COLLATE \"C\" \
+             AND e.client_id = i.client_id COLLATE \"C\" AND e.last_seen > now() - ",
+        );
+        out.push_bind_param::<Interval, _>(&x.timeout)?;
+        out.push_sql(
+            "::interval AND (e.state IS NOT NULL OR i.state IS NULL) \
+             AND (e.owner IS NULL OR e.owner = i.owner COLLATE \"C\") \
+             AND (e.clock_value < i.clock_value OR (e.clock_value = i.clock_value \
+             AND i.state IS NULL AND e.state IS NOT NULL)) RETURNING i.ord",
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,11 @@ impl WritePlan {
         Some(outcomes)
     }
 
+    /// The input position of each row of [`columns`](Self::columns), in order.
+    pub(crate) fn sent_positions(&self) -> Vec<usize> {
+        self.groups.iter().map(|group| group.sent).collect()
+    }
+
     /// The column arrays to send: one row per key, in key order.
     pub(crate) fn columns<'a>(&self, updates: &'a [AwarenessUpdate]) -> BatchColumns<'a> {
         let mut columns = BatchColumns::default();
