@@ -116,13 +116,16 @@ const FULL_SQL: &str = concat!(
      $3::text COLLATE \"C\" AS connection_id, $4::jsonb AS state, $5::bigint AS clock_value, \
      $6::interval AS timeout, $7::text COLLATE \"C\" AS owner, $8::text COLLATE \"C\" AS instance_id, \
      $9::bigint AS max_document, $10::bigint AS max_connection), ",
-    // Rule 3: a leave, a client already live, or room in the document and the connection.
-    "joining AS (SELECT p.state IS NOT NULL \
+    // The key's fresh row, read once: whether the update joins, and why it was refused.
+    "f AS MATERIALIZED (SELECT f.document_id, f.owner, f.clock_value, f.state \
+     FROM awareness_entries f, p WHERE f.document_id = p.document_id \
+     AND f.client_id = p.client_id AND ",
+    fresh_sql!("f.", "p.timeout"),
+    "), ",
+    // Rule 5: a leave, a client already live, or room in the document and the connection.
+    "joining AS MATERIALIZED (SELECT p.state IS NOT NULL \
      AND (p.max_document IS NOT NULL OR p.max_connection IS NOT NULL) \
-     AND NOT EXISTS (SELECT 1 FROM awareness_entries l WHERE l.document_id = p.document_id \
-     AND l.client_id = p.client_id AND ",
-    live_sql!("l.", "p.timeout"),
-    ") AS joins FROM p), \
+     AND NOT EXISTS (SELECT 1 FROM f WHERE f.state IS NOT NULL) AS joins FROM p), \
      room AS (SELECT NOT joining.joins OR p.max_document IS NULL \
      OR (SELECT count(*) FROM awareness_entries d WHERE d.document_id = p.document_id AND ",
     live_sql!("d.", "p.timeout"),
@@ -143,9 +146,7 @@ const FULL_SQL_TAIL: &str = concat!(
      SELECT (CASE WHEN EXISTS (SELECT 1 FROM applied) THEN 0 ",
     refused_by_row!("p"),
     "WHEN NOT room.in_document THEN 3 WHEN NOT room.on_connection THEN 4 ELSE 1 END)::smallint \
-     FROM p CROSS JOIN room LEFT JOIN awareness_entries f ON f.document_id = p.document_id \
-     AND f.client_id = p.client_id AND ",
-    fresh_sql!("f.", "p.timeout")
+     FROM p CROSS JOIN room LEFT JOIN f ON true"
 );
 
 /// The whole full statement, built once.
