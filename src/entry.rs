@@ -200,3 +200,63 @@ impl SetOutcome {
         }
     }
 }
+
+/// A live participant's state as JSON text, as the store holds it
+/// ([`AwarenessStore::get_all_states`](crate::AwarenessStore::get_all_states)): for servers
+/// that forward states without reading them (a y-protocols relay writes the text as it is).
+/// The text is valid JSON of the same value that was set; its spacing and key order are the
+/// store's (PostgreSQL's `jsonb` output, the memory store's compact form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LiveState {
+    /// The awareness participant.
+    pub client_id: String,
+    /// Its clock.
+    pub clock: i64,
+    /// Its state, as JSON text.
+    pub state: String,
+}
+
+impl LiveState {
+    /// A live state (for stores and tests building one).
+    pub fn new(client_id: impl Into<String>, clock: i64, state: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            clock,
+            state: state.into(),
+        }
+    }
+}
+
+/// A `jsonb` value read as its text, without parsing it: PostgreSQL sends `jsonb` as a version
+/// byte (1) followed by the JSON text.
+pub(crate) struct JsonText(String);
+
+impl From<JsonText> for String {
+    fn from(text: JsonText) -> Self {
+        text.0
+    }
+}
+
+impl From<(String, i64, JsonText)> for LiveState {
+    fn from((client_id, clock, state): (String, i64, JsonText)) -> Self {
+        Self::new(client_id, clock, state)
+    }
+}
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Jsonb, diesel::pg::Pg> for JsonText {
+    fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        match value.as_bytes().split_first() {
+            Some((1, text)) => Ok(JsonText(String::from_utf8(text.to_vec())?)),
+            Some((version, _)) => Err(format!("unsupported jsonb version {version}").into()),
+            None => Err("empty jsonb value".into()),
+        }
+    }
+}
+
+impl diesel::deserialize::Queryable<diesel::sql_types::Jsonb, diesel::pg::Pg> for JsonText {
+    type Row = JsonText;
+    fn build(row: Self::Row) -> diesel::deserialize::Result<Self> {
+        Ok(row)
+    }
+}

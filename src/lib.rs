@@ -24,7 +24,7 @@ pub mod schema {
     include!("../schema.rs");
 }
 
-pub use entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
+pub use entry::{AwarenessEntry, AwarenessUpdate, Departed, LiveState, SetOutcome};
 pub use error::{Error, Field, InvalidReason, Result};
 pub use memory::MemoryAwarenessStore;
 pub use postgres::migrations::{

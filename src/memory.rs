@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use hashbrown::HashTable;
 
-use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, SetOutcome};
+use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, LiveState, SetOutcome};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::store::StoreOptions;
@@ -717,6 +717,26 @@ impl Storage for MemoryAwarenessStore {
                 .map(Slot::to_entry)
                 .collect::<Result<Vec<_>>>()
         })?;
+        live.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+        Ok(live)
+    }
+
+    async fn get_all_states(&self, document_id: &str) -> Result<Vec<LiveState>> {
+        let cutoff = self.expiry_cutoff();
+        let mut live = self.read(|e| {
+            let Some(d) = e.find_doc(document_id) else {
+                return Vec::new();
+            };
+            e.docs[index(d)]
+                .clients
+                .iter()
+                .map(|&s| e.slot(s))
+                .filter_map(|s| {
+                    let state = s.state_text().filter(|_| s.fresh(cutoff))?;
+                    Some(LiveState::new(s.client(), s.clock, state))
+                })
+                .collect::<Vec<_>>()
+        });
         live.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
         Ok(live)
     }

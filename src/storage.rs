@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 
-use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
+use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, LiveState, SetOutcome};
 use crate::error::Result;
 use crate::store::StoreOptions;
 
@@ -18,6 +18,7 @@ use crate::store::StoreOptions;
 pub(crate) trait Storage: Send + Sync {
     async fn get(&self, document_id: &str, client_id: &str) -> Result<Option<AwarenessEntry>>;
     async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>>;
+    async fn get_all_states(&self, document_id: &str) -> Result<Vec<LiveState>>;
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome>;
     /// As one `set` after another, unless the storage can do better.
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
@@ -77,6 +78,19 @@ macro_rules! awareness_store {
                 $crate::trace::traced(span, async {
                     $crate::validate::check_id($crate::error::Field::DocumentId, document_id)?;
                     $crate::storage::Storage::get_all($storage, document_id).await
+                })
+                .await
+            }
+
+            async fn get_all_states(
+                &self,
+                document_id: &str,
+            ) -> $crate::error::Result<Vec<$crate::entry::LiveState>> {
+                let $this = self;
+                let span = $crate::storage::span!("awareness.get_all_states", $name, document_id);
+                $crate::trace::traced(span, async {
+                    $crate::validate::check_id($crate::error::Field::DocumentId, document_id)?;
+                    $crate::storage::Storage::get_all_states($storage, document_id).await
                 })
                 .await
             }

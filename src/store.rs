@@ -112,6 +112,27 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
     /// (byte order).
     async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>>;
 
+    /// [`get_all`](Self::get_all)'s participants with each state as JSON text, not parsed:
+    /// for servers that forward states without reading them. Same order and liveness; cheaper
+    /// on both stores (PostgreSQL's `jsonb` text is read as it arrives; the memory store keeps
+    /// states as text).
+    async fn get_all_states(&self, document_id: &str) -> Result<Vec<crate::entry::LiveState>> {
+        self.get_all(document_id)
+            .await?
+            .into_iter()
+            .filter_map(|entry| {
+                let state = entry.state?;
+                Some(
+                    serde_json::to_string(&state)
+                        .map(|text| {
+                            crate::entry::LiveState::new(entry.client_id, entry.clock, text)
+                        })
+                        .map_err(|e| crate::error::Error::Config(format!("state to JSON: {e}"))),
+                )
+            })
+            .collect()
+    }
+
     /// Applies `update` when no live entry exists, when its clock is higher, or when the clocks
     /// are equal and the update is a leave over a live state; otherwise returns
     /// [`SetOutcome::Stale`] and changes nothing. An update over a fresh entry owned by another

@@ -167,6 +167,38 @@ async fn get_all_returns_live_entries_in_client_order(s: Stores) {
     assert!(st.get_all("empty-doc").await.unwrap().is_empty());
 }
 
+/// `get_all_states` is `get_all` with each state as JSON text: the same participants, order
+/// and clocks, and text that parses to the value that was set; bad ids are refused.
+async fn get_all_states_is_get_all_as_text(s: Stores) {
+    let st = &s.long;
+    let states = [
+        (
+            "b",
+            json!({ "user": { "name": "bé", "color": "#30bced" }, "cursor": null }),
+        ),
+        ("a", json!([1, 2.5, "x\"y", { "z": true }])),
+        ("c", json!("just text")),
+    ];
+    for (i, (client, state)) in states.iter().enumerate() {
+        set(st, up("d", client, "k", i as i64 + 1, state.clone())).await;
+    }
+    set(st, up("d", "gone", "k", 1, json!(0))).await;
+    set(st, leave("d", "gone", "k", 2)).await; // tombstone: excluded
+    let entries = st.get_all("d").await.unwrap();
+    let texts = st.get_all_states("d").await.unwrap();
+    assert_eq!(texts.len(), entries.len());
+    for (text, entry) in texts.iter().zip(&entries) {
+        assert_eq!(text.client_id, entry.client_id);
+        assert_eq!(text.clock, entry.clock);
+        let parsed: serde_json::Value = serde_json::from_str(&text.state).unwrap();
+        assert_eq!(Some(&parsed), entry.state.as_ref());
+    }
+    let clients: Vec<&str> = texts.iter().map(|t| t.client_id.as_str()).collect();
+    assert_eq!(clients, ["a", "b", "c"]);
+    assert!(st.get_all_states("empty-doc").await.unwrap().is_empty());
+    assert!(st.get_all_states("").await.is_err());
+}
+
 async fn get_all_and_get_skip_expired_entries(s: Stores) {
     set(&s.long, up("d", "old", "k", 1, json!(1))).await;
     tokio::time::sleep(PAST_SHORT).await;
@@ -598,6 +630,7 @@ common::both_stores!(
     expired_entry_accepts_any_clock,
     applying_refreshes_last_seen,
     get_all_returns_live_entries_in_client_order,
+    get_all_states_is_get_all_as_text,
     get_all_and_get_skip_expired_entries,
     documents_are_kept_apart,
     remove_says_whether_an_entry_was_there,

@@ -601,7 +601,10 @@ pub async fn read_workloads(
     store: &Arc<PostgresAwarenessStore>,
     stmts: &Statements,
 ) {
-    report.note("read and disconnect workloads (store | pgbench of the store's SQL)");
+    report.note(
+        "read and disconnect workloads (store | get_all_states: the states as JSON text | \
+         pgbench of the store's SQL)",
+    );
     for (name, first, size) in [
         ("get_all (10 clients)", 0, DOCS),
         ("get_all (100 clients)", BIG_DOC_BASE, BIG_DOCS),
@@ -617,8 +620,24 @@ pub async fn read_workloads(
         let rows = if first == 0 { PER_DOC } else { 100 } as usize;
         for tasks in CONCURRENCY {
             let per_task = cfg.count(20_000, tasks);
-            let (mut s, mut p) = (Vec::new(), Vec::new());
+            let (mut s, mut j, mut p) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..cfg.runs {
+                let st = store.clone();
+                j.push(
+                    run_tasks(tasks, per_task, move |t, i| {
+                        let st = st.clone();
+                        async move {
+                            let doc = first + (rand(t, i) % size as u64) as i64;
+                            let got = st
+                                .get_all_states(&doc.to_string())
+                                .await
+                                .expect("get_all_states");
+                            assert_eq!(got.len(), rows);
+                            got.len() as u64
+                        }
+                    })
+                    .await,
+                );
                 let st = store.clone();
                 s.push(
                     run_tasks(tasks, per_task, move |t, i| {
@@ -643,6 +662,7 @@ pub async fn read_workloads(
                 ));
             }
             report.push(name, "store", tasks, median(s), true);
+            report.push(name, "store get_all_states", tasks, median(j), true);
             report.push(name, "pgbench", tasks, median(p), true);
         }
     }

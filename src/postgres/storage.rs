@@ -292,6 +292,16 @@ impl Storage for PgStorage {
         .await?))
     }
 
+    async fn get_all_states(&self, document: &str) -> Result<Vec<crate::entry::LiveState>> {
+        let rows: Vec<(String, i64, crate::entry::JsonText)> = with_conn!(
+            self.connections,
+            |conn| Ok(sql::read::get_all_states(document, self.timeout)
+                .load(conn)
+                .await?)
+        )?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
         match self.coalescer.as_deref() {
             Some(coalescer) => self.set_coalesced(coalescer, update).await,

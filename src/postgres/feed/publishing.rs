@@ -40,6 +40,10 @@ impl<S: Storage> Storage for Publishing<S> {
         self.inner.get_all(document_id).await
     }
 
+    async fn get_all_states(&self, document_id: &str) -> Result<Vec<crate::entry::LiveState>> {
+        self.inner.get_all_states(document_id).await
+    }
+
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {
         let outcome = self.inner.set(update).await?;
         if outcome.is_applied() {

@@ -37,6 +37,18 @@ pub(crate) fn get_all<'a>(document: &'a str, timeout: PgInterval) -> _ {
         .select(entry)
 }
 
+/// `get_all_states`: `get_all`'s rows as (client, clock, state) with the state's `jsonb` read
+/// as text (see [`LiveState`](crate::LiveState)); the same range scan.
+#[dsl::auto_type(no_type_alias)]
+pub(crate) fn get_all_states<'a>(document: &'a str, timeout: PgInterval) -> _ {
+    let live: Live = live(timeout);
+    awareness_entries
+        .filter(document_id.eq(document))
+        .filter(live)
+        .order(client_id.asc())
+        .select((client_id, clock_value, state.assume_not_null()))
+}
+
 /// `get_expired`: every expired entry by (document, client). A deliberate sequential scan: an
 /// index on `last_seen` would make every heartbeat a non-HOT update (see the migration).
 #[dsl::auto_type(no_type_alias)]
