@@ -364,6 +364,30 @@ pub(crate) struct BatchColumns<'a> {
     pub(crate) owners: Vec<Option<&'a str>>,
 }
 
+impl BatchColumns<'_> {
+    /// `unnest(…) WITH ORDINALITY AS i(document_id, client_id, connection_id, state,
+    /// clock_value, owner, ord)`: the batch as rows, numbered from 1 in column order.
+    fn walk_unnest<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.document_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.client_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.connection_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&self.states)?;
+        out.push_sql("::jsonb[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.clocks)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.owners)?;
+        out.push_sql(
+            "::text[]) WITH ORDINALITY \
+             AS i(document_id, client_id, connection_id, state, clock_value, owner, ord)",
+        );
+        Ok(())
+    }
+}
+
 /// `set_many` as one statement: the upsert of [`set`] over `unnest` of column arrays (at most
 /// one row per key, see `write/plan.rs`), plus what the caller needs to resolve duplicates of a key
 /// inside the batch.
@@ -470,22 +494,11 @@ impl QueryFragment<Pg> for SetMany<'_> {
         out.push_sql(
             "WITH input AS (SELECT i.document_id COLLATE \"C\" AS document_id, \
              i.client_id COLLATE \"C\" AS client_id, i.connection_id COLLATE \"C\" AS connection_id, \
-             i.state, i.clock_value, i.owner COLLATE \"C\" AS owner, i.ord FROM unnest(",
+             i.state, i.clock_value, i.owner COLLATE \"C\" AS owner, i.ord FROM ",
         );
-        out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
-        out.push_sql("::bigint[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.owners)?;
+        c.walk_unnest(&mut out)?;
         out.push_sql(
-            "::text[]) WITH ORDINALITY \
-             AS i(document_id, client_id, connection_id, state, clock_value, owner, ord)), \
+            "), \
              p AS (SELECT ",
         );
         out.push_bind_param::<Interval, _>(&x.timeout)?;
@@ -614,22 +627,10 @@ impl QueryFragment<Pg> for SetManyFast<'_> {
              instance_id = ",
         );
         out.push_bind_param::<Nullable<Text>, _>(&x.instance_id)?;
-        out.push_sql(" FROM unnest(");
-        out.push_bind_param::<Array<Text>, _>(&c.document_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.client_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.connection_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&c.states)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<BigInt>, _>(&c.clocks)?;
-        out.push_sql("::bigint[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.owners)?;
+        out.push_sql(" FROM ");
+        c.walk_unnest(&mut out)?;
         out.push_sql(
-            "::text[]) WITH ORDINALITY \
-             AS i(document_id, client_id, connection_id, state, clock_value, owner, ord) \
-             WHERE e.document_id = i.document_id COLLATE \"C\" \
+            " WHERE e.document_id = i.document_id COLLATE \"C\" \
              AND e.client_id = i.client_id COLLATE \"C\" AND e.last_seen > now() - ",
         );
         out.push_bind_param::<Interval, _>(&x.timeout)?;
