@@ -1,0 +1,500 @@
+//! The rooms' Yjs documents: one in-memory `yrs::Doc` per open room and instance, backed by
+//! PostgreSQL when the relay has a database (every update appended before it is relayed, other
+//! instances told through LISTEN/NOTIFY, compaction into a snapshot), in memory only otherwise.
+//!
+//! docs/NOTES.md "Documents in PostgreSQL" has the decisions and why.
+
+mod listener;
+mod store;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, OnceCell};
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact, Update};
+
+pub use listener::{listen, ListenerOptions};
+pub use store::{
+    fold, Compacted, DocumentStats, DocumentStore, StoredUpdate, CHANNEL, LOCK_CLASS, MIGRATIONS,
+};
+
+/// Why an update was not taken, or a room not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentError {
+    /// The update is refused (a limit); the room is unchanged and keeps working. The text says
+    /// which limit.
+    Refused(String),
+    /// Not a Yjs update (v1).
+    Malformed(String),
+    /// The database failed; nothing was stored or applied.
+    Store(String),
+}
+
+impl std::fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(reason) => write!(f, "update refused: {reason}"),
+            Self::Malformed(reason) => write!(f, "not a Yjs update: {reason}"),
+            Self::Store(reason) => write!(
+                f,
+                "the document store is unavailable ({reason}); the client retries on reconnect"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DocumentError {}
+
+/// Limits and compaction.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentOptions {
+    /// Largest single update accepted (bytes).
+    pub max_update_bytes: usize,
+    /// A document whose stored bytes (snapshot plus rows) would pass this refuses further
+    /// updates; reading it keeps working.
+    pub max_document_bytes: usize,
+    /// A room's rows are folded into its snapshot once there are this many (0: never).
+    pub compact_after: usize,
+}
+
+impl Default for DocumentOptions {
+    fn default() -> Self {
+        Self {
+            max_update_bytes: 512 * 1024,
+            max_document_bytes: 64 * 1024 * 1024,
+            compact_after: 500,
+        }
+    }
+}
+
+/// An update for the room's local connections; `origin` is the connection it came from (not
+/// sent back to it), 0 for updates from the database.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    /// The sending connection's [`Documents::origin`], or 0.
+    pub origin: u64,
+    /// The y-websocket message (sync, update).
+    pub message: Bytes,
+}
+
+/// Every open room's document on this instance.
+pub struct Documents {
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    store: Option<DocumentStore>,
+    options: DocumentOptions,
+    origins: AtomicU64,
+}
+
+impl std::fmt::Debug for Documents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Documents")
+            .field("rooms", &self.len())
+            .field("persistent", &self.store.is_some())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// One room's document on this instance.
+pub struct Room {
+    name: String,
+    store: Option<DocumentStore>,
+    options: DocumentOptions,
+    state: Mutex<RoomState>,
+    loaded: OnceCell<()>,
+    updates: broadcast::Sender<Relayed>,
+    /// Catch-ups asked for since the running one started (one runs at a time).
+    wanted: AtomicUsize,
+}
+
+struct RoomState {
+    doc: yrs::Doc,
+    /// Last row (or snapshot) of the database applied here; the next catch-up reads after it.
+    watermark: i64,
+    /// Rows this instance appended (and applied) above the watermark: a catch-up skips them.
+    own: BTreeSet<i64>,
+    /// Rows after the snapshot, and the stored bytes (snapshot + rows): compaction and the
+    /// size limit go by these.
+    rows: usize,
+    stored_bytes: usize,
+    compacting: bool,
+    /// Connections holding the room; at 0 it leaves memory (the database has everything).
+    holders: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Documents {
+    /// Documents in memory only (a relay without a database): lost when the room empties.
+    pub fn in_memory(options: DocumentOptions) -> Self {
+        Self::new(None, options)
+    }
+
+    /// Documents in PostgreSQL (`store`); run [`listen`] beside it so other instances' updates
+    /// arrive.
+    pub fn on_postgres(store: DocumentStore, options: DocumentOptions) -> Self {
+        Self::new(Some(store), options)
+    }
+
+    fn new(store: Option<DocumentStore>, options: DocumentOptions) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            store,
+            options,
+            origins: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh origin for a connection's updates (never 0).
+    pub fn origin(&self) -> u64 {
+        self.origins.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Rooms open on this instance.
+    pub fn len(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+
+    /// Whether no room is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The store, when the documents are in PostgreSQL.
+    pub fn store(&self) -> Option<&DocumentStore> {
+        self.store.as_ref()
+    }
+
+    /// Opens `name` for one connection (loading it from the database on first use here);
+    /// pair with [`Documents::release`].
+    pub async fn open(&self, name: &str) -> Result<Arc<Room>, DocumentError> {
+        let room = {
+            let mut rooms = lock(&self.rooms);
+            let room = rooms
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Room::new(name, self.store.clone(), self.options)));
+            lock(&room.state).holders += 1;
+            room.clone()
+        };
+        if let Err(error) = room.loaded.get_or_try_init(|| room.load()).await {
+            self.release(&room);
+            return Err(error);
+        }
+        Ok(room)
+    }
+
+    /// One connection is done with `room`; the last one drops it from memory.
+    pub fn release(&self, room: &Arc<Room>) {
+        let mut rooms = lock(&self.rooms);
+        let mut state = lock(&room.state);
+        state.holders = state.holders.saturating_sub(1);
+        if state.holders == 0 {
+            if let Some(open) = rooms.get(&room.name) {
+                if Arc::ptr_eq(open, room) {
+                    rooms.remove(&room.name);
+                }
+            }
+        }
+    }
+
+    /// A row was appended to `name` (a notification): an open room catches up.
+    pub fn appended(&self, name: &str) {
+        let room = lock(&self.rooms).get(name).cloned();
+        if let Some(room) = room {
+            room.wake();
+        }
+    }
+
+    /// Every open room catches up (after the listener reconnected: notifications may be lost).
+    pub fn catch_up_all(&self) {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        for room in rooms {
+            room.wake();
+        }
+    }
+}
+
+impl Room {
+    fn new(name: &str, store: Option<DocumentStore>, options: DocumentOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            store,
+            options,
+            state: Mutex::new(RoomState {
+                doc: yrs::Doc::new(),
+                watermark: 0,
+                own: BTreeSet::new(),
+                rows: 0,
+                stored_bytes: 0,
+                compacting: false,
+                holders: 0,
+            }),
+            loaded: OnceCell::new(),
+            updates: broadcast::channel(1024).0,
+            wanted: AtomicUsize::new(0),
+        }
+    }
+
+    /// The room's name (its document id).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Updates for this room's local connections.
+    pub fn subscribe(&self) -> broadcast::Receiver<Relayed> {
+        self.updates.subscribe()
+    }
+
+    /// Sync step 1 for a new connection: the document's state vector.
+    pub fn sync_step1(&self) -> Vec<u8> {
+        let state = lock(&self.state);
+        let sv = state.doc.transact().state_vector();
+        YMessage::Sync(SyncMessage::SyncStep1(sv)).encode_v1()
+    }
+
+    /// Sync step 2 for a client's state vector: exactly what it lacks.
+    pub fn sync_step2(&self, state_vector: &StateVector) -> Vec<u8> {
+        let state = lock(&self.state);
+        let update = state.doc.transact().encode_state_as_update_v1(state_vector);
+        YMessage::Sync(SyncMessage::SyncStep2(update)).encode_v1()
+    }
+
+    /// The whole document as one update message (for a connection that fell behind).
+    pub fn full_update(&self) -> Vec<u8> {
+        let state = lock(&self.state);
+        let update = state
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        YMessage::Sync(SyncMessage::Update(update)).encode_v1()
+    }
+
+    /// The document's text content of `Y.Text` `name` (tests, tools).
+    pub fn text(&self, name: &str) -> String {
+        use yrs::GetString;
+        let state = lock(&self.state);
+        let text = state.doc.get_or_insert_text(name);
+        let txn = state.doc.transact();
+        text.get_string(&txn)
+    }
+
+    async fn load(&self) -> Result<(), DocumentError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let stored = store.read_after(&self.name, 0).await?;
+        let mut state = lock(&self.state);
+        state.apply_stored(&stored);
+        Ok(())
+    }
+
+    /// A client's update (sync step 2 or update): checked against the limits, stored (with a
+    /// database) before it is applied and relayed to the room's other connections.
+    pub async fn apply_local(
+        self: &Arc<Self>,
+        origin: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), DocumentError> {
+        if bytes.len() > self.options.max_update_bytes {
+            return Err(DocumentError::Refused(format!(
+                "an update of {} bytes exceeds the limit of {} bytes (--max-update-bytes)",
+                bytes.len(),
+                self.options.max_update_bytes
+            )));
+        }
+        let update =
+            Update::decode_v1(&bytes).map_err(|e| DocumentError::Malformed(e.to_string()))?;
+        if update.is_empty() {
+            return Ok(());
+        }
+        {
+            let state = lock(&self.state);
+            if state.stored_bytes.saturating_add(bytes.len()) > self.options.max_document_bytes {
+                metrics::counter!("relay_document_updates_refused_total", "reason" => "document_size").increment(1);
+                return Err(DocumentError::Refused(format!(
+                    "document {:?} has reached its size limit of {} bytes (--max-document-bytes); it can be read but not changed",
+                    self.name, self.options.max_document_bytes
+                )));
+            }
+        }
+        let id = match &self.store {
+            Some(store) => Some(store.append(&self.name, &bytes).await?),
+            None => None,
+        };
+        let compact = {
+            let mut state = lock(&self.state);
+            if let Some(id) = id {
+                if id > state.watermark {
+                    state.own.insert(id);
+                }
+            }
+            state
+                .doc
+                .transact_mut()
+                .apply_update(update)
+                .map_err(|e| DocumentError::Malformed(e.to_string()))?;
+            state.rows += 1;
+            state.stored_bytes += bytes.len();
+            let _ = self.updates.send(Relayed {
+                origin,
+                message: YMessage::Sync(SyncMessage::Update(bytes))
+                    .encode_v1()
+                    .into(),
+            });
+            let due = self.options.compact_after > 0
+                && state.rows >= self.options.compact_after
+                && !state.compacting;
+            if due {
+                state.compacting = true;
+            }
+            due
+        };
+        metrics::counter!("relay_document_updates_total", "origin" => "local").increment(1);
+        if compact {
+            let room = self.clone();
+            tokio::spawn(async move { room.compact().await });
+        }
+        Ok(())
+    }
+
+    async fn compact(&self) {
+        match &self.store {
+            None => {
+                let mut state = lock(&self.state);
+                let size = state
+                    .doc
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default())
+                    .len();
+                state.stored_bytes = size;
+                state.rows = 0;
+                state.compacting = false;
+            }
+            Some(store) => {
+                let result = store.compact(&self.name).await;
+                let mut state = lock(&self.state);
+                state.compacting = false;
+                match result {
+                    Ok(Some(done)) => {
+                        metrics::counter!("relay_document_compactions_total").increment(1);
+                        tracing::debug!(room = %self.name, through = done.through, rows = done.rows, snapshot_bytes = done.snapshot_bytes, "compacted");
+                        state.rows = state.rows.saturating_sub(done.rows);
+                        state.stored_bytes = state
+                            .stored_bytes
+                            .saturating_sub(done.row_bytes)
+                            .max(done.snapshot_bytes);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, room = %self.name, "compaction failed; retried after the next updates")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks for a catch-up from the database; one runs at a time per room, and requests made
+    /// while it runs make it run again.
+    fn wake(self: &Arc<Self>) {
+        if self.store.is_none() || self.wanted.fetch_add(1, Ordering::SeqCst) > 0 {
+            return;
+        }
+        let room = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let seen = room.wanted.load(Ordering::SeqCst);
+                if let Err(error) = room.catch_up().await {
+                    tracing::warn!(%error, room = %room.name, "catching up failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if lock(&room.state).holders == 0 {
+                        room.wanted.store(0, Ordering::SeqCst);
+                        break;
+                    }
+                    continue;
+                }
+                if room
+                    .wanted
+                    .compare_exchange(seen, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Applies and relays what the database has after this room's watermark.
+    pub async fn catch_up(&self) -> Result<(), DocumentError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let after = lock(&self.state).watermark;
+        let stored = store.read_after(&self.name, after).await?;
+        let mut state = lock(&self.state);
+        // Another catch-up cannot have run meanwhile (one at a time), but the room may have
+        // been loaded past `after` by then: keep only what is still new.
+        let watermark = state.watermark;
+        let fresh: Vec<StoredUpdate> = stored.into_iter().filter(|u| u.id > watermark).collect();
+        for message in state.apply_stored(&fresh) {
+            metrics::counter!("relay_document_updates_total", "origin" => "database").increment(1);
+            let _ = self.updates.send(Relayed {
+                origin: 0,
+                message: message.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl RoomState {
+    /// Applies rows read from the database (a snapshot first, if any); returns the update
+    /// messages to relay (rows this instance appended itself are skipped).
+    fn apply_stored(&mut self, stored: &[StoredUpdate]) -> Vec<Vec<u8>> {
+        let mut relay = Vec::new();
+        for row in stored {
+            if row.snapshot {
+                // Compaction passed the watermark: the rows in between are only in the
+                // snapshot. Relay what it adds to this copy.
+                let before = self.doc.transact().state_vector();
+                self.apply(&row.bytes);
+                let diff = self.doc.transact().encode_state_as_update_v1(&before);
+                relay.push(YMessage::Sync(SyncMessage::Update(diff)).encode_v1());
+                self.rows = 0;
+                self.stored_bytes = row.bytes.len();
+            } else {
+                self.rows += 1;
+                if !self.own.remove(&row.id) {
+                    self.apply(&row.bytes);
+                    self.stored_bytes += row.bytes.len();
+                    relay.push(YMessage::Sync(SyncMessage::Update(row.bytes.clone())).encode_v1());
+                } else {
+                    // Counted when appended.
+                    self.rows -= 1;
+                }
+            }
+            self.watermark = self.watermark.max(row.id);
+        }
+        let watermark = self.watermark;
+        self.own.retain(|id| *id > watermark);
+        relay
+    }
+
+    fn apply(&mut self, bytes: &[u8]) {
+        match Update::decode_v1(bytes) {
+            Ok(update) => {
+                if let Err(error) = self.doc.transact_mut().apply_update(update) {
+                    tracing::warn!(%error, "a stored update does not apply; skipped");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "a stored update does not decode; skipped"),
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The documents' rows in PostgreSQL: every statement the relay sends about documents, in one
+//! place (`relay_documents`, `relay_document_updates`; migrations-documents/).
+
+use diesel::sql_types::{BigInt, Bool, Bytea, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use synckit_awareness::PgPool;
+use yrs::updates::decoder::Decode;
+use yrs::{ReadTxn, StateVector, Transact, Update};
+
+use super::DocumentError;
+
+/// The relay's migrations (its own tables), applied after the library's by the relay at start
+/// (`run_migrations` with this as the extra source); both sets record their versions in
+/// diesel's `__diesel_schema_migrations`, which tells them apart by version.
+pub const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations-documents");
+
+/// The channel appends are announced on; the payload is `<id>:<document_id>`, never the update
+/// (payloads stop at 8,000 bytes; a document id is at most 256 bytes).
+pub const CHANNEL: &str = "relay_documents";
+
+/// First key of the per-document advisory lock ("rela"); the second is `hashtext(document_id)`.
+/// A two-key lock lives apart from the library's one-key locks (its migration lock).
+pub const LOCK_CLASS: i32 = 0x7265_6c61;
+
+/// Appends one update under the document's lock, announces it, returns its id. The lock makes
+/// appends to one document take turns, so within a document id order is commit order: a reader
+/// that saw id `n` has seen every smaller id of that document (docs/NOTES.md).
+pub const APPEND: &str = r#"WITH locked AS (SELECT pg_advisory_xact_lock($1, hashtext($2)))
+, inserted AS (
+    INSERT INTO relay_document_updates (document_id, "update")
+    SELECT $2, $3 FROM locked
+    RETURNING id
+)
+SELECT id, pg_notify($4, id::text || ':' || $2)::text AS notified FROM inserted"#;
+
+/// The document after `$2`: its snapshot when compaction passed `$2`, then its rows after
+/// `$2`, in id order. One statement, one snapshot of the database: a compaction is either
+/// wholly before it or wholly after.
+pub const READ_AFTER: &str = r#"SELECT id, bytes, snapshot FROM (
+    SELECT compacted_through AS id, snapshot AS bytes, true AS snapshot
+    FROM relay_documents WHERE document_id = $1 AND compacted_through > $2
+    UNION ALL
+    SELECT id, "update", false
+    FROM relay_document_updates WHERE document_id = $1 AND id > $2
+) AS document ORDER BY id, snapshot DESC"#;
+
+/// Compaction's lock: the same as appends', so no append is half-done while it reads.
+pub const LOCK: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text AS locked";
+
+/// Stores the folded snapshot; never replaces a snapshot that goes further.
+pub const UPSERT_SNAPSHOT: &str = r#"INSERT INTO relay_documents (document_id, snapshot, compacted_through)
+VALUES ($1, $2, $3)
+ON CONFLICT (document_id) DO UPDATE
+SET snapshot = excluded.snapshot, compacted_through = excluded.compacted_through, updated_at = now()
+WHERE relay_documents.compacted_through < excluded.compacted_through"#;
+
+/// Removes the rows folded into the snapshot.
+pub const DELETE_THROUGH: &str =
+    "DELETE FROM relay_document_updates WHERE document_id = $1 AND id <= $2";
+
+/// Rows and bytes a document holds (for `/healthz`-style reports, the benchmark and tests).
+pub const STATS: &str = r#"SELECT
+    (SELECT count(*) FROM relay_document_updates WHERE document_id = $1)::bigint AS rows,
+    (SELECT coalesce(sum(octet_length("update")), 0) FROM relay_document_updates WHERE document_id = $1)::bigint AS row_bytes,
+    (SELECT coalesce(sum(octet_length(snapshot)), 0) FROM relay_documents WHERE document_id = $1)::bigint AS snapshot_bytes"#;
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// One row of [`READ_AFTER`].
+#[derive(Debug, Clone, QueryableByName)]
+pub struct StoredUpdate {
+    /// The row's id, or for the snapshot the id it is compacted through.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// A Yjs update (v1).
+    #[diesel(sql_type = Bytea)]
+    pub bytes: Vec<u8>,
+    /// Whether this is the document's snapshot rather than one appended update.
+    #[diesel(sql_type = Bool)]
+    pub snapshot: bool,
+}
+
+/// What a document holds in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct DocumentStats {
+    /// Appended rows not yet compacted.
+    #[diesel(sql_type = BigInt)]
+    pub rows: i64,
+    /// Their bytes (updates only).
+    #[diesel(sql_type = BigInt)]
+    pub row_bytes: i64,
+    /// The snapshot's bytes (0 without one).
+    #[diesel(sql_type = BigInt)]
+    pub snapshot_bytes: i64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The snapshot now covers every row up to this id.
+    pub through: i64,
+    /// Rows folded and deleted.
+    pub rows: usize,
+    /// Their bytes.
+    pub row_bytes: usize,
+    /// The new snapshot's bytes.
+    pub snapshot_bytes: usize,
+}
+
+/// The documents' tables on a pool (the presence store's: one pool per process).
+#[derive(Clone)]
+pub struct DocumentStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for DocumentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocumentStore").finish_non_exhaustive()
+    }
+}
+
+fn database(error: impl std::fmt::Display) -> DocumentError {
+    DocumentError::Store(error.to_string())
+}
+
+impl DocumentStore {
+    /// The store on `pool` (migrated with [`MIGRATIONS`]).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<
+        diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>,
+        DocumentError,
+    > {
+        self.pool.get().await.map_err(database)
+    }
+
+    /// Appends `update` to `document` and announces it on [`CHANNEL`] (delivered at commit);
+    /// returns the row's id.
+    pub async fn append(&self, document: &str, update: &[u8]) -> Result<i64, DocumentError> {
+        let mut conn = self.conn().await?;
+        let row: Id = diesel::sql_query(APPEND)
+            .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
+            .bind::<Text, _>(document)
+            .bind::<Bytea, _>(update)
+            .bind::<Text, _>(CHANNEL)
+            .get_result(&mut conn)
+            .await
+            .map_err(database)?;
+        Ok(row.id)
+    }
+
+    /// The document after row `after`: its snapshot first when compaction went past `after`,
+    /// then the rows, in id order. `after = 0`: the whole document.
+    pub async fn read_after(
+        &self,
+        document: &str,
+        after: i64,
+    ) -> Result<Vec<StoredUpdate>, DocumentError> {
+        let mut conn = self.conn().await?;
+        read_after(&mut conn, document, after)
+            .await
+            .map_err(database)
+    }
+
+    /// Folds the document's rows into its snapshot, in one transaction under the document's
+    /// lock: appenders wait for it (a few milliseconds), and every row it deletes is in the
+    /// snapshot it writes. `None`: there were no rows.
+    pub async fn compact(&self, document: &str) -> Result<Option<Compacted>, DocumentError> {
+        let mut conn = self.conn().await?;
+        let document = document.to_owned();
+        (*conn)
+            .transaction::<_, diesel::result::Error, _>(async |c| {
+                diesel::sql_query(LOCK)
+                    .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
+                    .bind::<Text, _>(&document)
+                    .execute(c)
+                    .await?;
+                let stored = read_after(c, &document, 0).await?;
+                let rows: Vec<&StoredUpdate> = stored.iter().filter(|u| !u.snapshot).collect();
+                let Some(through) = rows.last().map(|u| u.id) else {
+                    return Ok(None);
+                };
+                let snapshot = fold(stored.iter().map(|u| u.bytes.as_slice()));
+                diesel::sql_query(UPSERT_SNAPSHOT)
+                    .bind::<Text, _>(&document)
+                    .bind::<Bytea, _>(&snapshot)
+                    .bind::<BigInt, _>(through)
+                    .execute(c)
+                    .await?;
+                diesel::sql_query(DELETE_THROUGH)
+                    .bind::<Text, _>(&document)
+                    .bind::<BigInt, _>(through)
+                    .execute(c)
+                    .await?;
+                Ok(Some(Compacted {
+                    through,
+                    rows: rows.len(),
+                    row_bytes: rows.iter().map(|u| u.bytes.len()).sum(),
+                    snapshot_bytes: snapshot.len(),
+                }))
+            })
+            .await
+            .map_err(database)
+    }
+
+    /// Rows and bytes `document` holds.
+    pub async fn stats(&self, document: &str) -> Result<DocumentStats, DocumentError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(STATS)
+            .bind::<Text, _>(document)
+            .get_result(&mut conn)
+            .await
+            .map_err(database)
+    }
+}
+
+async fn read_after(
+    conn: &mut AsyncPgConnection,
+    document: &str,
+    after: i64,
+) -> Result<Vec<StoredUpdate>, diesel::result::Error> {
+    diesel::sql_query(READ_AFTER)
+        .bind::<Text, _>(document)
+        .bind::<BigInt, _>(after)
+        .load(conn)
+        .await
+}
+
+/// One update holding every given update (applied in order into a fresh document, encoded as
+/// its whole state: deleted content is garbage-collected, and updates still waiting for a
+/// missing dependency are kept, as `encode_state_as_update` includes pending ones). An update
+/// that does not decode is skipped with a warning: it was never applied anywhere either.
+pub fn fold<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let doc = yrs::Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for bytes in updates {
+            match Update::decode_v1(bytes) {
+                Ok(update) => {
+                    if let Err(error) = txn.apply_update(update) {
+                        tracing::warn!(%error, "a stored update does not apply; left out");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "a stored update does not decode; left out"),
+            }
+        }
+    }
+    let txn = doc.transact();
+    txn.encode_state_as_update_v1(&StateVector::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The statements are pinned here so a change to one is a visible change to a test.
+    #[test]
+    fn append_takes_the_lock_before_the_id_and_notifies_with_the_id_only() {
+        let lock = APPEND.find("pg_advisory_xact_lock").unwrap_or(usize::MAX);
+        let insert = APPEND.find("INSERT").unwrap_or(0);
+        assert!(
+            lock < insert,
+            "the lock is taken before the row gets its id"
+        );
+        assert!(APPEND.contains("FROM locked"));
+        assert!(APPEND.contains("pg_notify($4, id::text || ':' || $2)"));
+        assert!(LOCK.contains("pg_advisory_xact_lock($1, hashtext($2))"));
+    }
+
+    #[test]
+    fn compaction_never_goes_back_and_deletes_only_what_it_folded() {
+        assert!(UPSERT_SNAPSHOT
+            .contains("WHERE relay_documents.compacted_through < excluded.compacted_through"));
+        assert!(DELETE_THROUGH.ends_with("id <= $2"));
+        assert!(READ_AFTER.contains("compacted_through > $2"));
+        assert!(READ_AFTER.contains("ORDER BY id, snapshot DESC"));
+    }
+}
