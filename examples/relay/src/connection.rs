@@ -98,8 +98,15 @@ pub async fn serve(
             }
             relayed = updates.recv() => {
                 match relayed {
-                    Ok(relayed) if relayed.origin != origin => session.send(relayed.message),
-                    Ok(_) => {}
+                    Ok(relayed) => match relayed.message {
+                        Some(message) if relayed.origin != origin => session.send(message),
+                        Some(_) => {}
+                        None if relayed.origin == origin => {
+                            session.disconnect(Disconnect::new(close_code::INTERNAL_ERROR, "document store unavailable"));
+                            break;
+                        }
+                        None => {}
+                    },
                     // Fell behind the room's channel: the whole document brings it up to date.
                     Err(broadcast::error::RecvError::Lagged(_)) => session.send(doc.full_update()),
                     Err(broadcast::error::RecvError::Closed) => {}
@@ -250,7 +257,7 @@ async fn sync(
     match message {
         SyncMessage::SyncStep1(state_vector) => session.send(doc.sync_step2(&state_vector)),
         SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
-            match doc.apply_local(origin, bytes).await {
+            match doc.apply_local(origin, bytes) {
                 Ok(()) => {}
                 Err(DocumentError::Refused(reason)) => {
                     tracing::info!(connection = session.connection_id(), room = doc.name(), %reason, "update refused");

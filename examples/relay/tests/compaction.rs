@@ -88,7 +88,7 @@ async fn writer(store: DocumentStore, document: String, ops: Vec<Op>, log: Log) 
         if matches!(op, Op::Sync) {
             continue;
         }
-        store.append(&document, &update).await.expect("append");
+        store.append(&document, &[&update]).await.expect("append");
         log.lock().expect("log").push(update);
         tokio::task::yield_now().await;
     }

@@ -79,8 +79,16 @@ impl Default for DocumentOptions {
 pub struct Relayed {
     /// The sending connection's [`Documents::origin`], or 0.
     pub origin: u64,
-    /// The y-websocket message (sync, update).
-    pub message: Bytes,
+    /// The y-websocket message (sync, update); `None`: the origin's updates could not be
+    /// stored (the database failed), so its connection should close and resync on reconnect.
+    pub message: Option<Bytes>,
+}
+
+/// A client's update waiting for its append.
+struct Queued {
+    origin: u64,
+    bytes: Vec<u8>,
+    update: Update,
 }
 
 /// Every open room's document on this instance.
@@ -124,6 +132,10 @@ struct RoomState {
     rows: usize,
     stored_bytes: usize,
     compacting: bool,
+    /// Updates accepted and waiting for the append in flight (one at a time per room).
+    queue: Vec<Queued>,
+    queued_bytes: usize,
+    appending: bool,
     /// Connections holding the room; at 0 it leaves memory (the database has everything).
     holders: usize,
 }
@@ -235,6 +247,9 @@ impl Room {
                 rows: 0,
                 stored_bytes: 0,
                 compacting: false,
+                queue: Vec::new(),
+                queued_bytes: 0,
+                appending: false,
                 holders: 0,
             }),
             loaded: OnceCell::new(),
@@ -296,14 +311,14 @@ impl Room {
         Ok(())
     }
 
-    /// A client's update (sync step 2 or update): checked against the limits, stored (with a
-    /// database) before it is applied and relayed to the room's other connections.
-    pub async fn apply_local(
-        self: &Arc<Self>,
-        origin: u64,
-        bytes: Vec<u8>,
-    ) -> Result<(), DocumentError> {
+    /// A client's update (sync step 2 or update): checked against the limits, then queued;
+    /// the room's appender stores the queue in one statement (with a database) and only then
+    /// applies and relays it. Returns once queued: a connection's next update does not wait for
+    /// the commit, and the updates that queue up meanwhile share the next one.
+    pub fn apply_local(self: &Arc<Self>, origin: u64, bytes: Vec<u8>) -> Result<(), DocumentError> {
         if bytes.len() > self.options.max_update_bytes {
+            metrics::counter!("relay_document_updates_refused_total", "reason" => "update_size")
+                .increment(1);
             return Err(DocumentError::Refused(format!(
                 "an update of {} bytes exceeds the limit of {} bytes (--max-update-bytes)",
                 bytes.len(),
@@ -315,54 +330,101 @@ impl Room {
         if update.is_empty() {
             return Ok(());
         }
-        {
-            let state = lock(&self.state);
-            if state.stored_bytes.saturating_add(bytes.len()) > self.options.max_document_bytes {
+        let start = {
+            let mut state = lock(&self.state);
+            let size = state.stored_bytes + state.queued_bytes + bytes.len();
+            if size > self.options.max_document_bytes {
                 metrics::counter!("relay_document_updates_refused_total", "reason" => "document_size").increment(1);
                 return Err(DocumentError::Refused(format!(
                     "document {:?} has reached its size limit of {} bytes (--max-document-bytes); it can be read but not changed",
                     self.name, self.options.max_document_bytes
                 )));
             }
-        }
-        let id = match &self.store {
-            Some(store) => Some(store.append(&self.name, &bytes).await?),
-            None => None,
-        };
-        let compact = {
-            let mut state = lock(&self.state);
-            if let Some(id) = id {
-                if id > state.watermark {
-                    state.own.insert(id);
-                }
-            }
-            state
-                .doc
-                .transact_mut()
-                .apply_update(update)
-                .map_err(|e| DocumentError::Malformed(e.to_string()))?;
-            state.rows += 1;
-            state.stored_bytes += bytes.len();
-            let _ = self.updates.send(Relayed {
+            state.queued_bytes += bytes.len();
+            state.queue.push(Queued {
                 origin,
-                message: YMessage::Sync(SyncMessage::Update(bytes))
-                    .encode_v1()
-                    .into(),
+                bytes,
+                update,
             });
-            let due = self.options.compact_after > 0
-                && state.rows >= self.options.compact_after
-                && !state.compacting;
-            if due {
-                state.compacting = true;
-            }
-            due
+            !std::mem::replace(&mut state.appending, true)
         };
-        metrics::counter!("relay_document_updates_total", "origin" => "local").increment(1);
-        if compact {
+        if start {
             let room = self.clone();
-            tokio::spawn(async move { room.compact().await });
+            tokio::spawn(async move { room.append_queued().await });
         }
         Ok(())
+    }
+
+    /// The room's appender: stores what is queued, applies and relays it, until the queue is
+    /// empty.
+    async fn append_queued(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut state = lock(&self.state);
+                if state.queue.is_empty() {
+                    state.appending = false;
+                    return;
+                }
+                state.queued_bytes = 0;
+                std::mem::take(&mut state.queue)
+            };
+            let ids = match &self.store {
+                None => Ok(Vec::new()),
+                Some(store) => {
+                    let updates: Vec<&[u8]> = batch.iter().map(|q| q.bytes.as_slice()).collect();
+                    store.append(&self.name, &updates).await
+                }
+            };
+            if let Err(error) = &ids {
+                tracing::warn!(%error, room = %self.name, updates = batch.len(), "cannot store updates; their connections close");
+                for queued in &batch {
+                    let _ = self.updates.send(Relayed {
+                        origin: queued.origin,
+                        message: None,
+                    });
+                }
+                continue;
+            }
+            let ids = ids.unwrap_or_default();
+            let compact = {
+                let mut state = lock(&self.state);
+                let watermark = state.watermark;
+                state
+                    .own
+                    .extend(ids.iter().copied().filter(|id| *id > watermark));
+                let mut txn = state.doc.transact_mut();
+                let mut applied = Vec::with_capacity(batch.len());
+                for queued in batch {
+                    if let Err(error) = txn.apply_update(queued.update) {
+                        tracing::warn!(%error, room = %self.name, "an update does not apply; skipped");
+                    }
+                    applied.push((queued.origin, queued.bytes));
+                }
+                drop(txn);
+                for (origin, bytes) in applied {
+                    state.rows += 1;
+                    state.stored_bytes += bytes.len();
+                    metrics::counter!("relay_document_updates_total", "origin" => "local")
+                        .increment(1);
+                    let message = YMessage::Sync(SyncMessage::Update(bytes)).encode_v1();
+                    let _ = self.updates.send(Relayed {
+                        origin,
+                        message: Some(message.into()),
+                    });
+                }
+                let due = self.options.compact_after > 0
+                    && state.rows >= self.options.compact_after
+                    && !state.compacting;
+                if due {
+                    state.compacting = true;
+                }
+                due
+            };
+            if compact {
+                let room = self.clone();
+                tokio::spawn(async move { room.compact().await });
+            }
+        }
     }
 
     async fn compact(&self) {
@@ -447,7 +509,7 @@ impl Room {
             metrics::counter!("relay_document_updates_total", "origin" => "database").increment(1);
             let _ = self.updates.send(Relayed {
                 origin: 0,
-                message: message.into(),
+                message: Some(message.into()),
             });
         }
         Ok(())

@@ -24,16 +24,19 @@ pub const CHANNEL: &str = "relay_documents";
 /// A two-key lock lives apart from the library's one-key locks (its migration lock).
 pub const LOCK_CLASS: i32 = 0x7265_6c61;
 
-/// Appends one update under the document's lock, announces it, returns its id. The lock makes
-/// appends to one document take turns, so within a document id order is commit order: a reader
-/// that saw id `n` has seen every smaller id of that document (docs/NOTES.md).
+/// Appends updates (in order) under the document's lock and announces the last id, once per
+/// call; returns the ids. The lock makes appends to one document take turns, so within a
+/// document id order is commit order: a reader that saw id `n` has seen every smaller id of
+/// that document (docs/NOTES.md). One statement, one commit for many updates: an instance
+/// sends the updates that queued up while its previous append was committing (group commit).
 pub const APPEND: &str = r#"WITH locked AS (SELECT pg_advisory_xact_lock($1, hashtext($2)))
 , inserted AS (
     INSERT INTO relay_document_updates (document_id, "update")
-    SELECT $2, $3 FROM locked
+    SELECT $2, u FROM locked, unnest($3::bytea[]) WITH ORDINALITY AS t (u, n) ORDER BY n
     RETURNING id
 )
-SELECT id, pg_notify($4, id::text || ':' || $2)::text AS notified FROM inserted"#;
+SELECT array_agg(id ORDER BY id) AS ids, pg_notify($4, max(id)::text || ':' || $2)::text AS notified
+FROM inserted"#;
 
 /// The document after `$2`: its snapshot when compaction passed `$2`, then its rows after
 /// `$2`, in id order. One statement, one snapshot of the database: a compaction is either
@@ -46,15 +49,14 @@ pub const READ_AFTER: &str = r#"SELECT id, bytes, snapshot FROM (
     FROM relay_document_updates WHERE document_id = $1 AND id > $2
 ) AS document ORDER BY id, snapshot DESC"#;
 
-/// Compaction's lock: the same as appends', so no append is half-done while it reads.
-pub const LOCK: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text AS locked";
-
-/// Stores the folded snapshot; never replaces a snapshot that goes further.
+/// Stores the folded snapshot, only over the snapshot it was folded from (`$4`: its
+/// `compacted_through`, 0 without one): of two compactions at once, the second writes nothing
+/// (0 rows) and deletes nothing.
 pub const UPSERT_SNAPSHOT: &str = r#"INSERT INTO relay_documents (document_id, snapshot, compacted_through)
 VALUES ($1, $2, $3)
 ON CONFLICT (document_id) DO UPDATE
 SET snapshot = excluded.snapshot, compacted_through = excluded.compacted_through, updated_at = now()
-WHERE relay_documents.compacted_through < excluded.compacted_through"#;
+WHERE relay_documents.compacted_through = $4"#;
 
 /// Removes the rows folded into the snapshot.
 pub const DELETE_THROUGH: &str =
@@ -67,9 +69,9 @@ pub const STATS: &str = r#"SELECT
     (SELECT coalesce(sum(octet_length(snapshot)), 0) FROM relay_documents WHERE document_id = $1)::bigint AS snapshot_bytes"#;
 
 #[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
+struct Ids {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<BigInt>>)]
+    ids: Option<Vec<i64>>,
 }
 
 /// One row of [`READ_AFTER`].
@@ -144,19 +146,34 @@ impl DocumentStore {
         self.pool.get().await.map_err(database)
     }
 
-    /// Appends `update` to `document` and announces it on [`CHANNEL`] (delivered at commit);
-    /// returns the row's id.
-    pub async fn append(&self, document: &str, update: &[u8]) -> Result<i64, DocumentError> {
+    /// Appends `updates` to `document` in order and announces them on [`CHANNEL`] (delivered
+    /// at commit); returns their ids, in the same order.
+    pub async fn append(
+        &self,
+        document: &str,
+        updates: &[&[u8]],
+    ) -> Result<Vec<i64>, DocumentError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn().await?;
-        let row: Id = diesel::sql_query(APPEND)
+        let row: Ids = diesel::sql_query(APPEND)
             .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
             .bind::<Text, _>(document)
-            .bind::<Bytea, _>(update)
+            .bind::<diesel::sql_types::Array<Bytea>, _>(updates)
             .bind::<Text, _>(CHANNEL)
             .get_result(&mut conn)
             .await
             .map_err(database)?;
-        Ok(row.id)
+        let ids = row.ids.unwrap_or_default();
+        if ids.len() != updates.len() {
+            return Err(DocumentError::Store(format!(
+                "{} updates appended, {} ids returned",
+                updates.len(),
+                ids.len()
+            )));
+        }
+        Ok(ids)
     }
 
     /// The document after row `after`: its snapshot first when compaction went past `after`,
@@ -172,45 +189,48 @@ impl DocumentStore {
             .map_err(database)
     }
 
-    /// Folds the document's rows into its snapshot, in one transaction under the document's
-    /// lock: appenders wait for it (a few milliseconds), and every row it deletes is in the
-    /// snapshot it writes. `None`: there were no rows.
+    /// Folds the document's rows into its snapshot. The rows are read and folded without any
+    /// lock (appends never wait for a compaction); then one short transaction writes the
+    /// snapshot, only if no other compaction wrote one meanwhile, and deletes the rows folded.
+    /// Safe while others append: appends to a document take turns under its lock, so every row
+    /// with an id up to the largest one read was in what was read, and every later row gets a
+    /// larger id (docs/NOTES.md). `None`: there were no rows, or another compaction won.
     pub async fn compact(&self, document: &str) -> Result<Option<Compacted>, DocumentError> {
         let mut conn = self.conn().await?;
+        let stored = read_after(&mut conn, document, 0).await.map_err(database)?;
+        let previous = stored.iter().find(|u| u.snapshot).map_or(0, |u| u.id);
+        let rows: Vec<&StoredUpdate> = stored.iter().filter(|u| !u.snapshot).collect();
+        let Some(through) = rows.last().map(|u| u.id) else {
+            return Ok(None);
+        };
+        let snapshot = fold(stored.iter().map(|u| u.bytes.as_slice()));
         let document = document.to_owned();
-        (*conn)
+        let written = (*conn)
             .transaction::<_, diesel::result::Error, _>(async |c| {
-                diesel::sql_query(LOCK)
-                    .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
-                    .bind::<Text, _>(&document)
-                    .execute(c)
-                    .await?;
-                let stored = read_after(c, &document, 0).await?;
-                let rows: Vec<&StoredUpdate> = stored.iter().filter(|u| !u.snapshot).collect();
-                let Some(through) = rows.last().map(|u| u.id) else {
-                    return Ok(None);
-                };
-                let snapshot = fold(stored.iter().map(|u| u.bytes.as_slice()));
-                diesel::sql_query(UPSERT_SNAPSHOT)
+                let written = diesel::sql_query(UPSERT_SNAPSHOT)
                     .bind::<Text, _>(&document)
                     .bind::<Bytea, _>(&snapshot)
                     .bind::<BigInt, _>(through)
+                    .bind::<BigInt, _>(previous)
                     .execute(c)
                     .await?;
-                diesel::sql_query(DELETE_THROUGH)
-                    .bind::<Text, _>(&document)
-                    .bind::<BigInt, _>(through)
-                    .execute(c)
-                    .await?;
-                Ok(Some(Compacted {
-                    through,
-                    rows: rows.len(),
-                    row_bytes: rows.iter().map(|u| u.bytes.len()).sum(),
-                    snapshot_bytes: snapshot.len(),
-                }))
+                if written == 1 {
+                    diesel::sql_query(DELETE_THROUGH)
+                        .bind::<Text, _>(&document)
+                        .bind::<BigInt, _>(through)
+                        .execute(c)
+                        .await?;
+                }
+                Ok(written == 1)
             })
             .await
-            .map_err(database)
+            .map_err(database)?;
+        Ok(written.then(|| Compacted {
+            through,
+            rows: rows.len(),
+            row_bytes: rows.iter().map(|u| u.bytes.len()).sum(),
+            snapshot_bytes: snapshot.len(),
+        }))
     }
 
     /// Rows and bytes `document` holds.
@@ -273,14 +293,13 @@ mod tests {
             "the lock is taken before the row gets its id"
         );
         assert!(APPEND.contains("FROM locked"));
-        assert!(APPEND.contains("pg_notify($4, id::text || ':' || $2)"));
-        assert!(LOCK.contains("pg_advisory_xact_lock($1, hashtext($2))"));
+        assert!(APPEND.contains("pg_notify($4, max(id)::text || ':' || $2)"));
+        assert!(APPEND.contains("WITH ORDINALITY AS t (u, n) ORDER BY n"));
     }
 
     #[test]
     fn compaction_never_goes_back_and_deletes_only_what_it_folded() {
-        assert!(UPSERT_SNAPSHOT
-            .contains("WHERE relay_documents.compacted_through < excluded.compacted_through"));
+        assert!(UPSERT_SNAPSHOT.contains("WHERE relay_documents.compacted_through = $4"));
         assert!(DELETE_THROUGH.ends_with("id <= $2"));
         assert!(READ_AFTER.contains("compacted_through > $2"));
         assert!(READ_AFTER.contains("ORDER BY id, snapshot DESC"));
