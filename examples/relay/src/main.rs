@@ -139,6 +139,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Folds every document's rows into its snapshot now (DATABASE_URL), e.g. before a backup;
+    /// safe while relays run. Prints what it folded.
+    Compact,
     /// Prints a signed token for a principal (needs the auth secret).
     Token {
         /// Who the token's holder is (1-128 of A-Z a-z 0-9 _ - @ : +).
@@ -177,6 +180,7 @@ async fn main() {
     let args = Args::parse();
     let result = match &args.command {
         Some(Command::Token { principal, ttl }) => token(&args, principal, *ttl),
+        Some(Command::Compact) => compact(&args).await,
         None => run(args).await,
     };
     if let Err(error) = result {
@@ -191,6 +195,33 @@ fn token(args: &Args, principal: &str, ttl: Duration) -> Result<(), Failure> {
         .as_deref()
         .ok_or("set SYNCKIT_RELAY_AUTH_SECRET (or --auth-secret) to mint tokens")?;
     println!("{}", SignedToken::new(secret)?.mint(principal, ttl)?);
+    Ok(())
+}
+
+async fn compact(args: &Args) -> Result<(), Failure> {
+    let url = args
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or("set DATABASE_URL (or --database-url) to compact the documents in it")?;
+    let pool = synckit_awareness::build_pool(
+        url,
+        &PostgresOptions::default()
+            .with_pool_size(1)
+            .with_transaction_pooler(args.transaction_pooler),
+    )
+    .await?;
+    let store = DocumentStore::new(pool);
+    let (mut documents, mut rows, mut row_bytes, mut snapshot_bytes) = (0, 0, 0, 0);
+    for document in store.documents_with_rows().await? {
+        if let Some(done) = store.compact(&document).await? {
+            documents += 1;
+            rows += done.rows;
+            row_bytes += done.row_bytes;
+            snapshot_bytes += done.snapshot_bytes;
+        }
+    }
+    println!("compacted {documents} documents: {rows} rows ({row_bytes} bytes) into snapshots of {snapshot_bytes} bytes");
     Ok(())
 }
 

@@ -62,11 +62,21 @@ WHERE relay_documents.compacted_through = $4"#;
 pub const DELETE_THROUGH: &str =
     "DELETE FROM relay_document_updates WHERE document_id = $1 AND id <= $2";
 
+/// The documents that have rows to compact.
+pub const DOCUMENTS_WITH_ROWS: &str =
+    "SELECT DISTINCT document_id FROM relay_document_updates ORDER BY document_id";
+
 /// Rows and bytes a document holds (for `/healthz`-style reports, the benchmark and tests).
 pub const STATS: &str = r#"SELECT
     (SELECT count(*) FROM relay_document_updates WHERE document_id = $1)::bigint AS rows,
     (SELECT coalesce(sum(octet_length("update")), 0) FROM relay_document_updates WHERE document_id = $1)::bigint AS row_bytes,
     (SELECT coalesce(sum(octet_length(snapshot)), 0) FROM relay_documents WHERE document_id = $1)::bigint AS snapshot_bytes"#;
+
+#[derive(QueryableByName)]
+struct DocumentId {
+    #[diesel(sql_type = Text)]
+    document_id: String,
+}
 
 #[derive(QueryableByName)]
 struct Ids {
@@ -231,6 +241,16 @@ impl DocumentStore {
             row_bytes: rows.iter().map(|u| u.bytes.len()).sum(),
             snapshot_bytes: snapshot.len(),
         }))
+    }
+
+    /// Every document with rows not yet compacted.
+    pub async fn documents_with_rows(&self) -> Result<Vec<String>, DocumentError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<DocumentId> = diesel::sql_query(DOCUMENTS_WITH_ROWS)
+            .load(&mut conn)
+            .await
+            .map_err(database)?;
+        Ok(rows.into_iter().map(|r| r.document_id).collect())
     }
 
     /// Rows and bytes `document` holds.
