@@ -794,7 +794,7 @@ const renderMarkdown = (report) => {
   lines.push('# Presence benchmark: synckit-relay vs Hocuspocus vs y-websocket', '')
   lines.push(o.latency
     ? `- Run: ${report.startedAt} to ${report.finishedAt} (${o.quick ? 'quick' : 'full'}), ${o.rounds} round(s), sides interleaved in a rotating order`
-    : `- Run: ${report.startedAt} to ${report.finishedAt} (memory only)`)
+    : `- Run: ${report.startedAt} to ${report.finishedAt} (${o.memory ? 'memory only' : `documents only, ${o.quick ? 'quick' : 'full'}, ${o.rounds} round(s), sides interleaved in a rotating order`})`)
   lines.push(`- Machine: ${report.machine.cpus} CPUs, Node.js ${report.machine.node}, CLK_TCK ${CLK_TCK}`)
   lines.push(`- Load at start: \`${report.loadStart}\``)
   lines.push(`- Load at end: \`${report.loadEnd}\``)

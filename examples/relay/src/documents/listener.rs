@@ -107,8 +107,11 @@ async fn run(
 }
 
 fn appended(documents: &Documents, payload: &str) {
-    match payload.split_once(':') {
-        Some((id, document)) if id.parse::<i64>().is_ok() => documents.appended(document),
+    match payload
+        .split_once(':')
+        .and_then(|(id, document)| Some((id.parse::<i64>().ok()?, document)))
+    {
+        Some((id, document)) => documents.appended(document, id),
         _ => tracing::warn!(%payload, "ignoring a notification that is not <id>:<document_id>"),
     }
 }

@@ -217,11 +217,14 @@ impl Documents {
         }
     }
 
-    /// A row was appended to `name` (a notification): an open room catches up.
-    pub fn appended(&self, name: &str) {
+    /// Rows up to `id` were appended to `name` (a notification): an open room catches up,
+    /// unless it has the row already.
+    pub fn appended(&self, name: &str, id: i64) {
         let room = lock(&self.rooms).get(name).cloned();
         if let Some(room) = room {
-            room.wake();
+            if room.lacks(id) {
+                room.wake();
+            }
         }
     }
 
@@ -461,6 +464,17 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Whether the room must read the database to have row `id`. Not when it applied it
+    /// already, nor when this instance appended it: every other instance's row committed
+    /// before it was announced before it (notifications arrive in commit order) and woke a
+    /// catch-up of its own, and a lost notification is caught up after the reconnect. Past
+    /// 1,024 rows of its own above the watermark the room reads anyway, which moves the
+    /// watermark and empties that set.
+    fn lacks(&self, id: i64) -> bool {
+        let state = lock(&self.state);
+        !(id <= state.watermark || (state.own.contains(&id) && state.own.len() < 1024))
     }
 
     /// Asks for a catch-up from the database; one runs at a time per room, and requests made
