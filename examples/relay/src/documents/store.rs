@@ -84,7 +84,7 @@ struct Ids {
     ids: Option<Vec<i64>>,
 }
 
-/// One row of [`READ_AFTER`].
+/// One row of `READ_AFTER` (a stored update, or the snapshot).
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StoredUpdate {
     /// The row's id, or for the snapshot the id it is compacted through.
