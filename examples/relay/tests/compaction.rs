@@ -230,3 +230,87 @@ async fn fixture() -> (common::TestDb, [DocumentStore; 2]) {
     ];
     (db, stores)
 }
+
+/// The ordering compaction relies on, made deterministic: an append that has its id but has not
+/// committed (A, split open by hand the way `APPEND` runs) makes the next append to the same
+/// document (B) wait, so B's id is larger; a compaction meanwhile folds only what committed
+/// before A and deletes nothing of A's; after both commit, the document has every update.
+/// Without the lock, B would commit first with the larger id, a compaction would fold through
+/// it, and A's row, committed later below `compacted_through`, would never be read again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_append_in_flight_holds_the_next_one_back_so_compaction_cannot_pass_it() {
+    use diesel::sql_types::{BigInt, Bytea, Integer, Text as SqlText};
+    use diesel::QueryableByName;
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    use synckit_relay::documents::LOCK_CLASS;
+
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+
+    let (db, stores) = fixture().await;
+    let document = "in-flight";
+    let source = yrs::Doc::new();
+    let text = source.get_or_insert_text("t");
+    let mut updates = Vec::new();
+    for chunk in ["zero ", "a ", "b"] {
+        let mut txn = source.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, chunk);
+        updates.push(txn.encode_update_v1());
+    }
+
+    let first = stores[0]
+        .append(document, &[&updates[0]])
+        .await
+        .expect("append")[0];
+
+    let mut a = db.conn().await;
+    a.batch_execute("BEGIN").await.expect("begin");
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))::text AS locked")
+        .bind::<Integer, _>(LOCK_CLASS)
+        .bind::<SqlText, _>(document)
+        .execute(&mut a)
+        .await
+        .expect("lock");
+    let id_a = diesel::sql_query(
+        r#"INSERT INTO relay_document_updates (document_id, "update") VALUES ($1, $2) RETURNING id"#,
+    )
+    .bind::<SqlText, _>(document)
+    .bind::<Bytea, _>(&updates[1])
+    .get_result::<Id>(&mut a)
+    .await
+    .expect("insert")
+    .id;
+
+    let b = {
+        let (store, update) = (stores[1].clone(), updates[2].clone());
+        tokio::spawn(async move { store.append(document, &[&update]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !b.is_finished(),
+        "the second append waits for the first one's lock"
+    );
+
+    let compacted = stores[0]
+        .compact(document)
+        .await
+        .expect("compact")
+        .expect("the committed row is folded");
+    assert_eq!(compacted.through, first, "only what committed before A");
+
+    a.batch_execute("COMMIT").await.expect("commit");
+    let id_b = b.await.expect("task").expect("append")[0];
+    assert!(id_b > id_a, "B's id ({id_b}) is larger than A's ({id_a})");
+
+    stores[1].compact(document).await.expect("compact");
+    let documents = Documents::on_postgres(stores[1].clone(), DocumentOptions::default());
+    let room = documents.open(document).await.expect("open");
+    assert_eq!(room.text("t"), "zero a b");
+    documents.release(&room);
+    let expected = doc_of(updates.iter().map(Vec::as_slice));
+    assert_eq!(text_of(&expected), "zero a b");
+}
