@@ -211,7 +211,7 @@ async fn compact(args: &Args) -> Result<(), Failure> {
             .with_transaction_pooler(args.transaction_pooler),
     )
     .await?;
-    let store = DocumentStore::new(pool);
+    let store = DocumentStore::new(pool).with_transaction_pooler(args.transaction_pooler);
     let (mut documents, mut rows, mut row_bytes, mut snapshot_bytes) = (0, 0, 0, 0);
     for document in store.documents_with_rows().await? {
         if let Some(done) = store.compact(&document).await? {
@@ -292,7 +292,8 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             store.ensure_schema().await?;
             let documents = Arc::new(Documents::on_postgres(
-                DocumentStore::new(store.pool().clone()),
+                DocumentStore::new(store.pool().clone())
+                    .with_transaction_pooler(args.transaction_pooler),
                 document_options,
             ));
             // LISTEN needs a session: the direct URL when DATABASE_URL goes through a pooler.

@@ -3,7 +3,9 @@
 
 use diesel::sql_types::{BigInt, Bool, Bytea, Text};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager,
+};
 use synckit_awareness::PgPool;
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Transact, Update};
@@ -129,6 +131,9 @@ pub struct Compacted {
 #[derive(Clone)]
 pub struct DocumentStore {
     pool: PgPool,
+    /// Behind a transaction-mode pooler: every operation is one explicit transaction, so the
+    /// statements diesel-async prepares (and closes) stay on one server connection.
+    pooled: bool,
 }
 
 impl std::fmt::Debug for DocumentStore {
@@ -144,7 +149,52 @@ fn database(error: impl std::fmt::Display) -> DocumentError {
 impl DocumentStore {
     /// The store on `pool` (migrated with [`MIGRATIONS`]).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            pooled: false,
+        }
+    }
+
+    /// `pool` goes through a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy): each
+    /// operation then runs in one explicit transaction, as the library's store does.
+    pub fn with_transaction_pooler(mut self, pooled: bool) -> Self {
+        self.pooled = pooled;
+        self
+    }
+
+    /// Behind a pooler, opens the operation's transaction, tracked by diesel-async (a
+    /// connection dropped inside it is discarded by the pool, not reused).
+    async fn begin(&self, conn: &mut AsyncPgConnection) -> Result<(), DocumentError> {
+        if self.pooled {
+            AnsiTransactionManager::begin_transaction(conn)
+                .await
+                .map_err(database)?;
+        }
+        Ok(())
+    }
+
+    async fn finish<T>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        result: Result<T, diesel::result::Error>,
+    ) -> Result<T, DocumentError> {
+        if !self.pooled {
+            return result.map_err(database);
+        }
+        match result {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(conn)
+                    .await
+                    .map_err(database)?;
+                Ok(value)
+            }
+            Err(error) => {
+                // A failed rollback leaves the transaction open: the pool discards the
+                // connection; the operation's error is what matters.
+                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+                Err(database(error))
+            }
+        }
     }
 
     async fn conn(
@@ -167,14 +217,15 @@ impl DocumentStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let row: Ids = diesel::sql_query(APPEND)
+        self.begin(&mut conn).await?;
+        let result = diesel::sql_query(APPEND)
             .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
             .bind::<Text, _>(document)
             .bind::<diesel::sql_types::Array<Bytea>, _>(updates)
             .bind::<Text, _>(CHANNEL)
-            .get_result(&mut conn)
-            .await
-            .map_err(database)?;
+            .get_result::<Ids>(&mut conn)
+            .await;
+        let row = self.finish(&mut conn, result).await?;
         let ids = row.ids.unwrap_or_default();
         if ids.len() != updates.len() {
             return Err(DocumentError::Store(format!(
@@ -194,9 +245,9 @@ impl DocumentStore {
         after: i64,
     ) -> Result<Vec<StoredUpdate>, DocumentError> {
         let mut conn = self.conn().await?;
-        read_after(&mut conn, document, after)
-            .await
-            .map_err(database)
+        self.begin(&mut conn).await?;
+        let result = read_after(&mut conn, document, after).await;
+        self.finish(&mut conn, result).await
     }
 
     /// Folds the document's rows into its snapshot. The rows are read and folded without any
@@ -246,21 +297,23 @@ impl DocumentStore {
     /// Every document with rows not yet compacted.
     pub async fn documents_with_rows(&self) -> Result<Vec<String>, DocumentError> {
         let mut conn = self.conn().await?;
-        let rows: Vec<DocumentId> = diesel::sql_query(DOCUMENTS_WITH_ROWS)
-            .load(&mut conn)
-            .await
-            .map_err(database)?;
+        self.begin(&mut conn).await?;
+        let result = diesel::sql_query(DOCUMENTS_WITH_ROWS)
+            .load::<DocumentId>(&mut conn)
+            .await;
+        let rows = self.finish(&mut conn, result).await?;
         Ok(rows.into_iter().map(|r| r.document_id).collect())
     }
 
     /// Rows and bytes `document` holds.
     pub async fn stats(&self, document: &str) -> Result<DocumentStats, DocumentError> {
         let mut conn = self.conn().await?;
-        diesel::sql_query(STATS)
+        self.begin(&mut conn).await?;
+        let result = diesel::sql_query(STATS)
             .bind::<Text, _>(document)
             .get_result(&mut conn)
-            .await
-            .map_err(database)
+            .await;
+        self.finish(&mut conn, result).await
     }
 }
 
