@@ -3,9 +3,7 @@
 
 use diesel::sql_types::{BigInt, Bool, Bytea, Text};
 use diesel::QueryableByName;
-use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager,
-};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use synckit_awareness::PgPool;
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Transact, Update};
@@ -162,17 +160,15 @@ impl DocumentStore {
         self
     }
 
-    /// Behind a pooler, opens the operation's transaction, tracked by diesel-async (a
-    /// connection dropped inside it is discarded by the pool, not reused).
+    /// Behind a pooler, opens the operation's transaction (see [`begin`]).
     async fn begin(&self, conn: &mut AsyncPgConnection) -> Result<(), DocumentError> {
         if self.pooled {
-            AnsiTransactionManager::begin_transaction(conn)
-                .await
-                .map_err(database)?;
+            begin(conn).await?;
         }
         Ok(())
     }
 
+    /// Ends what [`DocumentStore::begin`] opened (see [`finish`]).
     async fn finish<T>(
         &self,
         conn: &mut AsyncPgConnection,
@@ -181,20 +177,7 @@ impl DocumentStore {
         if !self.pooled {
             return result.map_err(database);
         }
-        match result {
-            Ok(value) => {
-                AnsiTransactionManager::commit_transaction(conn)
-                    .await
-                    .map_err(database)?;
-                Ok(value)
-            }
-            Err(error) => {
-                // A failed rollback leaves the transaction open: the pool discards the
-                // connection; the operation's error is what matters.
-                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
-                Err(database(error))
-            }
-        }
+        finish(conn, result).await
     }
 
     async fn conn(
@@ -258,34 +241,19 @@ impl DocumentStore {
     /// larger id (docs/NOTES.md). `None`: there were no rows, or another compaction won.
     pub async fn compact(&self, document: &str) -> Result<Option<Compacted>, DocumentError> {
         let mut conn = self.conn().await?;
-        let stored = read_after(&mut conn, document, 0).await.map_err(database)?;
+        self.begin(&mut conn).await?;
+        let result = read_after(&mut conn, document, 0).await;
+        let stored = self.finish(&mut conn, result).await?;
         let previous = stored.iter().find(|u| u.snapshot).map_or(0, |u| u.id);
         let rows: Vec<&StoredUpdate> = stored.iter().filter(|u| !u.snapshot).collect();
         let Some(through) = rows.last().map(|u| u.id) else {
             return Ok(None);
         };
         let snapshot = fold(stored.iter().map(|u| u.bytes.as_slice()));
-        let document = document.to_owned();
-        let written = (*conn)
-            .transaction::<_, diesel::result::Error, _>(async |c| {
-                let written = diesel::sql_query(UPSERT_SNAPSHOT)
-                    .bind::<Text, _>(&document)
-                    .bind::<Bytea, _>(&snapshot)
-                    .bind::<BigInt, _>(through)
-                    .bind::<BigInt, _>(previous)
-                    .execute(c)
-                    .await?;
-                if written == 1 {
-                    diesel::sql_query(DELETE_THROUGH)
-                        .bind::<Text, _>(&document)
-                        .bind::<BigInt, _>(through)
-                        .execute(c)
-                        .await?;
-                }
-                Ok(written == 1)
-            })
-            .await
-            .map_err(database)?;
+        // One transaction, with or without a pooler.
+        begin(&mut conn).await?;
+        let written = write_snapshot(&mut conn, document, &snapshot, through, previous).await;
+        let written = finish(&mut conn, written).await?;
         Ok(written.then(|| Compacted {
             through,
             rows: rows.len(),
@@ -315,6 +283,61 @@ impl DocumentStore {
             .await;
         self.finish(&mut conn, result).await
     }
+}
+
+/// Opens a transaction tracked by diesel-async (a connection dropped inside it is discarded
+/// by the pool, not reused).
+async fn begin(conn: &mut AsyncPgConnection) -> Result<(), DocumentError> {
+    AnsiTransactionManager::begin_transaction(conn)
+        .await
+        .map_err(database)
+}
+
+/// Commits after `Ok`, rolls back after `Err`.
+async fn finish<T>(
+    conn: &mut AsyncPgConnection,
+    result: Result<T, diesel::result::Error>,
+) -> Result<T, DocumentError> {
+    match result {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn)
+                .await
+                .map_err(database)?;
+            Ok(value)
+        }
+        Err(error) => {
+            // A failed rollback leaves the transaction open: the pool discards the connection;
+            // the operation's error is what matters.
+            let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+            Err(database(error))
+        }
+    }
+}
+
+/// Writes the snapshot over the one it was folded from and deletes the rows folded; whether
+/// it did (another compaction may have won).
+async fn write_snapshot(
+    conn: &mut AsyncPgConnection,
+    document: &str,
+    snapshot: &[u8],
+    through: i64,
+    previous: i64,
+) -> Result<bool, diesel::result::Error> {
+    let written = diesel::sql_query(UPSERT_SNAPSHOT)
+        .bind::<Text, _>(document)
+        .bind::<Bytea, _>(snapshot)
+        .bind::<BigInt, _>(through)
+        .bind::<BigInt, _>(previous)
+        .execute(conn)
+        .await?;
+    if written == 1 {
+        diesel::sql_query(DELETE_THROUGH)
+            .bind::<Text, _>(document)
+            .bind::<BigInt, _>(through)
+            .execute(conn)
+            .await?;
+    }
+    Ok(written == 1)
 }
 
 async fn read_after(
