@@ -24,7 +24,7 @@ help:
 	@echo "make install       cargo install --path . --features cli (the operator CLI)"
 	@echo "make bench         benchmark vs pgbench and Redis (~10 min; docs/performance.md)"
 	@echo "make bench-quick   the benchmark at tiny sizes (CI smoke test, judges no time)"
-	@echo "make bench-relay   presence servers side by side: this relay vs Hocuspocus + Redis vs y-websocket (~15 min)"
+	@echo "make bench-relay   presence and documents side by side: this relay vs Hocuspocus + Redis vs y-websocket (~17 min)"
 
 # The y-protocols interop test runs the real npm packages pinned in tests/js/package-lock.json;
 # `npm ci` reinstalls them only when node_modules is missing or older than the lock file.
@@ -59,6 +59,7 @@ export PGBOUNCER
 prerequisites:
 	@command -v node >/dev/null && command -v npm >/dev/null || { echo "Node.js and npm missing: install Node.js >= 18 with npm (the interop and relay tests run real npm packages)"; exit 2; }
 	@[ -n "$(CHROMIUM)" ] && [ -x "$(CHROMIUM)" ] || { echo "Chromium missing: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome); the relay's browser test drives it"; exit 2; }
+	@command -v psql >/dev/null || { echo "psql missing: apt-get install -y postgresql-client (the relay's documents test kills a listener's backend with it)"; exit 2; }
 	@[ -n "$(PGBOUNCER)" ] && [ -x "$(PGBOUNCER)" ] || { echo "PgBouncer missing: apt-get install -y pgbouncer (or set PGBOUNCER=/path/to/pgbouncer); the pooler tests run through it"; exit 2; }
 
 test: prerequisites tests/js/node_modules/.installed $(RELAY_WEB)/dist/page.js

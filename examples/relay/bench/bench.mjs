@@ -36,10 +36,13 @@ const MEMORY_SIDES = ['relay1', 'hocuspocus1', 'ywebsocket1']
 const usage = `usage: node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x16]
        [--sides ${ALL_SIDES.join(',')}] [--duration S] [--warmup S] [--drain S]
        [--memory] [--with-memory] [--no-memory] [--memory-connections N] [--memory-rooms N]
+       [--documents] [--no-documents] [--doc-rooms N] [--doc-interval MS]
   --quick        2 rooms x 2 clients, 2 s (0.5 s warm-up), 1 round, no memory measurement
   --memory       only the memory-per-idle-connection measurement
   --with-memory  latency rounds and then the memory measurement (the default unless --quick)
   --no-memory    latency rounds only
+  --documents    only the documents step (cross-instance Y.Text edits, relay2 vs hocuspocus2)
+  --no-documents leave the documents step out (it runs by default, tiny under --quick)
 env: RELAY_BIN, RELAY_ARGS, RELAY_TOKEN, RELAY_LOG, DATABASE_URL, REDIS_URL`
 
 const parseArgs = (argv) => {
@@ -64,6 +67,10 @@ const parseArgs = (argv) => {
       case '--no-memory': flags.memory = false; break
       case '--memory-connections': flags.memoryConnections = Number(value()); break
       case '--memory-rooms': flags.memoryRooms = Number(value()); break
+      case '--documents': flags.documentsOnly = true; break
+      case '--no-documents': flags.documents = false; break
+      case '--doc-rooms': flags.docRooms = Number(value()); break
+      case '--doc-interval': flags.docInterval = Number(value()); break
       case '-h': case '--help': console.log(usage); process.exit(0); break
       default: throw new Error(`unknown argument ${arg}\n${usage}`)
     }
@@ -81,8 +88,11 @@ const parseArgs = (argv) => {
     duration: flags.duration ?? (quick ? 2 : 15),
     warmup: flags.warmup ?? (quick ? 0.5 : 2),
     drain: flags.drain ?? (quick ? 1 : 2),
-    latency: !flags.memoryOnly,
-    memory: flags.memoryOnly ? true : (flags.memory ?? !quick),
+    latency: !flags.memoryOnly && !flags.documentsOnly,
+    memory: flags.documentsOnly ? false : flags.memoryOnly ? true : (flags.memory ?? !quick),
+    documents: flags.documentsOnly ? true : flags.memoryOnly ? false : (flags.documents ?? true),
+    docRooms: flags.docRooms ?? (quick ? 1 : 4),
+    docIntervalMs: flags.docInterval ?? 20,
     memoryConnections: flags.memoryConnections ?? 1000,
     memoryRooms: flags.memoryRooms ?? 50,
     intervalMs: 250,
@@ -129,7 +139,7 @@ const median = (values) => {
 }
 const round = (x, digits = 2) => x === null || x === undefined || !Number.isFinite(x) ? null : Number(x.toFixed(digits))
 
-const sh = (command, args) => execFileSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim()
+const sh = (command, args, extra = {}) => execFileSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...extra }).toString().trim()
 const uptime = () => { try { return sh('uptime', []) } catch { return readFileSync('/proc/loadavg', 'utf8').trim() } }
 const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100
 
@@ -313,7 +323,7 @@ const SIDES = {
 let sequence = 0
 
 /** Starts a side's servers (and its database). `instances` overrides the side's count. */
-const startSide = async (name, instances = SIDES[name].instances) => {
+const startSide = async (name, instances = SIDES[name].instances, extraRelayArgs = []) => {
   const spec = SIDES[name]
   const tag = `${process.pid}_${++sequence}`
   const servers = []
@@ -326,6 +336,7 @@ const startSide = async (name, instances = SIDES[name].instances) => {
     if (spec.kind === 'relay') {
       const db = `bench_relay_${tag}`
       const url = createDatabase(db)
+      side.databaseUrl = url
       side.cleanup.push(() => dropDatabase(db))
       side.dbComm = ['postgres']
       // One after the other: each runs the migrations on start.
@@ -333,7 +344,7 @@ const startSide = async (name, instances = SIDES[name].instances) => {
         servers.push(await startProcess({
           label: `${name}/${'AB'[i]}`,
           command: options.relayBin,
-          args: ['--port', '0', '--instance', `bench-${'ab'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...options.relayArgs],
+          args: ['--port', '0', '--instance', `bench-${'ab'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...options.relayArgs, ...extraRelayArgs],
           env: { DATABASE_URL: url, RUST_LOG: process.env.RELAY_LOG || 'warn' }
         }))
       }
@@ -380,8 +391,10 @@ const makeClient = (kind, url, room, token = null) => {
     return {
       id: doc.clientID,
       room,
+      doc,
       awareness: provider.awareness,
       connected: () => provider.wsconnected,
+      synced: () => provider.synced,
       // Destroying the doc also stops its Awareness's timer.
       destroy () { provider.destroy(); doc.destroy() }
     }
@@ -395,9 +408,11 @@ const makeClient = (kind, url, room, token = null) => {
   return {
     id: doc.clientID,
     room,
+    doc,
     awareness: provider.awareness,
     // Synced: authenticated and through the sync handshake, so awareness flows both ways.
     connected: () => provider.isSynced,
+    synced: () => provider.isSynced,
     destroy () { provider.destroy(); socket.destroy(); doc.destroy() }
   }
 }
@@ -546,6 +561,157 @@ const runLatency = async (name, workload, roundIndex) => {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Documents: cross-instance Y.Text edits (a writer on instance A, a reader on B, per room)
+
+const DOC_SIDES = ['relay2', 'hocuspocus2']
+
+/** Rows and bytes in the relay's document tables (its side's database). */
+const documentTables = (side) => {
+  const out = sh('psql', ['-v', 'ON_ERROR_STOP=1', '-qAtX', side.databaseUrl, '-c',
+    'SELECT (SELECT count(*) FROM relay_document_updates), (SELECT coalesce(sum(octet_length("update")), 0) FROM relay_document_updates), ' +
+    '(SELECT count(*) FROM relay_documents), (SELECT coalesce(sum(octet_length(snapshot)), 0) FROM relay_documents), ' +
+    "pg_total_relation_size('relay_document_updates') + pg_total_relation_size('relay_documents')"])
+  const [rows, rowBytes, snapshots, snapshotBytes, relationBytes] = out.split('|').map(Number)
+  return { rows, rowBytes, snapshots, snapshotBytes, relationBytes }
+}
+
+const runDocuments = async (name, roundIndex) => {
+  const started = Date.now()
+  // The relays never compact by themselves here: the tables are measured before and after
+  // `synckit-relay compact` (compaction during appends is tests/compaction.rs's subject).
+  const side = await startSide(name, undefined, ['--compact-after', '0'])
+  const pairs = []
+  const intervals = new Set()
+  try {
+    for (let r = 0; r < options.docRooms; r++) {
+      const room = `bench-doc-${r}`
+      const writer = makeClient(side.spec.client, side.servers[0].url, room, side.spec.kind === 'relay' ? relayToken(`writer-${r}`) : null)
+      const reader = makeClient(side.spec.client, side.servers[1 % side.servers.length].url, room, side.spec.kind === 'relay' ? relayToken(`reader-${r}`) : null)
+      pairs.push({ writer, reader })
+    }
+    const all = pairs.flatMap((p) => [p.writer, p.reader])
+    await waitFor(() => all.every((c) => c.synced()), 60000, () => `${all.filter((c) => !c.synced()).length} of ${all.length} clients not synced on ${name}`)
+    await sleep(500)
+
+    const start = nowMs()
+    const warmEnd = start + options.warmup * 1000
+    const sendEnd = start + options.duration * 1000
+    const latencies = []
+    let sentInWindow = 0
+    let edits = 0
+    let updateBytes = 0
+    for (const { writer, reader } of pairs) {
+      writer.doc.on('update', (update) => { updateBytes += update.length })
+      reader.doc.getText('t').observe((event) => {
+        const now = nowMs()
+        for (const d of event.delta) {
+          if (typeof d.insert !== 'string') continue
+          for (const m of d.insert.matchAll(/\[(\d+\.\d+)\]/g)) {
+            const t = Number(m[1])
+            if (t >= warmEnd && t < sendEnd) latencies.push(now - t)
+          }
+        }
+      })
+      const text = writer.doc.getText('t')
+      const tick = () => {
+        const t = nowMs()
+        if (t >= sendEnd) { clearInterval(writer.timer); intervals.delete(writer.timer); return }
+        text.insert(text.length, `[${t.toFixed(3)}]`)
+        edits++
+        if (t >= warmEnd) sentInWindow++
+      }
+      setTimeout(() => {
+        writer.timer = setInterval(tick, options.docIntervalMs)
+        intervals.add(writer.timer)
+        tick()
+      }, Math.random() * options.docIntervalMs)
+    }
+    await sleep(warmEnd - nowMs())
+    const cpuStart = cpuSnapshot(side)
+    await sleep(sendEnd - nowMs())
+    const cpuEnd = cpuSnapshot(side)
+    const cpu = cpuBetween(cpuStart, cpuEnd)
+    await sleep(options.drain * 1000)
+    const dead = side.servers.filter((s) => !s.alive()).map((s) => s.label)
+    if (dead.length) throw new Error(`server process(es) ${dead.join(', ')} died during the run:\n${side.servers.flatMap((s) => s.logs).join('').slice(-4000)}`)
+    const identical = pairs.every(({ writer, reader }) => writer.doc.getText('t').toString() === reader.doc.getText('t').toString())
+
+    const sorted = Float64Array.from(latencies).sort()
+    const deliveries = sorted.length
+    const perK = (ms) => deliveries ? (ms * 1000) / deliveries : null
+    const result = {
+      side: name,
+      round: roundIndex + 1,
+      edits,
+      sent: sentInWindow,
+      deliveries,
+      missing: sentInWindow - deliveries,
+      identical,
+      p50: round(percentile(sorted, 50)),
+      p99: round(percentile(sorted, 99)),
+      max: round(sorted[sorted.length - 1] ?? null),
+      cpuServerMs: round(cpu.serverMs, 0),
+      cpuDbMs: round(cpu.dbMs, 0),
+      cpuPerK: round(perK(cpu.serverMs + cpu.dbMs)),
+      cpuServerPerK: round(perK(cpu.serverMs)),
+      cpuDbPerK: round(perK(cpu.dbMs)),
+      clientUpdateBytesPerK: round((updateBytes * 1000) / edits, 0),
+      seconds: null
+    }
+    if (side.spec.kind === 'relay') {
+      const before = documentTables(side)
+      const compactStart = nowMs()
+      const compacted = sh(options.relayBin, ['compact'].concat([]), { env: { ...process.env, DATABASE_URL: side.databaseUrl } })
+      const compactMs = nowMs() - compactStart
+      const after = documentTables(side)
+      const k = (x) => round((x * 1000) / edits, 1)
+      result.tables = {
+        before: { rowsPerK: k(before.rows), bytesPerK: k(before.rowBytes + before.snapshotBytes), relationBytesPerK: k(before.relationBytes) },
+        after: { rowsPerK: k(after.rows + after.snapshots), bytesPerK: k(after.rowBytes + after.snapshotBytes) },
+        compactMs: round(compactMs, 0),
+        compactOutput: compacted
+      }
+    }
+    result.seconds = round((Date.now() - started) / 1000, 1)
+    return result
+  } finally {
+    for (const timer of intervals) clearInterval(timer)
+    for (const { writer, reader } of pairs) { for (const c of [writer, reader]) { try { c.destroy() } catch { /* already gone */ } } }
+    await sleep(300)
+    await side.stop()
+  }
+}
+
+const summarizeDocuments = (runs) => DOC_SIDES.map((side) => {
+  const ok = runs.filter((r) => r.side === side && !r.error)
+  if (!ok.length) return null
+  const pick = (f) => ok.map(f).filter((x) => typeof x === 'number')
+  const spread = (f) => { const v = pick(f); return v.length ? [Math.min(...v), Math.max(...v)] : null }
+  return {
+    side,
+    rounds: ok.length,
+    p50: round(median(pick((r) => r.p50))),
+    p50Spread: spread((r) => r.p50),
+    p99: round(median(pick((r) => r.p99))),
+    p99Spread: spread((r) => r.p99),
+    missing: pick((r) => r.missing).reduce((a, b) => a + b, 0),
+    sent: pick((r) => r.sent).reduce((a, b) => a + b, 0),
+    identical: ok.every((r) => r.identical),
+    cpuPerK: round(median(pick((r) => r.cpuPerK))),
+    cpuServerPerK: round(median(pick((r) => r.cpuServerPerK))),
+    cpuDbPerK: round(median(pick((r) => r.cpuDbPerK))),
+    tables: ok.find((r) => r.tables)?.tables ? {
+      beforeRowsPerK: round(median(pick((r) => r.tables?.before.rowsPerK)), 1),
+      beforeBytesPerK: round(median(pick((r) => r.tables?.before.bytesPerK)), 0),
+      beforeRelationBytesPerK: round(median(pick((r) => r.tables?.before.relationBytesPerK)), 0),
+      afterRowsPerK: round(median(pick((r) => r.tables?.after.rowsPerK)), 1),
+      afterBytesPerK: round(median(pick((r) => r.tables?.after.bytesPerK)), 0),
+      compactMs: round(median(pick((r) => r.tables?.compactMs)), 0)
+    } : null
+  }
+}).filter(Boolean)
+
+// ---------------------------------------------------------------------------------------------
 // Memory per idle connection
 
 const runMemory = async (name) => {
@@ -628,7 +794,7 @@ const renderMarkdown = (report) => {
   lines.push('# Presence benchmark: synckit-relay vs Hocuspocus vs y-websocket', '')
   lines.push(o.latency
     ? `- Run: ${report.startedAt} to ${report.finishedAt} (${o.quick ? 'quick' : 'full'}), ${o.rounds} round(s), sides interleaved in a rotating order`
-    : `- Run: ${report.startedAt} to ${report.finishedAt} (memory only)`)
+    : `- Run: ${report.startedAt} to ${report.finishedAt} (${o.memory ? 'memory only' : `documents only, ${o.quick ? 'quick' : 'full'}, ${o.rounds} round(s), sides interleaved in a rotating order`})`)
   lines.push(`- Machine: ${report.machine.cpus} CPUs, Node.js ${report.machine.node}, CLK_TCK ${CLK_TCK}`)
   lines.push(`- Load at start: \`${report.loadStart}\``)
   lines.push(`- Load at end: \`${report.loadEnd}\``)
@@ -691,6 +857,28 @@ const preflight = () => {
   }
 }
 
+const renderDocuments = (report) => {
+  const o = report.options
+  const lines = [`## Documents: cross-instance Y.Text edits (${o.docRooms} room(s), a writer on instance A and a reader on B each)`, '']
+  lines.push(`Each writer appends \`[t]\` to one \`Y.Text\` every ${o.docIntervalMs} ms for ${o.duration} s (the first ${o.warmup} s warm-up);`,
+    'latency = the reader\'s clock at its Y.Text observe event minus `t`. CPU = server processes + database',
+    '(every `postgres` process for the relay, `redis-server` for Hocuspocus), per 1,000 edits delivered.',
+    'The relay stores every edit before relaying it; Hocuspocus\'s Redis extension relays without storing',
+    '(it would need its Database extension, with debounced writes, for persistence).',
+    'Tables: the relay\'s two document tables per 1,000 edits before and after `synckit-relay compact`',
+    '(the relays ran with --compact-after 0); bytes = update/snapshot bytes, relation = on disk incl. indexes.', '')
+  lines.push('| side | p50 ms | p50 spread | p99 ms | p99 spread | missing | identical | CPU ms/1k (server+db) | server | database | rows/1k before | bytes/1k before | on disk/1k before | rows/1k after | bytes/1k after | compact ms | rounds |')
+  lines.push('|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+  for (const s of report.documentsSummary) {
+    const t = s.tables
+    lines.push(`| ${s.side} | ${fmt(s.p50)} | ${fmtSpread(s.p50Spread)} | ${fmt(s.p99)} | ${fmtSpread(s.p99Spread)} | ${s.missing} of ${s.sent} | ${s.identical ? 'yes' : 'NO'} | ${fmt(s.cpuPerK)} | ${fmt(s.cpuServerPerK)} | ${fmt(s.cpuDbPerK)} | ${t ? fmt(t.beforeRowsPerK) : '–'} | ${t ? fmt(t.beforeBytesPerK, 0) : '–'} | ${t ? fmt(t.beforeRelationBytesPerK, 0) : '–'} | ${t ? fmt(t.afterRowsPerK) : '–'} | ${t ? fmt(t.afterBytesPerK, 0) : '–'} | ${t ? fmt(t.compactMs, 0) : '–'} | ${s.rounds} |`)
+  }
+  const failed = report.documents.filter((r) => r.error)
+  for (const r of failed) lines.push('', `- round ${r.round} ${r.side} failed: ${r.error.split('\n')[0]}`)
+  lines.push('')
+  return lines.join('\n')
+}
+
 const main = async () => {
   options = parseArgs(process.argv.slice(2))
   preflight()
@@ -704,6 +892,8 @@ const main = async () => {
     runs: [],
     summary: [],
     memory: [],
+    documents: [],
+    documentsSummary: [],
     notes: []
   }
   console.log(`load at start: ${report.loadStart}`)
@@ -736,6 +926,26 @@ const main = async () => {
     if (failed) report.notes.push(`${failed} run(s) failed; see the per-run table and results.json.`)
   }
 
+  const docSides = DOC_SIDES.filter((s) => options.sides.includes(s))
+  if (options.documents && docSides.length) {
+    for (let r = 0; r < options.rounds; r++) {
+      const order = docSides.map((_, i) => docSides[(i + r) % docSides.length])
+      for (const side of order) {
+        process.stdout.write(`documents round ${r + 1}/${options.rounds} ${side} ... `)
+        try {
+          const result = await runDocuments(side, r)
+          report.documents.push(result)
+          console.log(`p50 ${fmt(result.p50)} ms, p99 ${fmt(result.p99)} ms, ${result.deliveries} of ${result.sent} edits, identical ${result.identical}, CPU ${fmt(result.cpuPerK)} ms/1k` +
+            (result.tables ? `, rows/1k ${result.tables.before.rowsPerK} -> ${result.tables.after.rowsPerK}, bytes/1k ${result.tables.before.bytesPerK} -> ${result.tables.after.bytesPerK}` : ''))
+        } catch (error) {
+          console.log(`FAILED: ${error.message}`)
+          report.documents.push({ side, round: r + 1, error: error.message })
+        }
+      }
+    }
+    report.documentsSummary = summarizeDocuments(report.documents)
+  }
+
   if (options.memory) {
     for (const side of MEMORY_SIDES.filter((s) => options.sides.includes(s) || (s === 'relay1' && options.sides.includes('relay2')) || (s === 'hocuspocus1' && options.sides.includes('hocuspocus2')))) {
       process.stdout.write(`memory ${side} (${options.memoryConnections} connections) ... `)
@@ -753,7 +963,7 @@ const main = async () => {
   report.finishedAt = new Date().toISOString()
   report.loadEnd = uptime()
   console.log(`load at end: ${report.loadEnd}`)
-  const markdown = renderMarkdown(report)
+  const markdown = renderMarkdown(report) + (report.documentsSummary.length || report.documents.length ? '\n' + renderDocuments(report) : '')
   mkdirSync(OUT_DIR, { recursive: true })
   writeFileSync(join(OUT_DIR, 'results.md'), markdown)
   writeFileSync(join(OUT_DIR, 'results.json'), JSON.stringify(report, null, 2) + '\n')
@@ -761,7 +971,8 @@ const main = async () => {
   console.log(`wrote ${join(OUT_DIR, 'results.md')} and results.json`)
   if (children.size) console.error(`${children.size} child process(es) still running: killing them`)
   killAll()
-  return report.runs.some((r) => r.error) || report.memory.some((m) => m.error) ? 2 : 0
+  const docsBroken = report.documents.some((r) => r.error || !r.identical || r.missing > 0)
+  return report.runs.some((r) => r.error) || report.memory.some((m) => m.error) || docsBroken ? 2 : 0
 }
 
 main().then((code) => process.exit(code), (error) => {

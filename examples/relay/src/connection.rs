@@ -1,21 +1,20 @@
 //! One y-websocket connection: frames in (awareness to the presence engine, sync to the room's
-//! document), the engine's outbox out, pings, and the pong timeout.
+//! document), the engine's outbox and the document's updates out, pings, and the pong timeout.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use synckit_awareness::presence::{close_code, Disconnect, Outbox, Outgoing, Presence, Session};
 use synckit_awareness::y_protocols::{
-    MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
+    encode_permission_denied, MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS,
+    MESSAGE_SYNC,
 };
-use tokio::sync::watch;
+use synckit_relay::documents::{DocumentError, Documents, Room};
+use tokio::sync::{broadcast, watch};
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, Transact, Update};
 
 /// Close code for a message over the size limit (RFC 6455).
 const TOO_BIG: u16 = 1009;
@@ -33,37 +32,10 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
-/// The rooms' Yjs documents on this instance (in memory, not shared between instances).
-#[derive(Default)]
-pub struct Docs {
-    rooms: Mutex<HashMap<String, (Arc<yrs::Doc>, usize)>>,
-}
-
-impl Docs {
-    fn open(&self, room: &str) -> Arc<yrs::Doc> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| (Arc::new(yrs::Doc::new()), 0));
-        entry.1 += 1;
-        entry.0.clone()
-    }
-
-    fn release(&self, room: &str) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = rooms.get_mut(room) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                rooms.remove(room);
-            }
-        }
-    }
-}
-
 /// Serves one connection to `room` until it closes, the engine ends it, or the server stops.
 pub async fn serve(
     presence: Presence,
-    docs: Arc<Docs>,
+    documents: Arc<Documents>,
     limits: Limits,
     socket: WebSocket,
     room: String,
@@ -84,11 +56,25 @@ pub async fn serve(
             return;
         }
     };
-    let doc = docs.open(&room);
+    let doc = match documents.open(&room).await {
+        Ok(doc) => doc,
+        Err(error) => {
+            tracing::warn!(%error, %room, "cannot open the document");
+            session.disconnect(Disconnect::new(
+                close_code::INTERNAL_ERROR,
+                "document store unavailable",
+            ));
+            write(sink, outbox, limits).await;
+            session.close().await;
+            return;
+        }
+    };
+    let origin = documents.origin();
+    // Subscribed before step 1 is computed: no update falls in between.
+    let mut updates = doc.subscribe();
     tracing::debug!(connection = session.connection_id(), %room, "connected");
     // What y-websocket's server sends first: sync step 1 (the engine queued the awareness).
-    let step1 = YMessage::Sync(SyncMessage::SyncStep1(doc.transact().state_vector())).encode_v1();
-    session.send(step1);
+    session.send(doc.sync_step1());
 
     let mut writer = tokio::spawn(write(sink, outbox, limits));
     let mut deadline = tokio::time::Instant::now() + limits.pong_timeout;
@@ -109,6 +95,23 @@ pub async fn serve(
             () = tokio::time::sleep_until(deadline) => {
                 session.disconnect(Disconnect::new(close_code::GOING_AWAY, "no pong within the timeout"));
                 break;
+            }
+            relayed = updates.recv() => {
+                match relayed {
+                    Ok(relayed) => match relayed.message {
+                        Some(message) if relayed.origin != origin => session.send(message),
+                        Some(_) => {}
+                        None if relayed.origin == origin => {
+                            session.disconnect(Disconnect::new(close_code::INTERNAL_ERROR, "document store unavailable"));
+                            break;
+                        }
+                        None => {}
+                    },
+                    // Fell behind the room's channel: the whole document brings it up to date.
+                    Err(broadcast::error::RecvError::Lagged(_)) => session.send(doc.full_update()),
+                    Err(broadcast::error::RecvError::Closed) => {}
+                }
+                continue;
             }
         };
         deadline = tokio::time::Instant::now() + limits.pong_timeout;
@@ -132,14 +135,14 @@ pub async fn serve(
                 break;
             }
         };
-        if let Err(reason) = handle(&session, &doc, &frame, &limits).await {
+        if let Err(reason) = handle(&session, &doc, origin, &frame, &limits).await {
             tracing::info!(connection = session.connection_id(), code = reason.code, reason = %reason.reason, "closing the connection");
             session.disconnect(reason);
             break;
         }
     }
     session.close().await;
-    docs.release(&room);
+    documents.release(&doc);
     // The writer sends the close frame (if any) and ends.
     if !writer_done
         && tokio::time::timeout(Duration::from_secs(5), &mut writer)
@@ -189,7 +192,8 @@ async fn write(
 
 async fn handle(
     session: &Session,
-    doc: &yrs::Doc,
+    doc: &Arc<Room>,
+    origin: u64,
     frame: &[u8],
     limits: &Limits,
 ) -> Result<(), Disconnect> {
@@ -206,7 +210,7 @@ async fn handle(
     // Message types are varUints; every known one fits in the first byte.
     match frame.first().map(|b| u64::from(*b)) {
         None => Err(Disconnect::new(close_code::INVALID_DATA, "empty message")),
-        Some(MESSAGE_SYNC) => sync(session, doc, frame),
+        Some(MESSAGE_SYNC) => sync(session, doc, origin, frame).await,
         Some(MESSAGE_AWARENESS | MESSAGE_QUERY_AWARENESS) => {
             let received = session.receive(frame).await?;
             if !received.refused.is_empty() {
@@ -225,8 +229,15 @@ async fn handle(
     }
 }
 
-/// Type 0: answered with yrs against the room's in-memory document.
-fn sync(session: &Session, doc: &yrs::Doc, frame: &[u8]) -> Result<(), Disconnect> {
+/// Type 0: answered from the room's document; updates are stored (with a database) before
+/// they are relayed. A refused update (a limit) is answered with a permission-denied message
+/// carrying the reason, and the connection stays open.
+async fn sync(
+    session: &Session,
+    doc: &Arc<Room>,
+    origin: u64,
+    frame: &[u8],
+) -> Result<(), Disconnect> {
     let malformed = |e: &dyn std::fmt::Display| {
         Disconnect::new(
             close_code::INVALID_DATA,
@@ -244,16 +255,23 @@ fn sync(session: &Session, doc: &yrs::Doc, frame: &[u8]) -> Result<(), Disconnec
         Err(e) => return Err(malformed(&e)),
     };
     match message {
-        SyncMessage::SyncStep1(state_vector) => {
-            let update = doc.transact().encode_state_as_update_v1(&state_vector);
-            session.send(YMessage::Sync(SyncMessage::SyncStep2(update)).encode_v1());
-        }
+        SyncMessage::SyncStep1(state_vector) => session.send(doc.sync_step2(&state_vector)),
         SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
-            let update = Update::decode_v1(&bytes).map_err(|e| malformed(&e))?;
-            doc.transact_mut()
-                .apply_update(update)
-                .map_err(|e| malformed(&e))?;
-            session.broadcast(YMessage::Sync(SyncMessage::Update(bytes)).encode_v1());
+            match doc.apply_local(origin, bytes) {
+                Ok(()) => {}
+                Err(DocumentError::Refused(reason)) => {
+                    tracing::info!(connection = session.connection_id(), room = doc.name(), %reason, "update refused");
+                    session.send(encode_permission_denied(&reason));
+                }
+                Err(error @ DocumentError::Malformed(_)) => return Err(malformed(&error)),
+                Err(error @ DocumentError::Store(_)) => {
+                    tracing::warn!(%error, room = doc.name(), "cannot store an update");
+                    return Err(Disconnect::new(
+                        close_code::INTERNAL_ERROR,
+                        "document store unavailable",
+                    ));
+                }
+            }
         }
     }
     Ok(())

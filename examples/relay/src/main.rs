@@ -1,7 +1,10 @@
 //! `synckit-relay`: a y-websocket-compatible collaboration server whose awareness (presence) is
 //! synckit-awareness's presence engine. With `DATABASE_URL`, every instance on that database
 //! shares presence through PostgreSQL and its change feed (no Redis); without, it runs alone on
-//! the in-memory store. Documents (sync, message type 0) are kept in memory per instance only.
+//! the in-memory store. Documents (sync, message type 0) are stored in the same database (every
+//! update appended before it is relayed, other instances told through LISTEN/NOTIFY, compacted
+//! into snapshots): shared by every instance and kept across restarts; without a database they
+//! live in memory while their room is open.
 //!
 //! `ws://HOST:PORT/<room>[?token=…]` (the room is the document_id), `GET /` and `GET /<room>`
 //! the page, `GET /healthz` health as JSON, `GET /metrics` Prometheus metrics. See README
@@ -36,7 +39,8 @@ use synckit_awareness::{
 use tokio::sync::watch;
 
 use crate::auth::{Authenticate, Open, SignedToken};
-use crate::connection::{Docs, Limits};
+use crate::connection::Limits;
+use synckit_relay::documents::{self, DocumentOptions, DocumentStore, Documents, ListenerOptions};
 
 /// A y-websocket presence server on synckit-awareness.
 #[derive(Debug, Parser)]
@@ -104,6 +108,22 @@ struct Args {
     /// A connection that sends nothing (not even a pong) for this long is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pong_timeout: Duration,
+    /// Largest document update (a client's sync step 2 or update) accepted; a larger one is
+    /// refused with a reason (y-websocket permission-denied) and the connection stays open.
+    #[arg(long, env = "SYNCKIT_RELAY_MAX_UPDATE_BYTES", default_value_t = 1 << 20)]
+    max_update_bytes: usize,
+    /// A document whose stored bytes (snapshot + rows) would pass this refuses further updates
+    /// with a reason; it can still be read.
+    #[arg(long, env = "SYNCKIT_RELAY_MAX_DOCUMENT_BYTES", default_value_t = 64 << 20)]
+    max_document_bytes: usize,
+    /// A document's appended rows are folded into its snapshot once there are this many
+    /// (0: never).
+    #[arg(long, env = "SYNCKIT_RELAY_COMPACT_AFTER", default_value_t = 500)]
+    compact_after: usize,
+    /// Wait before the documents' listener reconnects after losing its connection (it then
+    /// catches every open room up from the database).
+    #[arg(long, env = "SYNCKIT_RELAY_DOCUMENTS_RECONNECT_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
+    documents_reconnect_delay: Duration,
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "SYNCKIT_RELAY_POOL_SIZE", default_value_t = 8)]
     pool_size: u32,
@@ -119,6 +139,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Folds every document's rows into its snapshot now (DATABASE_URL), e.g. before a backup;
+    /// safe while relays run. Prints what it folded.
+    Compact,
     /// Prints a signed token for a principal (needs the auth secret).
     Token {
         /// Who the token's holder is (1-128 of A-Z a-z 0-9 _ - @ : +).
@@ -133,7 +156,7 @@ enum Command {
 #[derive(Clone)]
 struct App {
     presence: Presence,
-    docs: Arc<Docs>,
+    documents: Arc<Documents>,
     auth: Arc<dyn Authenticate>,
     limits: Limits,
     instance: String,
@@ -157,6 +180,7 @@ async fn main() {
     let args = Args::parse();
     let result = match &args.command {
         Some(Command::Token { principal, ttl }) => token(&args, principal, *ttl),
+        Some(Command::Compact) => compact(&args).await,
         None => run(args).await,
     };
     if let Err(error) = result {
@@ -171,6 +195,33 @@ fn token(args: &Args, principal: &str, ttl: Duration) -> Result<(), Failure> {
         .as_deref()
         .ok_or("set SYNCKIT_RELAY_AUTH_SECRET (or --auth-secret) to mint tokens")?;
     println!("{}", SignedToken::new(secret)?.mint(principal, ttl)?);
+    Ok(())
+}
+
+async fn compact(args: &Args) -> Result<(), Failure> {
+    let url = args
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or("set DATABASE_URL (or --database-url) to compact the documents in it")?;
+    let pool = synckit_awareness::build_pool(
+        url,
+        &PostgresOptions::default()
+            .with_pool_size(1)
+            .with_transaction_pooler(args.transaction_pooler),
+    )
+    .await?;
+    let store = DocumentStore::new(pool).with_transaction_pooler(args.transaction_pooler);
+    let (mut documents, mut rows, mut row_bytes, mut snapshot_bytes) = (0, 0, 0, 0);
+    for document in store.documents_with_rows().await? {
+        if let Some(done) = store.compact(&document).await? {
+            documents += 1;
+            rows += done.rows;
+            row_bytes += done.row_bytes;
+            snapshot_bytes += done.snapshot_bytes;
+        }
+    }
+    println!("compacted {documents} documents: {rows} rows ({row_bytes} bytes) into snapshots of {snapshot_bytes} bytes");
     Ok(())
 }
 
@@ -213,7 +264,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         .database_url
         .as_deref()
         .filter(|u| !u.trim().is_empty());
-    let (presence, store_kind) = match database_url {
+    let document_options = DocumentOptions {
+        max_update_bytes: args.max_update_bytes,
+        max_document_bytes: args.max_document_bytes,
+        compact_after: args.compact_after,
+    };
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (presence, store_kind, documents) = match database_url {
         Some(url) => {
             let store = PostgresAwarenessStore::connect(
                 url,
@@ -229,16 +286,43 @@ async fn run(args: Args) -> Result<(), Failure> {
                 let direct = args.listen_url.as_deref().ok_or(
                     "--transaction-pooler needs --listen-url (a direct URL of the same database)",
                 )?;
-                run_migrations_at(direct, &[]).await?;
+                run_migrations_at(direct, &[&documents::MIGRATIONS]).await?;
             } else {
-                store.migrate(&[]).await?;
+                store.migrate(&[&documents::MIGRATIONS]).await?;
             }
             store.ensure_schema().await?;
-            (Presence::on_postgres(store, options).await?, "postgres")
+            let documents = Arc::new(Documents::on_postgres(
+                DocumentStore::new(store.pool().clone())
+                    .with_transaction_pooler(args.transaction_pooler),
+                document_options,
+            ));
+            // LISTEN needs a session: the direct URL when DATABASE_URL goes through a pooler.
+            let listen_url = args
+                .listen_url
+                .as_deref()
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or(url);
+            documents::listen(
+                documents.clone(),
+                ListenerOptions {
+                    url: listen_url.to_owned(),
+                    application_name: format!("synckit-relay-documents:{instance}"),
+                    reconnect_delay: args.documents_reconnect_delay,
+                    ping_every: Duration::from_secs(10),
+                },
+                shutdown.clone(),
+            )
+            .await?;
+            (
+                Presence::on_postgres(store, options).await?,
+                "postgres",
+                documents,
+            )
         }
         None => (
             Presence::in_memory(MemoryAwarenessStore::with_options(store_options), options)?,
             "memory",
+            Arc::new(Documents::in_memory(document_options)),
         ),
     };
     // Histograms need upkeep (bucket draining) now and then.
@@ -252,10 +336,9 @@ async fn run(args: Args) -> Result<(), Failure> {
         })
     };
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let app = App {
         presence: presence.clone(),
-        docs: Arc::new(Docs::default()),
+        documents,
         auth,
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
@@ -363,6 +446,7 @@ async fn healthz(State(app): State<App>) -> Response {
         "instance_id": app.presence.instance_id(),
         "store": app.store_kind,
         "rooms": rooms,
+        "documents": app.documents.len(),
         "connections": connections,
     });
     (status, Json(body)).into_response()
@@ -433,7 +517,7 @@ async fn room(
         .on_upgrade(move |socket| async move {
             connection::serve(
                 app.presence.clone(),
-                app.docs.clone(),
+                app.documents.clone(),
                 app.limits,
                 socket,
                 room,

@@ -1,9 +1,11 @@
 //! End to end: the Node.js tests in `web/test/` run real y-websocket providers (and the page in
 //! headless Chromium) against relay processes of this binary sharing one PostgreSQL database.
 //!
-//! This test provides what they need: two migrated databases from the shared harness (one for
+//! This test provides what they need: migrated databases from the shared harness (one for
 //! the instance pair with the default 30 s timeout, one for the pair whose instance is killed,
-//! with a 3 s timeout), the binary's path, and where to put the report and the screenshot.
+//! with a 3 s timeout, one for the deployable pair, one for the documents' tests in
+//! `web/test/documents.test.mjs`), the binary's path, and where to put the reports and the
+//! screenshot. The documents' tests also need `psql` (they kill a listener's backend).
 //! The Node side starts the relays itself because it kills one with SIGKILL and restarts it on
 //! the same port while its clients are connected. Needs Node.js, `npm ci` in `web/` and the
 //! built page (`make test` does both), and Chromium at /usr/bin/chromium (or `CHROMIUM`).
@@ -47,6 +49,7 @@ async fn two_instances_real_clients_real_browser() {
     let db = common::TestDb::migrated().await;
     let short = common::TestDb::migrated().await;
     let deploy = common::TestDb::migrated().await;
+    let docs = common::TestDb::migrated().await;
     let report = target_dir().join("relay-e2e/report.json");
     let screenshot = target_dir().join("relay-e2e/relay-screenshot.png");
     let _ = std::fs::remove_file(&report);
@@ -58,12 +61,18 @@ async fn two_instances_real_clients_real_browser() {
             "--test-concurrency=1",
             "--test-reporter=spec",
             "test/relay.test.mjs",
+            "test/documents.test.mjs",
         ])
         .current_dir(&web)
         .env("RELAY_BIN", env!("CARGO_BIN_EXE_synckit-relay"))
         .env("RELAY_DB_URL", &db.url)
         .env("RELAY_DB_URL_SHORT", &short.url)
         .env("RELAY_DB_URL_DEPLOY", &deploy.url)
+        .env("RELAY_DB_URL_DOCS", &docs.url)
+        .env(
+            "RELAY_DOCS_REPORT",
+            target_dir().join("relay-e2e/documents.json"),
+        )
         .env("RELAY_REPORT", &report)
         .env("RELAY_SCREENSHOT", &screenshot)
         .env("CHROMIUM", &chromium)

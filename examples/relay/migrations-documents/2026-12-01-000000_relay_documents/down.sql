@@ -1,0 +1,2 @@
+DROP TABLE relay_document_updates;
+DROP TABLE relay_documents;

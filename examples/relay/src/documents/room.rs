@@ -1,0 +1,395 @@
+//! One room's document on this instance: the yrs doc, the watermark of what it applied from
+//! the database, the append queue, compaction, catch-up.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, OnceCell};
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact, Update};
+
+use super::{DocumentError, DocumentOptions, DocumentStore, Relayed, StoredUpdate};
+
+/// A client's update waiting for its append.
+struct Queued {
+    origin: u64,
+    bytes: Vec<u8>,
+    update: Update,
+}
+
+/// One room's document on this instance.
+pub struct Room {
+    pub(super) name: String,
+    store: Option<DocumentStore>,
+    options: DocumentOptions,
+    pub(super) state: Mutex<RoomState>,
+    pub(super) loaded: OnceCell<()>,
+    updates: broadcast::Sender<Relayed>,
+    /// Catch-ups asked for since the running one started (one runs at a time).
+    wanted: AtomicUsize,
+}
+
+pub(super) struct RoomState {
+    doc: yrs::Doc,
+    /// Last row (or snapshot) of the database applied here; the next catch-up reads after it.
+    watermark: i64,
+    /// Rows this instance appended (and applied) above the watermark: a catch-up skips them.
+    own: BTreeSet<i64>,
+    /// Rows after the snapshot, and the stored bytes (snapshot + rows): compaction and the
+    /// size limit go by these.
+    rows: usize,
+    stored_bytes: usize,
+    compacting: bool,
+    /// Updates accepted and waiting for the append in flight (one at a time per room).
+    queue: Vec<Queued>,
+    queued_bytes: usize,
+    appending: bool,
+    /// Connections holding the room; at 0 it leaves memory (the database has everything).
+    pub(super) holders: usize,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Room {
+    pub(super) fn new(name: &str, store: Option<DocumentStore>, options: DocumentOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            store,
+            options,
+            state: Mutex::new(RoomState {
+                doc: yrs::Doc::new(),
+                watermark: 0,
+                own: BTreeSet::new(),
+                rows: 0,
+                stored_bytes: 0,
+                compacting: false,
+                queue: Vec::new(),
+                queued_bytes: 0,
+                appending: false,
+                holders: 0,
+            }),
+            loaded: OnceCell::new(),
+            updates: broadcast::channel(1024).0,
+            wanted: AtomicUsize::new(0),
+        }
+    }
+
+    /// The room's name (its document id).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Updates for this room's local connections.
+    pub fn subscribe(&self) -> broadcast::Receiver<Relayed> {
+        self.updates.subscribe()
+    }
+
+    /// Sync step 1 for a new connection: the document's state vector.
+    pub fn sync_step1(&self) -> Vec<u8> {
+        let state = lock(&self.state);
+        let sv = state.doc.transact().state_vector();
+        YMessage::Sync(SyncMessage::SyncStep1(sv)).encode_v1()
+    }
+
+    /// Sync step 2 for a client's state vector: exactly what it lacks.
+    pub fn sync_step2(&self, state_vector: &StateVector) -> Vec<u8> {
+        let state = lock(&self.state);
+        let update = state.doc.transact().encode_state_as_update_v1(state_vector);
+        YMessage::Sync(SyncMessage::SyncStep2(update)).encode_v1()
+    }
+
+    /// The whole document as one update message (for a connection that fell behind).
+    pub fn full_update(&self) -> Vec<u8> {
+        let state = lock(&self.state);
+        let update = state
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        YMessage::Sync(SyncMessage::Update(update)).encode_v1()
+    }
+
+    /// The document's text content of `Y.Text` `name` (tests, tools).
+    pub fn text(&self, name: &str) -> String {
+        use yrs::GetString;
+        let state = lock(&self.state);
+        let text = state.doc.get_or_insert_text(name);
+        let txn = state.doc.transact();
+        text.get_string(&txn)
+    }
+
+    pub(super) async fn load(&self) -> Result<(), DocumentError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let stored = store.read_after(&self.name, 0).await?;
+        let mut state = lock(&self.state);
+        state.apply_stored(&stored);
+        Ok(())
+    }
+
+    /// A client's update (sync step 2 or update): checked against the limits, then queued;
+    /// the room's appender stores the queue in one statement (with a database) and only then
+    /// applies and relays it. Returns once queued: a connection's next update does not wait for
+    /// the commit, and the updates that queue up meanwhile share the next one.
+    pub fn apply_local(self: &Arc<Self>, origin: u64, bytes: Vec<u8>) -> Result<(), DocumentError> {
+        if bytes.len() > self.options.max_update_bytes {
+            metrics::counter!("relay_document_updates_refused_total", "reason" => "update_size")
+                .increment(1);
+            return Err(DocumentError::Refused(format!(
+                "an update of {} bytes exceeds the limit of {} bytes (--max-update-bytes)",
+                bytes.len(),
+                self.options.max_update_bytes
+            )));
+        }
+        let update =
+            Update::decode_v1(&bytes).map_err(|e| DocumentError::Malformed(e.to_string()))?;
+        if update.is_empty() {
+            return Ok(());
+        }
+        let start = {
+            let mut state = lock(&self.state);
+            let size = state.stored_bytes + state.queued_bytes + bytes.len();
+            if size > self.options.max_document_bytes {
+                metrics::counter!("relay_document_updates_refused_total", "reason" => "document_size").increment(1);
+                return Err(DocumentError::Refused(format!(
+                    "document {:?} has reached its size limit of {} bytes (--max-document-bytes); it can be read but not changed",
+                    self.name, self.options.max_document_bytes
+                )));
+            }
+            state.queued_bytes += bytes.len();
+            state.queue.push(Queued {
+                origin,
+                bytes,
+                update,
+            });
+            !std::mem::replace(&mut state.appending, true)
+        };
+        if start {
+            let room = self.clone();
+            tokio::spawn(async move { room.append_queued().await });
+        }
+        Ok(())
+    }
+
+    /// The room's appender: stores what is queued, applies and relays it, until the queue is
+    /// empty.
+    async fn append_queued(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut state = lock(&self.state);
+                if state.queue.is_empty() {
+                    state.appending = false;
+                    return;
+                }
+                state.queued_bytes = 0;
+                std::mem::take(&mut state.queue)
+            };
+            let ids = match &self.store {
+                None => Ok(Vec::new()),
+                Some(store) => {
+                    let updates: Vec<&[u8]> = batch.iter().map(|q| q.bytes.as_slice()).collect();
+                    store.append(&self.name, &updates).await
+                }
+            };
+            if let Err(error) = &ids {
+                tracing::warn!(%error, room = %self.name, updates = batch.len(), "cannot store updates; their connections close");
+                for queued in &batch {
+                    let _ = self.updates.send(Relayed {
+                        origin: queued.origin,
+                        message: None,
+                    });
+                }
+                continue;
+            }
+            let ids = ids.unwrap_or_default();
+            let compact = {
+                let mut state = lock(&self.state);
+                let watermark = state.watermark;
+                state
+                    .own
+                    .extend(ids.iter().copied().filter(|id| *id > watermark));
+                let mut txn = state.doc.transact_mut();
+                let mut applied = Vec::with_capacity(batch.len());
+                for queued in batch {
+                    if let Err(error) = txn.apply_update(queued.update) {
+                        tracing::warn!(%error, room = %self.name, "an update does not apply; skipped");
+                    }
+                    applied.push((queued.origin, queued.bytes));
+                }
+                drop(txn);
+                for (origin, bytes) in applied {
+                    state.rows += 1;
+                    state.stored_bytes += bytes.len();
+                    metrics::counter!("relay_document_updates_total", "origin" => "local")
+                        .increment(1);
+                    let message = YMessage::Sync(SyncMessage::Update(bytes)).encode_v1();
+                    let _ = self.updates.send(Relayed {
+                        origin,
+                        message: Some(message.into()),
+                    });
+                }
+                let due = self.options.compact_after > 0
+                    && state.rows >= self.options.compact_after
+                    && !state.compacting;
+                if due {
+                    state.compacting = true;
+                }
+                due
+            };
+            if compact {
+                let room = self.clone();
+                tokio::spawn(async move { room.compact().await });
+            }
+        }
+    }
+
+    async fn compact(&self) {
+        match &self.store {
+            None => {
+                let mut state = lock(&self.state);
+                let size = state
+                    .doc
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default())
+                    .len();
+                state.stored_bytes = size;
+                state.rows = 0;
+                state.compacting = false;
+            }
+            Some(store) => {
+                let result = store.compact(&self.name).await;
+                let mut state = lock(&self.state);
+                state.compacting = false;
+                match result {
+                    Ok(Some(done)) => {
+                        metrics::counter!("relay_document_compactions_total").increment(1);
+                        tracing::debug!(room = %self.name, through = done.through, rows = done.rows, snapshot_bytes = done.snapshot_bytes, "compacted");
+                        state.rows = state.rows.saturating_sub(done.rows);
+                        state.stored_bytes = state
+                            .stored_bytes
+                            .saturating_sub(done.row_bytes)
+                            .max(done.snapshot_bytes);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, room = %self.name, "compaction failed; retried after the next updates")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the room must read the database to have row `id`. Not when it applied it
+    /// already, nor when this instance appended it: every other instance's row committed
+    /// before it was announced before it (notifications arrive in commit order) and woke a
+    /// catch-up of its own, and a lost notification is caught up after the reconnect. Past
+    /// 1,024 rows of its own above the watermark the room reads anyway, which moves the
+    /// watermark and empties that set.
+    pub(super) fn lacks(&self, id: i64) -> bool {
+        let state = lock(&self.state);
+        !(id <= state.watermark || (state.own.contains(&id) && state.own.len() < 1024))
+    }
+
+    /// Asks for a catch-up from the database; one runs at a time per room, and requests made
+    /// while it runs make it run again.
+    pub(super) fn wake(self: &Arc<Self>) {
+        if self.store.is_none() || self.wanted.fetch_add(1, Ordering::SeqCst) > 0 {
+            return;
+        }
+        let room = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let seen = room.wanted.load(Ordering::SeqCst);
+                if let Err(error) = room.catch_up().await {
+                    tracing::warn!(%error, room = %room.name, "catching up failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if lock(&room.state).holders == 0 {
+                        room.wanted.store(0, Ordering::SeqCst);
+                        break;
+                    }
+                    continue;
+                }
+                if room
+                    .wanted
+                    .compare_exchange(seen, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Applies and relays what the database has after this room's watermark.
+    pub async fn catch_up(&self) -> Result<(), DocumentError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let after = lock(&self.state).watermark;
+        let stored = store.read_after(&self.name, after).await?;
+        let mut state = lock(&self.state);
+        // Another catch-up cannot have run meanwhile (one at a time), but the room may have
+        // been loaded past `after` by then: keep only what is still new.
+        let watermark = state.watermark;
+        let fresh: Vec<StoredUpdate> = stored.into_iter().filter(|u| u.id > watermark).collect();
+        for message in state.apply_stored(&fresh) {
+            metrics::counter!("relay_document_updates_total", "origin" => "database").increment(1);
+            let _ = self.updates.send(Relayed {
+                origin: 0,
+                message: Some(message.into()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl RoomState {
+    /// Applies rows read from the database (a snapshot first, if any); returns the update
+    /// messages to relay (rows this instance appended itself are skipped).
+    fn apply_stored(&mut self, stored: &[StoredUpdate]) -> Vec<Vec<u8>> {
+        let mut relay = Vec::new();
+        for row in stored {
+            if row.snapshot {
+                // Compaction passed the watermark: the rows in between are only in the
+                // snapshot. Relay what it adds to this copy.
+                let before = self.doc.transact().state_vector();
+                self.apply(&row.bytes);
+                let diff = self.doc.transact().encode_state_as_update_v1(&before);
+                relay.push(YMessage::Sync(SyncMessage::Update(diff)).encode_v1());
+                self.rows = 0;
+                self.stored_bytes = row.bytes.len();
+            } else {
+                self.rows += 1;
+                if !self.own.remove(&row.id) {
+                    self.apply(&row.bytes);
+                    self.stored_bytes += row.bytes.len();
+                    relay.push(YMessage::Sync(SyncMessage::Update(row.bytes.clone())).encode_v1());
+                } else {
+                    // Counted when appended.
+                    self.rows -= 1;
+                }
+            }
+            self.watermark = self.watermark.max(row.id);
+        }
+        let watermark = self.watermark;
+        self.own.retain(|id| *id > watermark);
+        relay
+    }
+
+    fn apply(&mut self, bytes: &[u8]) {
+        match Update::decode_v1(bytes) {
+            Ok(update) => {
+                if let Err(error) = self.doc.transact_mut().apply_update(update) {
+                    tracing::warn!(%error, "a stored update does not apply; skipped");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "a stored update does not decode; skipped"),
+        }
+    }
+}
