@@ -142,6 +142,14 @@ async fn joins_inserts_and_stale_updates_are_one_statement() {
         .is_applied());
     assert_eq!(executions_like(&store, FULL).await, 10);
     assert_eq!(executions_like(&store, FAST).await, 1, "the leave only");
+
+    // A disconnect removes the client; its reconnect with a higher clock joins again, in one
+    // statement too.
+    assert_eq!(store.remove_all_for_connection("k").await.unwrap().len(), 3);
+    let rejoin = AwarenessUpdate::new("d", "b", "k2", 9, Some(json!({ "n": 2 })));
+    assert!(store.set(&rejoin).await.unwrap().is_applied());
+    assert_eq!(executions_like(&store, FULL).await, 11);
+    assert_eq!(executions_like(&store, FAST).await, 1);
 }
 
 /// A batch of heartbeats of keys this store wrote is one `UPDATE` (the batch fast path); a

@@ -330,6 +330,7 @@ impl Storage for PgStorage {
     }
 
     async fn remove(&self, document: &str, client: &str) -> Result<bool> {
+        self.known.forget([(document, client)]);
         with_conn!(self.connections, |conn| Ok(sql::delete::remove(
             document, client
         )
@@ -344,6 +345,11 @@ impl Storage for PgStorage {
                 .get_results(conn)
                 .await?
         ))?;
+        self.known.forget(
+            removed
+                .iter()
+                .map(|(e, _)| (e.document_id.as_str(), e.client_id.as_str())),
+        );
         let mut fresh: Vec<AwarenessEntry> = removed
             .into_iter()
             .filter_map(|(entry, fresh)| fresh.then_some(entry))
@@ -376,6 +382,11 @@ impl Storage for PgStorage {
                 .await?
         ))?;
         sort_by_key(&mut taken);
+        self.known.forget(
+            taken
+                .iter()
+                .map(|e| (e.document_id.as_str(), e.client_id.as_str())),
+        );
         Ok(taken)
     }
 
@@ -439,6 +450,13 @@ impl Storage for PgStorage {
             }
         }
         sort_by_key(&mut departed.expired);
+        self.known.forget(
+            departed
+                .expired
+                .iter()
+                .chain(&departed.abandoned)
+                .map(|e| (e.document_id.as_str(), e.client_id.as_str())),
+        );
         Ok(departed)
     }
 

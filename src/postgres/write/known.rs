@@ -30,8 +30,20 @@ pub(crate) struct KnownKeys {
 
 impl KnownKeys {
     fn key(&self, update: &AwarenessUpdate) -> u64 {
-        self.hasher
-            .hash_one((update.document_id.as_str(), update.client_id.as_str()))
+        self.hash(&update.document_id, &update.client_id)
+    }
+
+    fn hash(&self, document_id: &str, client_id: &str) -> u64 {
+        self.hasher.hash_one((document_id, client_id))
+    }
+
+    /// Forgets keys whose rows are gone (removed, expired, taken over): their next update
+    /// joins, so it goes straight to the full statement.
+    pub(crate) fn forget<'a>(&self, keys: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
+        for (document_id, client_id) in keys {
+            clocks.remove(&self.hash(document_id, client_id));
+        }
     }
 
     /// Whether `update` is likely a heartbeat: it beats the clock this store last wrote for
