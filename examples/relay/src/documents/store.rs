@@ -206,10 +206,18 @@ impl DocumentStore {
             .bind::<Text, _>(document)
             .bind::<diesel::sql_types::Array<Bytea>, _>(updates)
             .bind::<Text, _>(CHANNEL)
-            .get_result::<Ids>(&mut conn)
+            // `load`, not `get_result`: diesel-async's `get_result` returns at the first row,
+            // before the server's ReadyForQuery — before the implicit commit when no pooler
+            // transaction is open — so the updates would be relayed before they are durable
+            // (the library's faults test caught the same trap for `set`; docs/NOTES.md).
+            .load::<Ids>(&mut conn)
             .await;
-        let row = self.finish(&mut conn, result).await?;
-        let ids = row.ids.unwrap_or_default();
+        let rows = self.finish(&mut conn, result).await?;
+        let ids = rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.ids)
+            .unwrap_or_default();
         if ids.len() != updates.len() {
             return Err(DocumentError::Store(format!(
                 "{} updates appended, {} ids returned",
