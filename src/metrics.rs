@@ -16,9 +16,9 @@ pub const OPERATION_DURATION: &str = "synckit_awareness_operation_duration_secon
 pub const UPDATES: &str = "synckit_awareness_updates_total";
 /// Histogram, seconds: time waiting for a pooled PostgreSQL connection.
 pub const POOL_WAIT: &str = "synckit_awareness_pool_wait_seconds";
-/// Gauge: open pooled connections (sampled at each checkout).
+/// Gauge: open pooled connections (sampled at checkouts, at most every 100 ms).
 pub const POOL_CONNECTIONS: &str = "synckit_awareness_pool_connections";
-/// Gauge: idle pooled connections (sampled at each checkout).
+/// Gauge: idle pooled connections (sampled at checkouts, at most every 100 ms).
 pub const POOL_IDLE: &str = "synckit_awareness_pool_idle_connections";
 /// Counter: change-feed keys published (one per changed client), by `kind`.
 pub const FEED_PUBLISHED: &str = "synckit_awareness_feed_published_total";
@@ -98,8 +98,11 @@ pub(crate) fn operation(
 }
 
 /// A pooled connection was handed out (or not) after waiting since `started`.
-pub(crate) fn pool_checkout(started: Instant, connections: u32, idle: u32) {
+pub(crate) fn pool_wait(started: Instant) {
     ::metrics::histogram!(POOL_WAIT).record(started.elapsed().as_secs_f64());
+}
+
+pub(crate) fn pool_gauges(connections: u32, idle: u32) {
     ::metrics::gauge!(POOL_CONNECTIONS).set(f64::from(connections));
     ::metrics::gauge!(POOL_IDLE).set(f64::from(idle));
 }

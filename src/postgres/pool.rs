@@ -3,6 +3,7 @@
 //! without a connection says why (the last failure to connect) instead of blaming the pool
 //! size. Everything else in `postgres/` imports from here; this file imports none of it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -28,6 +29,19 @@ pub(crate) struct Connections {
     connect_errors: ConnectErrors,
     /// Behind a transaction-mode pooler: what starts each operation's transaction.
     pooled_begin: Option<Arc<str>>,
+    /// When the pool's gauges are next sampled (ms on [`clock_ms`]): `pool.state()` takes the
+    /// pool's lock, which every checkout and return also takes, so it is read at most every
+    /// [`GAUGE_EVERY_MS`], not at every checkout.
+    gauges_due: Arc<AtomicU64>,
+}
+
+/// How often the pool's gauges are sampled, at most.
+const GAUGE_EVERY_MS: u64 = 100;
+
+/// Milliseconds on a process-wide monotonic clock.
+fn clock_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs `$body` (a `Result`) with `$conn: &mut AsyncPgConnection` checked out of
@@ -65,6 +79,7 @@ impl Connections {
             pool,
             connect_errors,
             pooled_begin: pooled_begin.map(Arc::from),
+            gauges_due: Arc::default(),
         }
     }
 
@@ -130,8 +145,23 @@ impl Connections {
     }
 
     fn record(&self, started: Instant) {
-        let state = self.pool.state();
-        crate::metrics::pool_checkout(started, state.connections, state.idle_connections);
+        crate::metrics::pool_wait(started);
+        let now = clock_ms();
+        let due = self.gauges_due.load(Ordering::Relaxed);
+        let sample = now >= due
+            && self
+                .gauges_due
+                .compare_exchange(
+                    due,
+                    now + GAUGE_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if sample {
+            let state = self.pool.state();
+            crate::metrics::pool_gauges(state.connections, state.idle_connections);
+        }
     }
 
     fn run_error(&self, error: RunError, started: Instant) -> Error {
