@@ -11,12 +11,12 @@
 //!   entries are a prefix of that list: a `retired` boundary walks forward as time passes and
 //!   takes them out of the counts (each entry once), and pruning walks the prefix only.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, LiveState, SetOutcome};
 use crate::error::{Error, Result};
@@ -172,7 +172,7 @@ struct Entries {
     conn_index: HashTable<u32>,
     /// Every slot, oldest `last_seen` first.
     time: TimeList,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
 }
 
 #[derive(Debug)]

@@ -11,21 +11,23 @@
 //! key, an expiry or a removal cost at most one extra round trip, after which the memory
 //! is right again.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::entry::{AwarenessUpdate, SetOutcome};
 
 /// Keys remembered before the memory starts over (16 bytes each: about 16 MiB at most).
 const CAPACITY: usize = 1 << 20;
 
-/// The clock this store last wrote for each live key it wrote, by a 64-bit hash of the key: a
-/// collision only costs a round trip.
+/// The clock this store last wrote for each live key it wrote, by a 64-bit hash of the key
+/// (foldhash, randomly seeded; the table uses the hash as it is): a collision only costs a
+/// round trip.
 #[derive(Debug, Default)]
 pub(crate) struct KnownKeys {
-    clocks: Mutex<HashMap<u64, i64>>,
-    hasher: RandomState,
+    clocks: Mutex<HashTable<(u64, i64)>>,
+    hasher: DefaultHashBuilder,
 }
 
 impl KnownKeys {
@@ -42,7 +44,10 @@ impl KnownKeys {
     pub(crate) fn forget<'a>(&self, keys: impl IntoIterator<Item = (&'a str, &'a str)>) {
         let mut clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
         for (document_id, client_id) in keys {
-            clocks.remove(&self.hash(document_id, client_id));
+            let key = self.hash(document_id, client_id);
+            if let Ok(found) = clocks.find_entry(key, |e| e.0 == key) {
+                found.remove();
+            }
         }
     }
 
@@ -51,7 +56,9 @@ impl KnownKeys {
     pub(crate) fn fast_path_first(&self, update: &AwarenessUpdate) -> bool {
         let key = self.key(update);
         let clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
-        clocks.get(&key).is_some_and(|&clock| update.clock > clock)
+        clocks
+            .find(key, |e| e.0 == key)
+            .is_some_and(|&(_, clock)| update.clock > clock)
     }
 
     /// Remembers what `update`'s outcome says about its key.
@@ -61,14 +68,19 @@ impl KnownKeys {
         }
         let key = self.key(update);
         let mut clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
-        if update.state.is_none() {
+        match clocks.find_entry(key, |e| e.0 == key) {
             // A tombstone: the next update with a state joins (the full statement).
-            clocks.remove(&key);
-            return;
+            Ok(found) if update.state.is_none() => {
+                found.remove();
+            }
+            Ok(mut found) => found.get_mut().1 = update.clock,
+            Err(_) if update.state.is_none() => {}
+            Err(_) => {
+                if clocks.len() >= CAPACITY {
+                    clocks.clear();
+                }
+                clocks.insert_unique(key, (key, update.clock), |e| e.0);
+            }
         }
-        if clocks.len() >= CAPACITY {
-            clocks.clear();
-        }
-        clocks.insert(key, update.clock);
     }
 }
