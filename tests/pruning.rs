@@ -149,3 +149,40 @@ async fn a_lapsed_instance_is_taken_at_the_next_round() {
     assert_eq!(departed.abandoned[0].client_id, "late");
     assert!(pruner.take_departed().await.expect("round").is_empty());
 }
+
+/// Of the instances on one database, only the live one with the smallest id looks for
+/// expired entries; the others' rounds read no table page sequentially, even their first.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_instance_looks_for_expired_entries() {
+    let db = common::TestDb::migrated().await;
+    let leader = store(&db.url, Duration::from_secs(30)).await;
+    leader
+        .start_instance(InstanceOptions::default().with_instance_id("a-leader"))
+        .await
+        .expect("start_instance");
+    let other = store(&db.url, Duration::from_secs(30)).await;
+    other
+        .start_instance(InstanceOptions::default().with_instance_id("b-other"))
+        .await
+        .expect("start_instance");
+    db.exec(
+        "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, instance_id) \
+         SELECT (k / 10)::text, k::text, k::text, '{}', 1, 'a-leader' FROM generate_series(1, 100000) k; \
+         ANALYZE awareness_entries",
+    )
+    .await;
+    let start = seq_scans(&other).await;
+    for _ in 0..5 {
+        assert!(other.take_departed().await.expect("round").is_empty());
+    }
+    assert_eq!(
+        seq_scans(&other).await - start,
+        0,
+        "the other instance scanned"
+    );
+    assert!(leader.take_departed().await.expect("round").is_empty());
+    assert!(
+        seq_scans(&leader).await > start,
+        "the leader's first round scans"
+    );
+}

@@ -395,8 +395,9 @@ impl Storage for PgStorage {
     /// - leases, every round: lapsed leases deleted and the instances holding entries without
     ///   a valid lease found through the `instance_id` index; their entries are deleted only
     ///   when there are any;
-    /// - expiry, only when due: one scan reads how long until the first entry expires, and the
-    ///   next scan waits that long (an entry's `last_seen` only grows, and new entries expire
+    /// - expiry, only on the leading instance (the live one with the smallest id; every store
+    ///   not running as an instance) and only when due: one scan reads how long until the
+    ///   first entry expires, and the next scan waits that long (an entry's `last_seen` only grows, and new entries expire
     ///   later than every one seen); when one has expired, the expired entries are deleted and
     ///   the next round checks again.
     async fn take_departed(&self) -> Result<Departed> {
@@ -406,8 +407,17 @@ impl Storage for PgStorage {
                 .load(conn)
                 .await?
         ))?;
-        if !orphaned.is_empty() {
-            let ids: Vec<String> = orphaned.into_iter().map(|o| o.instance_id).collect();
+        // Expiry is looked for by one instance per database, the live one with the smallest
+        // id (stores not running as instances always look).
+        let leads = match self.instance.get() {
+            Some(lease) => orphaned
+                .iter()
+                .find_map(|row| row.leader.as_deref())
+                .is_none_or(|leader| leader == lease.id),
+            None => true,
+        };
+        let ids: Vec<String> = orphaned.into_iter().filter_map(|row| row.orphan).collect();
+        if !ids.is_empty() {
             let rows: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
                 diesel::sql_query(sql::lease::TAKE_ABANDONED)
                     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
@@ -423,7 +433,7 @@ impl Storage for PgStorage {
                 }
             }
         }
-        if self.expiry.is_due() {
+        if leads && self.expiry.is_due() {
             let first: Vec<sql::lease::FirstExpiry> = with_conn!(self.connections, |conn| Ok(
                 diesel::sql_query(sql::lease::SECONDS_TO_FIRST_EXPIRY)
                     .bind::<diesel::sql_types::Interval, _>(self.timeout)

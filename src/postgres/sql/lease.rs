@@ -15,12 +15,14 @@ pub(crate) const RENEW: &str = "INSERT INTO awareness_instances (instance_id, le
      RETURNING xmax = 0 AS registered";
 
 /// The lease half of a pruning round, run every round: deletes the lapsed leases and returns
-/// the instances that hold entries but no valid lease. Costs a few index probes whatever the
-/// table holds: the distinct `instance_id`s are read from the partial `instance_id` index by a
-/// skip scan (one probe per instance), not from the table.
+/// the instances that hold entries but no valid lease (`orphan`), and in one more row the
+/// live instance with the smallest id (`leader`: the one that looks for expired entries).
+/// Costs a few index probes whatever the table holds: the distinct `instance_id`s are read
+/// from the partial `instance_id` index by a skip scan (one probe per instance), not from the
+/// table.
 ///
 /// (The lapsed leases' `DELETE` and the check share one snapshot: a lease it deletes is seen
-/// by the check as lapsed, so its instance is returned.)
+/// by the check as lapsed, so its instance is returned, and it is never the leader.)
 pub(crate) const ORPHANED_INSTANCES: &str = "WITH RECURSIVE ids AS (\
      (SELECT instance_id FROM awareness_entries WHERE instance_id IS NOT NULL \
      ORDER BY instance_id LIMIT 1) \
@@ -28,9 +30,12 @@ pub(crate) const ORPHANED_INSTANCES: &str = "WITH RECURSIVE ids AS (\
      WHERE e.instance_id > ids.instance_id ORDER BY e.instance_id LIMIT 1) \
      FROM ids WHERE ids.instance_id IS NOT NULL), \
      lapsed AS (DELETE FROM awareness_instances WHERE lease_expires_at <= now()) \
-     SELECT ids.instance_id FROM ids WHERE ids.instance_id IS NOT NULL AND NOT EXISTS \
+     SELECT ids.instance_id AS orphan, NULL::text AS leader FROM ids \
+     WHERE ids.instance_id IS NOT NULL AND NOT EXISTS \
      (SELECT 1 FROM awareness_instances i WHERE i.instance_id = ids.instance_id \
-     AND i.lease_expires_at > now())";
+     AND i.lease_expires_at > now()) \
+     UNION ALL SELECT NULL, (SELECT min(instance_id) FROM awareness_instances \
+     WHERE lease_expires_at > now())";
 
 /// Deletes and returns the entries of the instances `$1` (from [`ORPHANED_INSTANCES`]) that
 /// still hold no valid lease, with whether each was expired. `$2`: the expiry timeout. Runs
@@ -54,11 +59,13 @@ pub(crate) const TAKE_ABANDONED: &str = concat!(
 pub(crate) const SECONDS_TO_FIRST_EXPIRY: &str = "SELECT extract(epoch FROM \
      min(last_seen) + $1 - now())::float8 AS seconds FROM awareness_entries";
 
-/// The row of [`ORPHANED_INSTANCES`].
+/// A row of [`ORPHANED_INSTANCES`]: an orphaned instance, or the leader.
 #[derive(QueryableByName)]
 pub(crate) struct Orphaned {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub(crate) instance_id: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub(crate) orphan: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub(crate) leader: Option<String>,
 }
 
 /// The row of [`SECONDS_TO_FIRST_EXPIRY`].
