@@ -185,8 +185,9 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
     /// Meant to run every round (the `Pruner`'s period): an idle round costs what it removes,
     /// not what the table holds. The PostgreSQL store finds lapsed instances through an index
     /// every round, and scans for expired entries only once the first one can have expired
-    /// (its last scan says when); an entry backdated by hand in SQL is taken when that time
-    /// comes, within one timeout. [`take_expired`](Self::take_expired) always scans.
+    /// (its last scan says when) and, among instances, only on the live one with the smallest
+    /// id; an entry backdated by hand in SQL is taken when that time comes, within one
+    /// timeout. [`take_expired`](Self::take_expired) always scans.
     async fn take_departed(&self) -> Result<Departed> {
         Ok(Departed {
             expired: self.take_expired().await?,
