@@ -609,6 +609,21 @@ impl Entries {
         options.refuses_join(u64::from(in_document), u64::from(on_connection))
     }
 
+    /// The live slots of a document (a state, seen after `cutoff`), by client id (byte order).
+    fn live(&self, document_id: &str, cutoff: DateTime<Utc>) -> Vec<&Slot> {
+        let Some(d) = self.find_doc(document_id) else {
+            return Vec::new();
+        };
+        let mut live: Vec<&Slot> = self.docs[index(d)]
+            .clients
+            .iter()
+            .map(|&s| self.slot(s))
+            .filter(|s| s.has_state() && s.fresh(cutoff))
+            .collect();
+        live.sort_unstable_by(|a, b| a.client().cmp(b.client()));
+        live
+    }
+
     /// The slots seen at or before `cutoff`, oldest first.
     fn expired(&self, cutoff: DateTime<Utc>) -> Vec<u32> {
         let mut found = Vec::new();
@@ -705,40 +720,22 @@ impl Storage for MemoryAwarenessStore {
 
     async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>> {
         let cutoff = self.expiry_cutoff();
-        let mut live = self.read(|e| {
-            let Some(d) = e.find_doc(document_id) else {
-                return Ok(Vec::new());
-            };
-            e.docs[index(d)]
-                .clients
-                .iter()
-                .map(|&s| e.slot(s))
-                .filter(|s| s.has_state() && s.fresh(cutoff))
+        self.read(|e| {
+            e.live(document_id, cutoff)
+                .into_iter()
                 .map(Slot::to_entry)
-                .collect::<Result<Vec<_>>>()
-        })?;
-        live.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
-        Ok(live)
+                .collect()
+        })
     }
 
     async fn get_all_states(&self, document_id: &str) -> Result<Vec<LiveState>> {
         let cutoff = self.expiry_cutoff();
-        let mut live = self.read(|e| {
-            let Some(d) = e.find_doc(document_id) else {
-                return Vec::new();
-            };
-            e.docs[index(d)]
-                .clients
-                .iter()
-                .map(|&s| e.slot(s))
-                .filter_map(|s| {
-                    let state = s.state_text().filter(|_| s.fresh(cutoff))?;
-                    Some(LiveState::new(s.client(), s.clock, state))
-                })
-                .collect::<Vec<_>>()
-        });
-        live.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
-        Ok(live)
+        Ok(self.read(|e| {
+            e.live(document_id, cutoff)
+                .into_iter()
+                .filter_map(|s| Some(LiveState::new(s.client(), s.clock, s.state_text()?)))
+                .collect()
+        }))
     }
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {

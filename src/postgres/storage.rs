@@ -184,7 +184,7 @@ async fn set_many_on(
         }
         return Ok(outcomes);
     }
-    if !(plan.is_distinct() && updates.iter().all(|u| known.fast_path_first(u))) {
+    if !(plan.is_distinct() && known.all_fast_path_first(updates)) {
         return set_many_full(conn, updates, &plan, context, known).await;
     }
     let positions: Vec<i64> = sql::write::set_many_fast(plan.columns(updates), context)
@@ -196,9 +196,15 @@ async fn set_many_on(
         let index = usize::try_from(position - 1).ok();
         if let Some(&at) = index.and_then(|i| sent.get(i)) {
             applied[at] = true;
-            known.record(&updates[at], SetOutcome::Applied);
         }
     }
+    known.record_all(
+        updates
+            .iter()
+            .zip(&applied)
+            .filter(|(_, &applied)| applied)
+            .map(|(update, _)| (update, SetOutcome::Applied)),
+    );
     let rest: Vec<AwarenessUpdate> = updates
         .iter()
         .zip(&applied)
@@ -261,9 +267,7 @@ async fn set_many_full(
                         "set_many: the database returned rows that do not match the batch".into(),
                     ))
                 })?;
-                for (update, &outcome) in updates.iter().zip(&outcomes) {
-                    known.record(update, outcome);
-                }
+                known.record_all(updates.iter().zip(outcomes.iter().copied()));
                 return Ok(outcomes);
             }
         }
@@ -345,11 +349,8 @@ impl Storage for PgStorage {
                 .get_results(conn)
                 .await?
         ))?;
-        self.known.forget(
-            removed
-                .iter()
-                .map(|(e, _)| (e.document_id.as_str(), e.client_id.as_str())),
-        );
+        self.known
+            .forget_entries(removed.iter().map(|(entry, _)| entry));
         let mut fresh: Vec<AwarenessEntry> = removed
             .into_iter()
             .filter_map(|(entry, fresh)| fresh.then_some(entry))
@@ -382,11 +383,7 @@ impl Storage for PgStorage {
                 .await?
         ))?;
         sort_by_key(&mut taken);
-        self.known.forget(
-            taken
-                .iter()
-                .map(|e| (e.document_id.as_str(), e.client_id.as_str())),
-        );
+        self.known.forget_entries(&taken);
         Ok(taken)
     }
 
@@ -397,9 +394,9 @@ impl Storage for PgStorage {
     ///   when there are any;
     /// - expiry, only on the leading instance (the live one with the smallest id; every store
     ///   not running as an instance) and only when due: one scan reads how long until the
-    ///   first entry expires, and the next scan waits that long (an entry's `last_seen` only grows, and new entries expire
-    ///   later than every one seen); when one has expired, the expired entries are deleted and
-    ///   the next round checks again.
+    ///   first entry expires, and the next scan waits that long (an entry's `last_seen` only
+    ///   grows, and new entries expire later than every one seen); when one has expired,
+    ///   `take_expired` deletes the expired entries and the next round checks again.
     async fn take_departed(&self) -> Result<Departed> {
         let mut departed = Departed::default();
         let orphaned: Vec<sql::lease::Orphaned> = with_conn!(self.connections, |conn| Ok(
@@ -425,6 +422,7 @@ impl Storage for PgStorage {
                     .load(conn)
                     .await?
             ))?;
+            self.known.forget_entries(rows.iter().map(|row| &row.entry));
             for row in rows {
                 if row.expired {
                     departed.expired.push(row.entry);
@@ -443,12 +441,7 @@ impl Storage for PgStorage {
             let seconds = first.into_iter().next().and_then(|row| row.seconds);
             match seconds {
                 Some(seconds) if seconds <= 0.0 => {
-                    let taken: Vec<AwarenessEntry> = with_conn!(self.connections, |conn| Ok(
-                        sql::delete::take_expired(self.timeout)
-                            .get_results(conn)
-                            .await?
-                    ))?;
-                    departed.expired.extend(taken);
+                    departed.expired.extend(self.take_expired().await?);
                     self.expiry.check_next_round();
                 }
                 // Never later than a timeout from now (an empty table, or a clock change).
@@ -460,13 +453,6 @@ impl Storage for PgStorage {
             }
         }
         sort_by_key(&mut departed.expired);
-        self.known.forget(
-            departed
-                .expired
-                .iter()
-                .chain(&departed.abandoned)
-                .map(|e| (e.document_id.as_str(), e.client_id.as_str())),
-        );
         Ok(departed)
     }
 

@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::entry::{AwarenessUpdate, SetOutcome};
+use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 
 /// Keys remembered before the memory starts over (16 bytes each: about 16 MiB at most).
 const CAPACITY: usize = 1 << 20;
@@ -51,23 +51,56 @@ impl KnownKeys {
         }
     }
 
-    /// Whether `update` is likely a heartbeat: it beats the clock this store last wrote for
-    /// the key, which was live then.
-    pub(crate) fn fast_path_first(&self, update: &AwarenessUpdate) -> bool {
-        let key = self.key(update);
+    /// [`forget`](Self::forget) the keys of `entries`.
+    pub(crate) fn forget_entries<'a>(&self, entries: impl IntoIterator<Item = &'a AwarenessEntry>) {
+        self.forget(
+            entries
+                .into_iter()
+                .map(|e| (e.document_id.as_str(), e.client_id.as_str())),
+        );
+    }
+
+    /// Whether every update of a batch is likely a heartbeat ([`fast_path_first`](Self::fast_path_first)),
+    /// under one lock.
+    pub(crate) fn all_fast_path_first(&self, updates: &[AwarenessUpdate]) -> bool {
         let clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
+        updates.iter().all(|update| self.beats(&clocks, update))
+    }
+
+    fn beats(&self, clocks: &HashTable<(u64, i64)>, update: &AwarenessUpdate) -> bool {
+        let key = self.key(update);
         clocks
             .find(key, |e| e.0 == key)
             .is_some_and(|&(_, clock)| update.clock > clock)
     }
 
+    /// Whether `update` is likely a heartbeat: it beats the clock this store last wrote for
+    /// the key, which was live then.
+    pub(crate) fn fast_path_first(&self, update: &AwarenessUpdate) -> bool {
+        let clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
+        self.beats(&clocks, update)
+    }
+
     /// Remembers what `update`'s outcome says about its key.
     pub(crate) fn record(&self, update: &AwarenessUpdate, outcome: SetOutcome) {
-        if outcome != SetOutcome::Applied {
-            return;
-        }
-        let key = self.key(update);
+        self.record_all([(update, outcome)]);
+    }
+
+    /// [`record`](Self::record) for a batch's updates and outcomes, under one lock.
+    pub(crate) fn record_all<'a>(
+        &self,
+        outcomes: impl IntoIterator<Item = (&'a AwarenessUpdate, SetOutcome)>,
+    ) {
         let mut clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
+        for (update, outcome) in outcomes {
+            if outcome == SetOutcome::Applied {
+                self.remember(&mut clocks, update);
+            }
+        }
+    }
+
+    fn remember(&self, clocks: &mut HashTable<(u64, i64)>, update: &AwarenessUpdate) {
+        let key = self.key(update);
         match clocks.find_entry(key, |e| e.0 == key) {
             // A tombstone: the next update with a state joins (the full statement).
             Ok(found) if update.state.is_none() => {
