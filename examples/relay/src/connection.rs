@@ -162,8 +162,10 @@ async fn write(
     let mut ping = tokio::time::interval(limits.ping_every);
     ping.tick().await;
     // A socket that stopped reading blocks a write; the engine then ends the connection (its
-    // queue filled up) and the writer gives up at once.
-    let closing = outbox.closing();
+    // queue filled up) and the writer gives that write up at once.
+    // Fused: once it has fired, the outbox's next item is the close frame (sent below, within
+    // the send timeout), so a write cut short by it never loses the close code and reason.
+    let closing = futures_util::FutureExt::fuse(outbox.closing());
     tokio::pin!(closing);
     loop {
         let message = tokio::select! {
@@ -184,7 +186,7 @@ async fn write(
                     break;
                 }
             }
-            () = &mut closing => break,
+            () = &mut closing => continue,
         }
     }
     let _ = tokio::time::timeout(limits.send_timeout, sink.close()).await;
