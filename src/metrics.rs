@@ -14,6 +14,11 @@ pub const OPERATION_DURATION: &str = "synckit_awareness_operation_duration_secon
 /// Counter: updates decided by `set`, `set_many` and the y-protocols path, by `store` and
 /// `outcome` (`applied`, `stale`, `forbidden`, `document_full`, `connection_full`).
 pub const UPDATES: &str = "synckit_awareness_updates_total";
+/// Counter: PostgreSQL write statements sent again after the server failed them to break a
+/// deadlock or a serialization conflict, by `kind` (`deadlock`, `serialization`). Every write
+/// path locks rows in one order, so this stays at zero unless something outside the crate
+/// locks the same rows.
+pub const WRITE_RETRIES: &str = "synckit_awareness_write_retries_total";
 /// Histogram, seconds: time waiting for a pooled PostgreSQL connection.
 pub const POOL_WAIT: &str = "synckit_awareness_pool_wait_seconds";
 /// Gauge: open pooled connections (sampled at checkouts, at most every 100 ms).
@@ -61,6 +66,7 @@ pub const ALL: &[&str] = &[
     OPERATIONS,
     OPERATION_DURATION,
     UPDATES,
+    WRITE_RETRIES,
     POOL_WAIT,
     POOL_CONNECTIONS,
     POOL_IDLE,

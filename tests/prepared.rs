@@ -187,7 +187,7 @@ async fn a_batch_of_heartbeats_is_one_update() {
         "the joins only"
     );
     assert_eq!(
-        executions_like(&store, "UPDATE awareness_entries e SET %").await,
+        executions_like(&store, "WITH i AS (SELECT * FROM unnest(%").await,
         3
     );
 
@@ -201,7 +201,7 @@ async fn a_batch_of_heartbeats_is_one_update() {
     }
     assert_eq!(executions_like(&store, "WITH input AS %").await, 2);
     assert_eq!(
-        executions_like(&store, "UPDATE awareness_entries e SET %").await,
+        executions_like(&store, "WITH i AS (SELECT * FROM unnest(%").await,
         4
     );
     let c3 = store.get("d", "c3").await.unwrap().unwrap();

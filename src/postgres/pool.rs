@@ -50,14 +50,35 @@ fn clock_ms() -> u64 {
 macro_rules! with_conn {
     ($connections:expr, |$conn:ident| $body:expr) => {{
         let connections: &$crate::postgres::pool::Connections = &$connections;
-        let mut pooled = connections.get().await?;
-        connections.begin(&mut pooled).await?;
-        let result = $crate::postgres::pool::typed(async {
-            let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
-            $body
-        })
-        .await;
-        connections.end(&mut pooled, result).await
+        let mut attempt = 1;
+        loop {
+            let mut pooled = connections.get().await?;
+            connections.begin(&mut pooled).await?;
+            let result = $crate::postgres::pool::typed(async {
+                let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
+                $body
+            })
+            .await;
+            let result = connections.end(&mut pooled, result).await;
+            // Behind a transaction pooler the operation is one transaction, which a deadlock
+            // or serialization failure aborted: run it again (write/retry.rs).
+            match result {
+                Err(error)
+                    if connections.behind_pooler()
+                        && attempt < $crate::postgres::write::retry::ATTEMPTS =>
+                {
+                    match $crate::postgres::write::retry::store_conflict(&error) {
+                        Some(kind) => {
+                            drop(pooled);
+                            $crate::postgres::write::retry::before_retry(kind, attempt).await;
+                            attempt += 1;
+                        }
+                        None => break Err(error),
+                    }
+                }
+                other => break other,
+            }
+        }
     }};
 }
 pub(crate) use with_conn;

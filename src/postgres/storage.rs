@@ -16,7 +16,8 @@ use super::sql;
 use super::sql::write::WriteContext;
 use super::write::coalesce::{Coalescer, Turn};
 use super::write::known::KnownKeys;
-use super::write::plan::WritePlan;
+use super::write::retry::retry_statement;
+use super::write::run::{set_many_on, set_on};
 use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -131,149 +132,6 @@ impl PgStorage {
     }
 }
 
-/// `set` on `conn`: the fast path, then, when it changed nothing, the full statement (see
-/// `sql/write.rs`).
-async fn set_on(
-    conn: &mut AsyncPgConnection,
-    update: &AwarenessUpdate,
-    context: WriteContext<'_>,
-    known: &KnownKeys,
-) -> Result<SetOutcome> {
-    // One statement per call in the usual cases: the fast path for a likely heartbeat, the
-    // full statement for everything else (write/known.rs).
-    if known.fast_path_first(update)
-        && sql::write::set_fast(update, context).execute(conn).await? > 0
-    {
-        known.record(update, SetOutcome::Applied);
-        return Ok(SetOutcome::Applied);
-    }
-    // `load`, not `get_result`: diesel-async's `get_result` returns at the first row, before
-    // the server's ReadyForQuery, i.e. before the implicit commit; a crash in between would
-    // lose an update reported applied (tests/faults.rs caught it). `load` reads to the end.
-    let codes: Vec<i16> = sql::write::set_full(update, context).load(conn).await?;
-    let code = codes.into_iter().next().unwrap_or(-1);
-    let outcome =
-        crate::postgres::sql::write::outcome(code).ok_or_else(|| unexpected("set", code))?;
-    known.record(update, outcome);
-    Ok(outcome)
-}
-
-fn unexpected(what: &str, code: i16) -> Error {
-    Error::Database(diesel::result::Error::DeserializationError(
-        format!("{what}: the database returned the unknown outcome code {code}").into(),
-    ))
-}
-
-/// `set_many` on `conn`. A batch of distinct keys that all look like heartbeats
-/// (`write/known.rs`) first takes the batch fast path (one `UPDATE`, [`sql::write::SetManyFast`]);
-/// whatever it did not apply, and every other batch, goes through one full statement: the
-/// lean one when every key is distinct, else the one that reads the old rows to resolve
-/// repeated keys (see `postgres/write/plan.rs`). A batch where one key comes from several
-/// owners is applied one update after another.
-async fn set_many_on(
-    conn: &mut AsyncPgConnection,
-    updates: &[AwarenessUpdate],
-    context: WriteContext<'_>,
-    known: &KnownKeys,
-) -> Result<Vec<SetOutcome>> {
-    let plan = WritePlan::new(updates);
-    if plan.has_mixed_owners(updates) {
-        let mut outcomes = Vec::with_capacity(updates.len());
-        for update in updates {
-            outcomes.push(set_on(conn, update, context, known).await?);
-        }
-        return Ok(outcomes);
-    }
-    if !(plan.is_distinct() && known.all_fast_path_first(updates)) {
-        return set_many_full(conn, updates, &plan, context, known).await;
-    }
-    let positions: Vec<i64> = sql::write::set_many_fast(plan.columns(updates), context)
-        .load(conn)
-        .await?;
-    let sent = plan.sent_positions();
-    let mut applied = vec![false; updates.len()];
-    for position in positions {
-        let index = usize::try_from(position - 1).ok();
-        if let Some(&at) = index.and_then(|i| sent.get(i)) {
-            applied[at] = true;
-        }
-    }
-    known.record_all(
-        updates
-            .iter()
-            .zip(&applied)
-            .filter(|(_, &applied)| applied)
-            .map(|(update, _)| (update, SetOutcome::Applied)),
-    );
-    let rest: Vec<AwarenessUpdate> = updates
-        .iter()
-        .zip(&applied)
-        .filter(|(_, &applied)| !applied)
-        .map(|(update, _)| update.clone())
-        .collect();
-    if rest.is_empty() {
-        return Ok(vec![SetOutcome::Applied; updates.len()]);
-    }
-    let rest_plan = WritePlan::new(&rest);
-    let mut rest_outcomes = set_many_full(conn, &rest, &rest_plan, context, known)
-        .await?
-        .into_iter();
-    Ok(applied
-        .into_iter()
-        .map(|applied| {
-            if applied {
-                SetOutcome::Applied
-            } else {
-                rest_outcomes.next().unwrap_or(SetOutcome::Stale)
-            }
-        })
-        .collect())
-}
-
-/// `set_many` as one full statement on `conn` (see [`set_many_on`]).
-async fn set_many_full(
-    conn: &mut AsyncPgConnection,
-    updates: &[AwarenessUpdate],
-    plan: &WritePlan,
-    context: WriteContext<'_>,
-    known: &KnownKeys,
-) -> Result<Vec<SetOutcome>> {
-    let mut attempt = 0;
-    loop {
-        let outcomes = if plan.is_distinct() {
-            sql::write::set_many_distinct(plan.columns(updates), context)
-                .distinct()
-                .load::<i16>(conn)
-                .await
-                .map(|rows| plan.outcomes_distinct(&rows))
-        } else {
-            sql::write::set_many(plan.columns(updates), context)
-                .exact()
-                .load::<sql::write::SentRow>(conn)
-                .await
-                .map(|rows| plan.outcomes(updates, &rows))
-        };
-        match outcomes {
-            // Two batches can still deadlock when one inserts a key the other's snapshot did
-            // not see; PostgreSQL aborts one statement, which wrote nothing: retry it.
-            Err(diesel::result::Error::DatabaseError(_, info))
-                if attempt < 3 && info.message().starts_with("deadlock detected") =>
-            {
-                attempt += 1;
-            }
-            other => {
-                let outcomes = other?.ok_or_else(|| {
-                    Error::Database(diesel::result::Error::DeserializationError(
-                        "set_many: the database returned rows that do not match the batch".into(),
-                    ))
-                })?;
-                known.record_all(updates.iter().zip(outcomes.iter().copied()));
-                return Ok(outcomes);
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl Storage for PgStorage {
     async fn get(&self, document: &str, client: &str) -> Result<Option<AwarenessEntry>> {
@@ -313,8 +171,8 @@ impl Storage for PgStorage {
         }
     }
 
-    /// One statement for the whole batch (see `postgres/write/plan.rs` and `sql::write`).
-    /// A lone update (a y-protocols heartbeat) is a `set`: its one-statement fast path instead
+    /// One statement for a batch of distinct keys, rounds of them when a key repeats (see
+    /// `postgres/write/plan.rs` and `sql::write`). A lone update (a y-protocols heartbeat) is a `set`: its one-statement fast path instead
     /// of the batch statement; no update, no round trip.
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
         match updates {
@@ -344,16 +202,20 @@ impl Storage for PgStorage {
     }
 
     async fn remove_all_for_connection(&self, connection: &str) -> Result<Vec<AwarenessEntry>> {
-        let removed: Vec<(AwarenessEntry, bool)> = with_conn!(self.connections, |conn| Ok(
-            sql::delete::remove_all_for_connection(connection, self.timeout)
-                .get_results(conn)
-                .await?
-        ))?;
+        let removed: Vec<sql::lease::Departing> =
+            with_conn!(self.connections, |conn| Ok(retry_statement!(
+                conn,
+                diesel::sql_query(sql::delete::REMOVE_ALL_FOR_CONNECTION)
+                    .bind::<diesel::sql_types::Text, _>(connection)
+                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                    .load(conn)
+                    .await
+            )?))?;
         self.known
-            .forget_entries(removed.iter().map(|(entry, _)| entry));
+            .forget_entries(removed.iter().map(|row| &row.entry));
         let mut fresh: Vec<AwarenessEntry> = removed
             .into_iter()
-            .filter_map(|(entry, fresh)| fresh.then_some(entry))
+            .filter_map(|row| (!row.expired).then_some(row.entry))
             .collect();
         sort_by_key(&mut fresh);
         Ok(fresh)
@@ -368,20 +230,29 @@ impl Storage for PgStorage {
     }
 
     async fn prune_expired(&self) -> Result<u64> {
-        let rows = with_conn!(self.connections, |conn| Ok(sql::delete::prune_expired(
-            self.timeout
-        )
-        .execute(conn)
-        .await?))?;
-        Ok(rows as u64)
+        let counted: Vec<sql::delete::Count> =
+            with_conn!(self.connections, |conn| Ok(retry_statement!(
+                conn,
+                diesel::sql_query(sql::delete::PRUNE_EXPIRED)
+                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                    .load(conn)
+                    .await
+            )?))?;
+        Ok(counted
+            .into_iter()
+            .next()
+            .map_or(0, |row| u64::try_from(row.n).unwrap_or(0)))
     }
 
     async fn take_expired(&self) -> Result<Vec<AwarenessEntry>> {
-        let mut taken: Vec<AwarenessEntry> = with_conn!(self.connections, |conn| Ok(
-            sql::delete::take_expired(self.timeout)
-                .get_results(conn)
-                .await?
-        ))?;
+        let mut taken: Vec<AwarenessEntry> =
+            with_conn!(self.connections, |conn| Ok(retry_statement!(
+                conn,
+                diesel::sql_query(sql::delete::TAKE_EXPIRED)
+                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                    .load(conn)
+                    .await
+            )?))?;
         sort_by_key(&mut taken);
         self.known.forget_entries(&taken);
         Ok(taken)
@@ -415,13 +286,15 @@ impl Storage for PgStorage {
         };
         let ids: Vec<String> = orphaned.into_iter().filter_map(|row| row.orphan).collect();
         if !ids.is_empty() {
-            let rows: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
-                diesel::sql_query(sql::lease::TAKE_ABANDONED)
-                    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
-                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
-                    .load(conn)
-                    .await?
-            ))?;
+            let rows: Vec<sql::lease::Departing> =
+                with_conn!(self.connections, |conn| Ok(retry_statement!(
+                    conn,
+                    diesel::sql_query(sql::lease::TAKE_ABANDONED)
+                        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&ids)
+                        .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                        .load(conn)
+                        .await
+                )?))?;
             self.known.forget_entries(rows.iter().map(|row| &row.entry));
             for row in rows {
                 if row.expired {
@@ -463,13 +336,15 @@ impl Storage for PgStorage {
             return Ok(Vec::new());
         };
         lease.stop();
-        let removed: Vec<sql::lease::Departing> = with_conn!(self.connections, |conn| Ok(
-            diesel::sql_query(sql::lease::SHUTDOWN)
-                .bind::<diesel::sql_types::Text, _>(&lease.id)
-                .bind::<diesel::sql_types::Interval, _>(self.timeout)
-                .load(conn)
-                .await?
-        ))?;
+        let removed: Vec<sql::lease::Departing> =
+            with_conn!(self.connections, |conn| Ok(retry_statement!(
+                conn,
+                diesel::sql_query(sql::lease::SHUTDOWN)
+                    .bind::<diesel::sql_types::Text, _>(&lease.id)
+                    .bind::<diesel::sql_types::Interval, _>(self.timeout)
+                    .load(conn)
+                    .await
+            )?))?;
         Ok(removed
             .into_iter()
             .filter(|d| !d.expired)

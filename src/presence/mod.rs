@@ -31,24 +31,23 @@
 //! It works on both stores: [`Presence::on_postgres`] (any number of instances on one database)
 //! and [`Presence::in_memory`] (one process).
 
+mod options;
+mod outbox;
 mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
 use crate::memory::MemoryAwarenessStore;
-use crate::postgres::{
-    ChangeFeedOptions, ChangeFilter, ChangeKind, FeedEvent, InstanceOptions, PostgresAwarenessStore,
-};
+use crate::postgres::{ChangeFilter, ChangeKind, FeedEvent, PostgresAwarenessStore};
 use crate::pruner::Pruner;
 use crate::store::AwarenessStore;
 use crate::y_protocols::apply::{
@@ -56,242 +55,12 @@ use crate::y_protocols::apply::{
 };
 use crate::y_protocols::{
     decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage, DecodeLimits,
+    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage,
 };
+pub use options::{close_code, Disconnect, PresenceOptions, DEFAULT_QUEUE_BYTES};
+use outbox::Sender;
+pub use outbox::{Outbox, Outgoing};
 use view::{Verdict, View};
-
-/// WebSocket close codes (RFC 6455) the engine asks for.
-pub mod close_code {
-    /// The server is going away (shutdown).
-    pub const GOING_AWAY: u16 = 1001;
-    /// A message type the engine does not handle.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// A malformed message.
-    pub const INVALID_DATA: u16 = 1007;
-    /// The connection broke a rule (it fell too far behind, say).
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// The store failed.
-    pub const INTERNAL_ERROR: u16 = 1011;
-}
-
-/// Settings of a [`Presence`] engine: `PresenceOptions::default().with_queue_capacity(512)`.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct PresenceOptions {
-    /// Limits for decoding incoming awareness updates (clients per message, state size).
-    pub decode_limits: DecodeLimits,
-    /// Messages queued per connection before it counts as a slow consumer and is
-    /// disconnected (default 256).
-    pub queue_capacity: usize,
-    /// How often departed entries (expired, or left by a crashed instance) are taken and
-    /// announced (default 1 s).
-    pub prune_interval: Duration,
-    /// The instance's lease (PostgreSQL): a crashed instance's clients are gone for everyone
-    /// within `lease + prune_interval`. The default instance id is random per process.
-    pub instance: InstanceOptions,
-    /// The change feed (PostgreSQL). Publishing is always on; keep the default origin (unique
-    /// per process) unless you know better. The engine's default publishes without a
-    /// coalescing window (changes still batch while a `NOTIFY` is in flight): measured with
-    /// `make bench-relay`, the 1 ms delay of the store's default cost 1.5 ms of p50
-    /// cross-instance delivery for no measurable CPU saving at 256 updates/s.
-    pub change_feed: ChangeFeedOptions,
-}
-
-impl Default for PresenceOptions {
-    fn default() -> Self {
-        Self {
-            decode_limits: DecodeLimits::default(),
-            queue_capacity: 256,
-            prune_interval: Duration::from_secs(1),
-            instance: InstanceOptions::default(),
-            change_feed: ChangeFeedOptions::default().with_publish_delay(Duration::ZERO),
-        }
-    }
-}
-
-impl PresenceOptions {
-    /// These options with other decode limits.
-    pub fn with_decode_limits(mut self, limits: DecodeLimits) -> Self {
-        self.decode_limits = limits;
-        self
-    }
-
-    /// These options with another per-connection queue capacity (at least 1).
-    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity;
-        self
-    }
-
-    /// These options with another pruning period.
-    pub fn with_prune_interval(mut self, interval: Duration) -> Self {
-        self.prune_interval = interval;
-        self
-    }
-
-    /// These options with other instance (lease) settings.
-    pub fn with_instance(mut self, instance: InstanceOptions) -> Self {
-        self.instance = instance;
-        self
-    }
-
-    /// These options with other change-feed settings.
-    pub fn with_change_feed(mut self, change_feed: ChangeFeedOptions) -> Self {
-        self.change_feed = change_feed;
-        self
-    }
-}
-
-/// Why the server should close a connection: a WebSocket close code ([`close_code`]) and a
-/// reason the client can read (at most 123 bytes, as a close frame allows).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disconnect {
-    /// The close code.
-    pub code: u16,
-    /// Why.
-    pub reason: String,
-}
-
-impl Disconnect {
-    /// A close with `code` and `reason` (cut to 123 bytes).
-    pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        let mut reason: String = reason.into();
-        while reason.len() > 123 {
-            reason.pop();
-        }
-        Self { code, reason }
-    }
-
-    fn from_store(error: Error) -> Self {
-        match error {
-            Error::Codec(e) => Self::new(
-                close_code::INVALID_DATA,
-                format!("malformed awareness update: {e}"),
-            ),
-            e @ Error::InvalidInput { .. } => Self::new(close_code::INVALID_DATA, e.to_string()),
-            e => {
-                tracing::warn!(error = %e, "presence: store error; closing the connection");
-                Self::new(close_code::INTERNAL_ERROR, "presence store unavailable")
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Disconnect {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.reason, self.code)
-    }
-}
-
-impl std::error::Error for Disconnect {}
-
-/// What the engine hands a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outgoing {
-    /// A binary message to send (a y-websocket message).
-    Message(Bytes),
-    /// Close the connection; nothing follows.
-    Close(Disconnect),
-}
-
-/// The receiving side of a connection's queue: what to send it, in order.
-#[derive(Debug)]
-pub struct Outbox {
-    messages: mpsc::Receiver<Bytes>,
-    kick: watch::Receiver<Option<Disconnect>>,
-    done: bool,
-}
-
-impl Outbox {
-    /// The next thing to send, or `None` once the connection is closed. A
-    /// [`Outgoing::Close`] comes last.
-    pub async fn next(&mut self) -> Option<Outgoing> {
-        if self.done {
-            return None;
-        }
-        tokio::select! {
-            biased;
-            kicked = self.kick.wait_for(Option::is_some) => {
-                self.done = true;
-                match kicked {
-                    Ok(reason) => reason.clone().map(Outgoing::Close),
-                    // Every sender is gone: the connection was released.
-                    Err(_) => None,
-                }
-            }
-            message = self.messages.recv() => match message {
-                Some(message) => Some(Outgoing::Message(message)),
-                None => {
-                    self.done = true;
-                    None
-                }
-            },
-        }
-    }
-
-    /// Resolves once the engine has ended the connection (its next item is the
-    /// [`Outgoing::Close`]): a writer stuck on a socket that stopped reading can give up then.
-    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut kick = self.kick.clone();
-        async move {
-            let _ = kick.wait_for(Option::is_some).await;
-        }
-    }
-}
-
-/// The sending side of a connection's queue, and the engine's way to end it.
-#[derive(Debug, Clone)]
-struct Sender {
-    messages: mpsc::Sender<Bytes>,
-    kick: Arc<watch::Sender<Option<Disconnect>>>,
-}
-
-impl Sender {
-    /// Queues `message` for this connection (counted).
-    fn send(&self, message: Bytes) {
-        if self.queue(message) {
-            ::metrics::counter!(crate::metrics::PRESENCE_SENT).increment(1);
-        }
-    }
-
-    /// Queues `message`, uncounted; false when it was not queued (queue full: the connection
-    /// is ended; or it is gone).
-    fn queue(&self, message: Bytes) -> bool {
-        match self.messages.try_send(message) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.disconnect(Disconnect::new(
-                    close_code::POLICY_VIOLATION,
-                    "too slow: the connection's send queue is full",
-                ));
-                false
-            }
-            // The connection is gone; its session cleans up.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Ends the connection with `reason`, unless it was ended already.
-    fn disconnect(&self, reason: Disconnect) {
-        let label = match reason.code {
-            close_code::POLICY_VIOLATION => "slow_consumer",
-            close_code::GOING_AWAY => "shutdown",
-            close_code::INVALID_DATA | close_code::UNSUPPORTED_DATA => "invalid",
-            close_code::INTERNAL_ERROR => "store",
-            _ => "other",
-        };
-        let first = self.kick.send_if_modified(|slot| {
-            if slot.is_some() {
-                return false;
-            }
-            *slot = Some(reason);
-            true
-        });
-        if first {
-            ::metrics::counter!(crate::metrics::PRESENCE_DISCONNECTS, "reason" => label)
-                .increment(1);
-        }
-    }
-}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep serving.
@@ -534,12 +303,8 @@ impl Presence {
             crate::validate::check_id(crate::error::Field::Owner, principal)?;
         }
         let number = self.engine.next_connection.fetch_add(1, Ordering::Relaxed);
-        let (messages_tx, messages) = mpsc::channel(self.engine.options.queue_capacity);
-        let (kick_tx, kick) = watch::channel(None);
-        let sender = Sender {
-            messages: messages_tx,
-            kick: Arc::new(kick_tx),
-        };
+        let options = &self.engine.options;
+        let (sender, outbox) = outbox::queue(options.queue_capacity, options.queue_bytes);
         let room = {
             let mut rooms = lock(&self.engine.rooms);
             let room = rooms
@@ -573,14 +338,7 @@ impl Presence {
             refused: Mutex::new(HashMap::new()),
         };
         session.send_state().await?;
-        Ok((
-            session,
-            Outbox {
-                messages,
-                kick,
-                done: false,
-            },
-        ))
+        Ok((session, outbox))
     }
 
     /// Stops the engine: no new joins; every connection is told to close (1001); on
@@ -629,9 +387,9 @@ fn check(options: &PresenceOptions) -> Result<()> {
             "presence: the engine must be started inside a Tokio runtime".into(),
         ));
     }
-    if options.queue_capacity == 0 {
+    if options.queue_capacity == 0 || options.queue_bytes == 0 {
         return Err(Error::Config(
-            "presence: queue_capacity must be at least 1".into(),
+            "presence: queue_capacity and queue_bytes must be at least 1".into(),
         ));
     }
     if options.prune_interval.is_zero() {
@@ -952,12 +710,13 @@ impl Session {
             None if echo => Route::Drop,
             // A leave for a client never shown here: nothing to remove.
             None if seen.is_none() && client.state.is_none() => Route::Drop,
-            // Without a principal the store cannot tell a spoof from the owner: a client shown
-            // present and held by no local connection is live on another instance, and only
-            // its own connection writes it (after a failover, once its old instance's lease
-            // lapses and its leave makes it re-announce itself). With a principal, the store's
-            // ownership decides.
-            None if self.principal.is_none() && seen.is_some_and(|s| s.present) => Route::Drop,
+            // Held by no local connection and newer than what the room was told: written. A
+            // client shown present is live on another instance, or on a dead one it is
+            // failing over from. Open mode (no principal) cannot tell that client from a
+            // spoof, and does as y-protocols does, whose servers relay any newer clock from
+            // any connection: the store's clock rule decides, so a client that reconnects to
+            // another instance is relayed at once, not after its old instance's lease lapses.
+            // With a principal, the store's ownership decides as well.
             None => Route::Write,
         }
     }

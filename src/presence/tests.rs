@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::store::StoreOptions;
-use crate::y_protocols::{decode_awareness_update, MESSAGE_AUTH};
+use crate::y_protocols::{decode_awareness_update, DecodeLimits, MESSAGE_AUTH};
 
 fn engine(store: StoreOptions) -> Presence {
     Presence::in_memory(
@@ -148,6 +148,51 @@ async fn echoes_and_timed_out_leaves_of_peers_are_dropped_without_writing() {
     assert_eq!(timeout.dropped, vec![1]);
     assert_eq!(stored(&presence, "doc", 1).await, Some((3, true)));
     assert_eq!(drain(&mut alice_out).await.clients(), vec![]);
+}
+
+/// Open mode: a client live elsewhere (another instance, or a dead one it fails over from)
+/// that shows up on a new connection with a newer clock is written and relayed at once, as
+/// y-protocols servers do; its echoes are still dropped.
+#[tokio::test]
+async fn an_anonymous_client_failing_over_is_relayed_at_once() {
+    let presence = open();
+    // Written by a connection of another instance: no local connection holds it.
+    presence
+        .store()
+        .set(&AwarenessUpdate::new(
+            "doc",
+            "7",
+            "other-instance-1",
+            3,
+            Some(json!({ "name": "bob" })),
+        ))
+        .await
+        .expect("set");
+    let (alice, mut alice_out) = presence.join("doc", None).await.expect("join");
+    assert!(drain(&mut alice_out)
+        .await
+        .clients()
+        .contains(&(7, 3, true)));
+    let (bob, _bob_out) = presence.join("doc", None).await.expect("join");
+    // Bob's provider re-announces at its clock (an echo of what the room shows), then moves.
+    let echo = bob
+        .receive(&message(&[(7, 3, Some(json!({ "name": "bob" })))]))
+        .await
+        .expect("receive");
+    assert_eq!(echo.dropped, vec![7]);
+    let moved = bob
+        .receive(&message(&[(7, 4, Some(json!({ "name": "bob", "x": 1 })))]))
+        .await
+        .expect("receive");
+    assert_eq!(moved.applied, vec![7]);
+    assert_eq!(drain(&mut alice_out).await.clients(), vec![(7, 4, true)]);
+    // Now held by bob's connection: another local connection may not write it.
+    let spoof = alice
+        .receive(&message(&[(7, 9, Some(json!({ "name": "mallory" })))]))
+        .await
+        .expect("receive");
+    assert_eq!(spoof.dropped, vec![7]);
+    assert_eq!(stored(&presence, "doc", 7).await, Some((4, true)));
 }
 
 #[tokio::test]
@@ -320,6 +365,51 @@ async fn a_slow_consumer_is_disconnected_and_the_others_are_not() {
     );
 }
 
+/// The byte bound: large states fill the queue long before its message count does; the
+/// queue never holds more than the bound, and the connection is ended.
+#[tokio::test]
+async fn a_consumer_behind_by_bytes_is_disconnected_within_the_bound() {
+    const BOUND: usize = 64 * 1024;
+    let presence = Presence::in_memory(
+        MemoryAwarenessStore::default(),
+        PresenceOptions::default()
+            .with_queue_capacity(10_000)
+            .with_queue_bytes(BOUND),
+    )
+    .expect("engine");
+    let (alice, mut alice_out) = presence.join("doc", None).await.expect("join");
+    let (_slow, mut slow_out) = presence.join("doc", None).await.expect("join");
+    let padding = "x".repeat(8 * 1024);
+    let mut most = 0;
+    for clock in 1..=40 {
+        alice
+            .receive(&message(&[(1, clock, Some(json!({ "pad": padding })))]))
+            .await
+            .expect("receive");
+        drain(&mut alice_out).await;
+        most = most.max(slow_out.queued_bytes());
+    }
+    assert!(most <= BOUND, "queued {most} bytes, bound {BOUND}");
+    assert!(most > BOUND / 2, "the queue filled ({most} bytes)");
+    let slow = drain(&mut slow_out).await;
+    let close = slow.close.expect("the slow one is closed");
+    assert_eq!(close.code, close_code::POLICY_VIOLATION);
+    assert!(close.reason.contains("too slow"), "{close:?}");
+    assert!(close.reason.contains("bytes"), "{close:?}");
+    assert!(
+        alice_out.next().now_or_never().is_none(),
+        "alice is not closed"
+    );
+    // An empty queue takes any one message, however large.
+    let (tiny, _tiny_out) = queue_of(1);
+    assert!(tiny.queue(bytes::Bytes::from(vec![0u8; 1000])));
+    assert!(!tiny.queue(bytes::Bytes::from(vec![0u8; 1])));
+}
+
+fn queue_of(bytes: usize) -> (outbox::Sender, Outbox) {
+    outbox::queue(16, bytes)
+}
+
 #[tokio::test]
 async fn a_join_beyond_the_document_limit_is_refused_with_a_reason() {
     let presence = engine(StoreOptions::default().with_max_clients_per_document(Some(1)));
@@ -409,6 +499,7 @@ fn outside_a_runtime_the_engine_says_so() {
 async fn bad_options_are_refused() {
     for options in [
         PresenceOptions::default().with_queue_capacity(0),
+        PresenceOptions::default().with_queue_bytes(0),
         PresenceOptions::default().with_prune_interval(Duration::ZERO),
     ] {
         assert!(Presence::in_memory(MemoryAwarenessStore::default(), options).is_err());

@@ -102,6 +102,9 @@ struct Args {
     /// Messages queued per connection; a connection that falls further behind is closed (1008).
     #[arg(long, env = "SYNCKIT_RELAY_QUEUE", default_value_t = 256)]
     queue_capacity: usize,
+    /// Bytes queued per connection; a connection that falls further behind is closed (1008).
+    #[arg(long, env = "SYNCKIT_RELAY_QUEUE_BYTES", default_value_t = synckit_awareness::presence::DEFAULT_QUEUE_BYTES)]
+    queue_bytes: usize,
     /// How often idle connections are pinged.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
@@ -257,6 +260,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let options = options
         .with_decode_limits(DecodeLimits::default().with_max_state_bytes(args.max_state_bytes))
         .with_queue_capacity(args.queue_capacity)
+        .with_queue_bytes(args.queue_bytes)
         .with_prune_interval(args.prune_interval)
         .with_instance(InstanceOptions::default().with_lease(args.lease));
     // An empty DATABASE_URL counts as unset.

@@ -1,14 +1,37 @@
 //! The deletes: one entry, a connection's entries, and the expired entries (counted, or
 //! returned so nothing expires unseen between a read and a delete).
+//!
+//! A statement that deletes several entries locks them first, in key order
+//! ([`delete_in_key_order!`]), as every write path does: a `DELETE … WHERE` alone locks in
+//! the order of its scan, and met a batch writing the same keys in key order in a deadlock.
 
-use diesel::dsl::{self, AsSelect};
-use diesel::pg::data_types::PgInterval;
-use diesel::pg::Pg;
+use diesel::dsl;
 use diesel::prelude::*;
+use diesel::QueryableByName;
 
-use super::{expired, fresh, Expired, Fresh};
-use crate::entry::AwarenessEntry;
+use super::expired_sql;
+
 use crate::schema::awareness_entries::dsl::*;
+
+/// `locked`, the entries of `awareness_entries k` that `$selected` (a condition on `k`)
+/// picks, locked in key order (`$lock`: `FOR UPDATE`, or `FOR UPDATE SKIP LOCKED` for the
+/// pruning statements, which leave an entry a writer holds — it is being written, so it is
+/// not expired for long — to a later round); and `gone`, those entries deleted and returned.
+/// Two CTEs for a `WITH`.
+macro_rules! delete_in_key_order {
+    ($selected:expr, $lock:literal) => {
+        concat!(
+            "locked AS MATERIALIZED (SELECT k.document_id, k.client_id FROM awareness_entries k \
+             WHERE ",
+            $selected,
+            " ORDER BY k.document_id, k.client_id ",
+            $lock,
+            "), gone AS (DELETE FROM awareness_entries e USING locked l \
+             WHERE e.document_id = l.document_id AND e.client_id = l.client_id RETURNING e.*)"
+        )
+    };
+}
+pub(crate) use delete_in_key_order;
 
 /// `remove`: one entry whatever its state.
 #[dsl::auto_type(no_type_alias)]
@@ -16,41 +39,44 @@ pub(crate) fn remove<'a>(document: &'a str, client: &'a str) -> _ {
     dsl::delete(awareness_entries.find((document, client)))
 }
 
-/// `remove_all_for_connection`: every entry the connection last wrote, through the
-/// `connection_id` index, returned with whether it was still fresh (expired ones are deleted
-/// too, as garbage, but absent for every read, so not reported).
-#[dsl::auto_type(no_type_alias)]
-pub(crate) fn remove_all_for_connection<'a>(connection: &'a str, timeout: PgInterval) -> _ {
-    let fresh: Fresh = fresh(timeout);
-    let entry: AsSelect<AwarenessEntry, Pg> = AwarenessEntry::as_returning();
-    dsl::delete(awareness_entries.filter(connection_id.eq(connection))).returning((entry, fresh))
-}
+/// `remove_all_for_connection`: every entry the connection `$1` last wrote, through the
+/// `connection_id` index, returned with whether it was expired (`$2`: the timeout). Expired
+/// ones are deleted too, as garbage, but absent for every read, so not reported.
+pub(crate) const REMOVE_ALL_FOR_CONNECTION: &str = concat!(
+    "WITH ",
+    delete_in_key_order!("k.connection_id = $1", "FOR UPDATE"),
+    " SELECT gone.*, ",
+    expired_sql!("gone.", "$2"),
+    " AS expired FROM gone"
+);
 
-/// `prune_expired`: deletes the expired entries; the count is the statement's row count.
-#[dsl::auto_type(no_type_alias)]
-pub(crate) fn prune_expired(timeout: PgInterval) -> _ {
-    let expired: Expired = expired(timeout);
-    dsl::delete(awareness_entries.filter(expired))
-}
+/// `prune_expired`: deletes the expired entries (`$1`: the timeout); the count is the number
+/// of rows.
+pub(crate) const PRUNE_EXPIRED: &str = concat!(
+    "WITH ",
+    delete_in_key_order!(expired_sql!("k.", "$1"), "FOR UPDATE SKIP LOCKED"),
+    " SELECT count(*) AS n FROM gone"
+);
 
-/// `take_expired`: deletes the expired entries and returns them, in one statement.
-#[dsl::auto_type(no_type_alias)]
-pub(crate) fn take_expired(timeout: PgInterval) -> _ {
-    let expired: Expired = expired(timeout);
-    let entry: AsSelect<AwarenessEntry, Pg> = AwarenessEntry::as_returning();
-    dsl::delete(awareness_entries.filter(expired)).returning(entry)
+/// `take_expired`: deletes the expired entries and returns them (`$1`: the timeout), in one
+/// statement.
+pub(crate) const TAKE_EXPIRED: &str = concat!(
+    "WITH ",
+    delete_in_key_order!(expired_sql!("k.", "$1"), "FOR UPDATE SKIP LOCKED"),
+    " SELECT gone.* FROM gone"
+);
+
+/// The row of [`PRUNE_EXPIRED`].
+#[derive(QueryableByName)]
+pub(crate) struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) n: i64,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{text, thirty_seconds};
+    use super::super::text;
     use super::*;
-
-    const RETURNING: &str =
-        "\"awareness_entries\".\"document_id\", \"awareness_entries\".\"client_id\", \
-        \"awareness_entries\".\"connection_id\", \"awareness_entries\".\"state\", \
-        \"awareness_entries\".\"clock_value\", \"awareness_entries\".\"last_seen\", \
-        \"awareness_entries\".\"owner\", \"awareness_entries\".\"instance_id\"";
 
     #[test]
     fn remove_deletes_one_key() {
@@ -61,26 +87,22 @@ mod tests {
         );
     }
 
+    /// Every statement that deletes several entries locks them in key order first.
     #[test]
-    fn remove_all_for_connection_returns_entries_with_freshness() {
-        assert_eq!(
-            text(&remove_all_for_connection("k", thirty_seconds())),
-            format!(
-                "DELETE FROM \"awareness_entries\" WHERE (\"awareness_entries\".\"connection_id\" = $1) \
-                 RETURNING {RETURNING}, (\"awareness_entries\".\"last_seen\" > (now() - $2))"
-            )
-        );
-    }
-
-    #[test]
-    fn prune_and_take_delete_the_expired_entries() {
-        let expired =
-            "DELETE FROM \"awareness_entries\" WHERE (\"awareness_entries\".\"last_seen\" <= \
-                       (now() - $1))";
-        assert_eq!(text(&prune_expired(thirty_seconds())), expired);
-        assert_eq!(
-            text(&take_expired(thirty_seconds())),
-            format!("{expired} RETURNING {RETURNING}")
-        );
+    fn multi_row_deletes_lock_in_key_order() {
+        for sql in [REMOVE_ALL_FOR_CONNECTION, PRUNE_EXPIRED, TAKE_EXPIRED] {
+            assert!(
+                sql.starts_with("WITH locked AS MATERIALIZED (SELECT k.document_id, k.client_id"),
+                "{sql}"
+            );
+            assert!(
+                sql.contains(" ORDER BY k.document_id, k.client_id FOR UPDATE"),
+                "{sql}"
+            );
+            assert!(sql.contains("USING locked l"), "{sql}");
+        }
+        assert!(PRUNE_EXPIRED.contains("k.last_seen <= now() - $1 ORDER BY"));
+        assert!(TAKE_EXPIRED.contains("SKIP LOCKED"));
+        assert!(!REMOVE_ALL_FOR_CONNECTION.contains("SKIP LOCKED"));
     }
 }

@@ -4,6 +4,7 @@
 
 use diesel::QueryableByName;
 
+use super::delete::delete_in_key_order;
 use super::expired_sql;
 
 /// Registers or renews an instance's lease in one statement. `$1`: the instance, `$2`: the
@@ -29,7 +30,9 @@ pub(crate) const ORPHANED_INSTANCES: &str = "WITH RECURSIVE ids AS (\
      UNION ALL SELECT (SELECT e.instance_id FROM awareness_entries e \
      WHERE e.instance_id > ids.instance_id ORDER BY e.instance_id LIMIT 1) \
      FROM ids WHERE ids.instance_id IS NOT NULL), \
-     lapsed AS (DELETE FROM awareness_instances WHERE lease_expires_at <= now()) \
+     lapsed AS (DELETE FROM awareness_instances WHERE instance_id IN \
+     (SELECT instance_id FROM awareness_instances WHERE lease_expires_at <= now() \
+     ORDER BY instance_id FOR UPDATE SKIP LOCKED)) \
      SELECT ids.instance_id AS orphan, NULL::text AS leader FROM ids \
      WHERE ids.instance_id IS NOT NULL AND NOT EXISTS \
      (SELECT 1 FROM awareness_instances i WHERE i.instance_id = ids.instance_id \
@@ -42,13 +45,17 @@ pub(crate) const ORPHANED_INSTANCES: &str = "WITH RECURSIVE ids AS (\
 /// only when an instance is gone.
 ///
 /// Each row is deleted, and so returned, by exactly one statement however many pruners race
-/// (a row deleted by another is skipped). An entry written by an instance after its lease
+/// (a row another holds is skipped, and it is gone or rewritten by the time a later round
+/// looks). Rows are locked in key order, as by every write path. An entry written by an instance after its lease
 /// lapsed and was taken over has no lease to point to either, so a later round removes it.
 pub(crate) const TAKE_ABANDONED: &str = concat!(
-    "WITH gone AS (DELETE FROM awareness_entries e WHERE e.instance_id = ANY($1) \
-     AND NOT EXISTS (SELECT 1 FROM awareness_instances i \
-     WHERE i.instance_id = e.instance_id AND i.lease_expires_at > now()) RETURNING e.*) \
-     SELECT gone.*, ",
+    "WITH ",
+    delete_in_key_order!(
+        "k.instance_id = ANY($1) AND NOT EXISTS (SELECT 1 FROM awareness_instances i \
+         WHERE i.instance_id = k.instance_id AND i.lease_expires_at > now())",
+        "FOR UPDATE SKIP LOCKED"
+    ),
+    " SELECT gone.*, ",
     expired_sql!("gone.", "$2"),
     " AS expired FROM gone ORDER BY gone.document_id, gone.client_id"
 );
@@ -78,10 +85,9 @@ pub(crate) struct FirstExpiry {
 /// A graceful shutdown: deletes the instance's lease and entries, and returns the entries
 /// with whether each was expired. `$1`: the instance, `$2`: the expiry timeout.
 pub(crate) const SHUTDOWN: &str = concat!(
-    "WITH lease AS (DELETE FROM awareness_instances \
-     WHERE instance_id = $1), \
-     gone AS (DELETE FROM awareness_entries WHERE instance_id = $1 RETURNING *) \
-     SELECT gone.*, ",
+    "WITH lease AS (DELETE FROM awareness_instances WHERE instance_id = $1), ",
+    delete_in_key_order!("k.instance_id = $1", "FOR UPDATE"),
+    " SELECT gone.*, ",
     expired_sql!("gone.", "$2"),
     " AS expired FROM gone ORDER BY gone.document_id, gone.client_id"
 );

@@ -41,10 +41,6 @@ use super::{expired_sql, fresh_sql, live_sql};
 use crate::entry::{AwarenessUpdate, SetOutcome};
 use crate::store::StoreOptions;
 
-/// What the batch statements report for one sent row (see [`SetMany`]): its outcome code, then
-/// what the exact form reads of the old row (inserted, clock, is a leave, expired).
-pub(crate) type SentRow = (i16, Option<bool>, Option<i64>, Option<bool>, Option<bool>);
-
 /// The outcome for the code the full and batch statements return.
 pub(crate) fn outcome(code: i16) -> Option<SetOutcome> {
     Some(match code {
@@ -388,102 +384,30 @@ impl BatchColumns<'_> {
     }
 }
 
-/// `set_many` as one statement: the upsert of [`set`] over `unnest` of column arrays (at most
-/// one row per key, see `write/plan.rs`), plus what the caller needs to resolve duplicates of a key
-/// inside the batch.
-///
-/// * `locked` locks the existing rows of the batch's keys (`FOR UPDATE`, in key order, so two
-///   batches lock in the same order) and reads their (clock, is-leave, expired). Under READ
-///   COMMITTED a locked row is re-read at its newest version, and the lock keeps it until
-///   commit, so these are exactly the rows the upsert then decides against.
-/// * The `(SELECT count(*) FROM locked) >= 0` filter is an uncorrelated sub-select, run once
-///   before the first row is inserted: it forces every lock to be taken before any write
-///   (data-changing CTEs otherwise run in an unspecified order).
-/// * `xmax = 0` in `RETURNING` is true for a freshly inserted row and false for an updated one
-///   (PostgreSQL's well-known upsert idiom): it tells "no row" from "a row inserted
-///   concurrently after `locked` read", the one case where the old clock cannot be known.
-///
-/// One row per key, in key order: `(code, inserted, old_clock, old_is_leave, old_expired)`;
-/// the old columns are NULL when `locked` found no row.
+/// A batch of distinct keys as one statement (`set_many`, one round of it: see
+/// `write/plan.rs`): the upsert of `set` over `unnest` of column arrays, in key order (so
+/// its row locks are taken in key order, as every write path's), and the outcome codes. One
+/// row per key, in key order: the code.
 #[derive(Debug)]
 pub(crate) struct SetMany<'a> {
     columns: BatchColumns<'a>,
     context: WriteContext<'a>,
-    exact: bool,
 }
 
-/// The batch statement that resolves repeated keys (see [`SetMany`]).
-pub(crate) fn set_many<'a>(columns: BatchColumns<'a>, context: WriteContext<'a>) -> SetMany<'a> {
-    SetMany {
-        columns,
-        context,
-        exact: true,
-    }
-}
-
-/// `set_many` for a batch whose keys are all distinct (the common case: a y-protocols message,
-/// or coalesced heartbeats of different clients): the upsert over `unnest` of the column
-/// arrays and the outcome codes, without the `locked` read of old rows (with one update per
-/// key, the code is the outcome). One row per key, in key order: the code.
+/// See [`SetMany`].
 pub(crate) fn set_many_distinct<'a>(
     columns: BatchColumns<'a>,
     context: WriteContext<'a>,
 ) -> SetMany<'a> {
-    SetMany {
-        columns,
-        context,
-        exact: false,
-    }
+    SetMany { columns, context }
 }
 
-/// [`SetMany`] in its exact form, typed for loading.
-#[derive(Debug)]
-pub(crate) struct Exact<'a>(pub(crate) SetMany<'a>);
+// The batch statement's SQL text never changes (the same binds whatever the batch size), so
+// one prepared statement per connection serves every batch.
+static_query_id!(SetMany => SetManyId);
 
-/// [`SetMany`] in its distinct form, typed for loading.
-#[derive(Debug)]
-pub(crate) struct Distinct<'a>(pub(crate) SetMany<'a>);
-
-// The batch statements' SQL texts never change (the same binds whatever the batch size), so one
-// prepared statement per connection serves every batch.
-static_query_id!(Exact => SetManyId, Distinct => SetManyDistinctId);
-
-impl diesel::query_builder::Query for Exact<'_> {
-    type SqlType = (
-        SmallInt,
-        Nullable<diesel::sql_types::Bool>,
-        Nullable<BigInt>,
-        Nullable<diesel::sql_types::Bool>,
-        Nullable<diesel::sql_types::Bool>,
-    );
-}
-
-impl diesel::query_builder::Query for Distinct<'_> {
+impl diesel::query_builder::Query for SetMany<'_> {
     type SqlType = SmallInt;
-}
-
-impl QueryFragment<Pg> for Exact<'_> {
-    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.0.walk_ast(out)
-    }
-}
-
-impl QueryFragment<Pg> for Distinct<'_> {
-    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.0.walk_ast(out)
-    }
-}
-
-impl<'a> SetMany<'a> {
-    /// This statement, typed by its form for loading.
-    pub(crate) fn exact(self) -> Exact<'a> {
-        Exact(self)
-    }
-
-    /// This statement, typed by its form for loading.
-    pub(crate) fn distinct(self) -> Distinct<'a> {
-        Distinct(self)
-    }
 }
 
 impl QueryFragment<Pg> for SetMany<'_> {
@@ -542,16 +466,6 @@ impl QueryFragment<Pg> for SetMany<'_> {
              LEFT JOIN in_document d ON d.document_id = j.document_id \
              LEFT JOIN on_connection c ON c.connection_id = j.connection_id), "
         ));
-        if self.exact {
-            out.push_sql(concat!(
-                "locked AS MATERIALIZED (SELECT e.document_id, e.client_id, e.clock_value, \
-                 e.state IS NULL AS is_leave, ",
-                expired_sql!("e.", "p.timeout"),
-                " AS expired \
-                 FROM awareness_entries e JOIN input USING (document_id, client_id) CROSS JOIN p \
-                 ORDER BY e.document_id, e.client_id FOR UPDATE OF e), ",
-            ));
-        }
         out.push_sql("applied AS (");
         out.push_sql(INSERT_COLUMNS);
         out.push_sql(
@@ -559,28 +473,14 @@ impl QueryFragment<Pg> for SetMany<'_> {
              CURRENT_TIMESTAMP, u.owner, p.instance_id FROM counted u, p \
              WHERE NOT u.document_full AND NOT u.connection_full ",
         );
-        if self.exact {
-            out.push_sql("AND (SELECT count(*) FROM locked) >= 0 ");
-        }
         out.push_sql("ORDER BY u.ord");
         out.push_sql(UPSERT);
         out.push_sql(concat!(
-            " RETURNING document_id, client_id, xmax = 0 AS inserted) \
+            " RETURNING document_id, client_id) \
              SELECT (CASE WHEN a.document_id IS NOT NULL THEN 0 ",
             refused_by_row!("u"),
-            "WHEN u.document_full THEN 3 WHEN u.connection_full THEN 4 ELSE 1 END)::smallint"
-        ));
-        if self.exact {
-            out.push_sql(
-                ", a.inserted, locked.clock_value, locked.is_leave, locked.expired \
-                 FROM counted u CROSS JOIN p \
-                 LEFT JOIN locked ON locked.document_id = u.document_id \
-                 AND locked.client_id = u.client_id",
-            );
-        } else {
-            out.push_sql(" FROM counted u CROSS JOIN p");
-        }
-        out.push_sql(concat!(
+            "WHEN u.document_full THEN 3 WHEN u.connection_full THEN 4 ELSE 1 END)::smallint \
+             FROM counted u CROSS JOIN p",
             " LEFT JOIN applied a ON a.document_id = u.document_id AND a.client_id = u.client_id \
              LEFT JOIN awareness_entries f ON f.document_id = u.document_id \
              AND f.client_id = u.client_id AND ",
@@ -613,6 +513,18 @@ pub(crate) fn set_many_fast<'a>(
 
 static_query_id!(SetManyFast => SetManyFastId);
 
+/// The batch fast path's rules on a row `e` and its update `i` ([`FAST_SQL`]'s, over rows):
+/// live (a leave may also update a fresh tombstone), owned by the writer or nobody, beaten on
+/// clocks.
+macro_rules! fast_batch_rules {
+    () => {
+        "e.last_seen > now() - p.timeout AND (e.state IS NOT NULL OR i.state IS NULL) \
+         AND (e.owner IS NULL OR e.owner = i.owner COLLATE \"C\") \
+         AND (e.clock_value < i.clock_value OR (e.clock_value = i.clock_value \
+         AND i.state IS NULL AND e.state IS NOT NULL))"
+    };
+}
+
 impl diesel::query_builder::Query for SetManyFast<'_> {
     type SqlType = BigInt;
 }
@@ -621,25 +533,30 @@ impl QueryFragment<Pg> for SetManyFast<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let c = &self.columns;
         let x = &self.context;
-        out.push_sql(
-            "UPDATE awareness_entries e SET connection_id = i.connection_id, state = i.state, \
+        // The rows are locked first, in key order (`l`), then updated: an `UPDATE … FROM`
+        // locks in the order of its join, which the planner picks.
+        out.push_sql("WITH i AS (SELECT * FROM ");
+        c.walk_unnest(&mut out)?;
+        out.push_sql("), p AS (SELECT ");
+        out.push_bind_param::<Interval, _>(&x.timeout)?;
+        out.push_sql(concat!(
+            "::interval AS timeout), \
+             l AS MATERIALIZED (SELECT e.document_id, e.client_id, i.ord \
+             FROM awareness_entries e JOIN i ON e.document_id = i.document_id COLLATE \"C\" \
+             AND e.client_id = i.client_id COLLATE \"C\" CROSS JOIN p WHERE ",
+            fast_batch_rules!(),
+            " ORDER BY e.document_id, e.client_id FOR UPDATE OF e) \
+             UPDATE awareness_entries e SET connection_id = i.connection_id, state = i.state, \
              clock_value = i.clock_value, last_seen = CURRENT_TIMESTAMP, owner = i.owner, \
              instance_id = ",
-        );
+        ));
         out.push_bind_param::<Nullable<Text>, _>(&x.instance_id)?;
-        out.push_sql(" FROM ");
-        c.walk_unnest(&mut out)?;
-        out.push_sql(
-            " WHERE e.document_id = i.document_id COLLATE \"C\" \
-             AND e.client_id = i.client_id COLLATE \"C\" AND e.last_seen > now() - ",
-        );
-        out.push_bind_param::<Interval, _>(&x.timeout)?;
-        out.push_sql(
-            "::interval AND (e.state IS NOT NULL OR i.state IS NULL) \
-             AND (e.owner IS NULL OR e.owner = i.owner COLLATE \"C\") \
-             AND (e.clock_value < i.clock_value OR (e.clock_value = i.clock_value \
-             AND i.state IS NULL AND e.state IS NOT NULL)) RETURNING i.ord",
-        );
+        out.push_sql(concat!(
+            " FROM l JOIN i ON i.ord = l.ord CROSS JOIN p \
+             WHERE e.document_id = l.document_id AND e.client_id = l.client_id AND ",
+            fast_batch_rules!(),
+            " RETURNING i.ord"
+        ));
         Ok(())
     }
 }
@@ -718,20 +635,23 @@ mod tests {
         ));
     }
 
-    /// The batch statements carry the same upsert as `set`, and differ only by `locked`.
+    /// The batch statement carries the same upsert as `set`; the batch fast path locks its
+    /// rows in key order before it updates them.
     #[test]
-    fn batch_statements_share_the_upsert() {
+    fn batch_statements_share_the_upsert_and_lock_in_key_order() {
         let updates = [AwarenessUpdate::new("doc", "client", "conn", 3, None)];
-        let plan = crate::postgres::write::plan::WritePlan::new(&updates);
-        let exact = super::super::text(&set_many(plan.columns(&updates), context()).exact());
-        let distinct =
-            super::super::text(&set_many_distinct(plan.columns(&updates), context()).distinct());
-        for sql in [&exact, &distinct, &*FULL_TEXT] {
+        let columns = || crate::postgres::write::plan::columns(&updates, &[0]);
+        let batch = super::super::text(&set_many_distinct(columns(), context()));
+        for sql in [&batch, &*FULL_TEXT] {
             assert!(sql.contains(UPSERT), "{sql}");
             assert!(sql.contains(INSERT_COLUMNS), "{sql}");
         }
-        assert!(exact.contains("FOR UPDATE OF e"));
-        assert!(!distinct.contains("locked"));
-        assert!(distinct.contains("$10::bigint AS max_connection"));
+        assert!(batch.contains("ORDER BY u.ord"), "{batch}");
+        assert!(batch.contains("$10::bigint AS max_connection"));
+        let fast = super::super::text(&set_many_fast(columns(), context()));
+        assert!(
+            fast.contains("ORDER BY e.document_id, e.client_id FOR UPDATE OF e) UPDATE"),
+            "{fast}"
+        );
     }
 }

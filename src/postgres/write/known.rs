@@ -62,9 +62,14 @@ impl KnownKeys {
 
     /// Whether every update of a batch is likely a heartbeat ([`fast_path_first`](Self::fast_path_first)),
     /// under one lock.
-    pub(crate) fn all_fast_path_first(&self, updates: &[AwarenessUpdate]) -> bool {
+    pub(crate) fn all_fast_path_first<'a>(
+        &self,
+        updates: impl IntoIterator<Item = &'a AwarenessUpdate>,
+    ) -> bool {
         let clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
-        updates.iter().all(|update| self.beats(&clocks, update))
+        updates
+            .into_iter()
+            .all(|update| self.beats(&clocks, update))
     }
 
     fn beats(&self, clocks: &HashTable<(u64, i64)>, update: &AwarenessUpdate) -> bool {

@@ -1,17 +1,23 @@
-//! The write plan of `set_many` on PostgreSQL: which update of each key the one statement sends, and how the
-//! outcome of every update in the batch follows from what the statement reports.
+//! The write plan of `set_many` on PostgreSQL: a batch as statements whose rows are one per
+//! key, in key order, so every statement takes its row locks in the one order every write
+//! path uses (`document_id, client_id`, byte order; docs/NOTES.md "Row locks").
 //!
-//! The clock rule ([`supersedes`]) orders updates of one key like `(clock, is_leave)` with a
-//! strict `>`: applying
-//! `u1..un` in order over an existing entry `E` is a running maximum. So only the first update
-//! reaching the key's maximum can be the final write (it is the one sent), and an earlier
-//! update applied exactly when it beat `E` and every update before it. `ON CONFLICT` cannot
-//! touch one row twice in a statement, which is why only one update per key is sent.
+//! A batch of distinct keys is one statement. A batch that repeats a key goes in **rounds**:
+//! round *n* sends the *n*-th pending update of every key that still has one, as a batch of
+//! distinct keys. That is `set` in turn for each key, exactly (the contract's `set_many`), with
+//! no lock taken out of key order: the earlier design sent one row per key and read the old
+//! rows `FOR UPDATE` first to resolve the others, which locked existing rows before inserting
+//! new keys that sort before them, and deadlocked against a concurrent batch inserting those.
+//!
+//! An update that cannot win is not sent: the clock rule ([`supersedes`]) orders a key's
+//! updates like `(clock, is_leave)` with a strict `>`, so once an update of the key was applied
+//! or found stale, the key holds at least its rank, and a later update that does not beat that
+//! rank is stale without asking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::entry::{supersedes, AwarenessUpdate, SetOutcome};
-use crate::postgres::sql::write::{BatchColumns, SentRow};
+use crate::postgres::sql::write::BatchColumns;
 
 /// What an update of one key wrote: its clock, and whether it is a leave.
 type Rank = (i64, bool);
@@ -30,246 +36,187 @@ fn beats(update: &AwarenessUpdate, held: Option<Rank>) -> bool {
     )
 }
 
-/// The updates of one key, by input position.
+/// The updates of one key.
 #[derive(Debug)]
 struct KeyGroup {
-    /// Input positions of this key's updates, in input order.
-    positions: Vec<usize>,
-    /// The position sent to the database: the first one with the key's highest rank.
-    sent: usize,
+    /// Input positions of this key's updates not sent yet, in input order.
+    pending: VecDeque<usize>,
+    /// The rank the key is known to hold at least: the highest of its updates found applied
+    /// or stale so far.
+    floor: Option<Rank>,
 }
 
-/// A batch split into one row per key (sorted by key, so concurrent batches lock rows in the
-/// same order) and the bookkeeping to resolve every update's outcome.
+/// A batch grouped by key (sorted by key), sent in rounds of distinct keys: one round when no
+/// key repeats.
 #[derive(Debug)]
 pub(crate) struct WritePlan {
     groups: Vec<KeyGroup>,
-}
-
-/// The existing entry an update of the key was decided against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Existing {
-    /// No live entry (none, or expired): every update with a higher rank than the previous ones
-    /// applies.
-    Absent,
-    /// A live entry of this rank.
-    Live(Rank),
-    /// A row that appeared concurrently after the statement's snapshot: its rank is unknown.
-    Unknown,
+    /// The group of each position of the round in flight.
+    round: Vec<usize>,
 }
 
 impl WritePlan {
     /// Groups `updates` by key.
     pub(crate) fn new(updates: &[AwarenessUpdate]) -> Self {
-        let mut by_key: BTreeMap<(&str, &str), KeyGroup> = BTreeMap::new();
+        let mut by_key: BTreeMap<(&str, &str), VecDeque<usize>> = BTreeMap::new();
         for (i, update) in updates.iter().enumerate() {
-            let group = by_key
+            by_key
                 .entry((&update.document_id, &update.client_id))
-                .or_insert(KeyGroup {
-                    positions: Vec::new(),
-                    sent: i,
-                });
-            if beats(update, Some(rank(&updates[group.sent]))) {
-                group.sent = i;
-            }
-            group.positions.push(i);
+                .or_default()
+                .push_back(i);
         }
         Self {
-            groups: by_key.into_values().collect(),
+            groups: by_key
+                .into_values()
+                .map(|pending| KeyGroup {
+                    pending,
+                    floor: None,
+                })
+                .collect(),
+            round: Vec::new(),
         }
     }
 
-    /// True when some key's updates come from different owners: such a batch is applied one
-    /// update after another (its outcomes depend on which owner came first; a server sending
-    /// one client id for two principals in one batch is rare enough not to need one statement).
-    pub(crate) fn has_mixed_owners(&self, updates: &[AwarenessUpdate]) -> bool {
-        self.groups.iter().any(|group| {
-            let owner = &updates[group.sent].owner;
-            group.positions.iter().any(|&i| &updates[i].owner != owner)
-        })
-    }
-
-    /// True when no key occurs twice: every update is sent, and the lean statement
-    /// ([`Distinct`](crate::postgres::sql::write::Distinct)) decides each exactly.
-    pub(crate) fn is_distinct(&self) -> bool {
-        self.groups.iter().all(|group| group.positions.len() == 1)
-    }
-
-    /// Every update's outcome, in input order, from the lean statement's rows (each key's
-    /// outcome code, in the order of [`columns`](Self::columns)), for a batch that
-    /// [`is_distinct`](Self::is_distinct). `None` when the rows do not match the plan.
-    pub(crate) fn outcomes_distinct(&self, codes: &[i16]) -> Option<Vec<SetOutcome>> {
-        if codes.len() != self.groups.len() || !self.is_distinct() {
-            return None;
-        }
-        let mut outcomes = vec![SetOutcome::Stale; self.groups.len()];
-        for (group, &code) in self.groups.iter().zip(codes) {
-            outcomes[group.sent] = crate::postgres::sql::write::outcome(code)?;
-        }
-        Some(outcomes)
-    }
-
-    /// The input position of each row of [`columns`](Self::columns), in order.
-    pub(crate) fn sent_positions(&self) -> Vec<usize> {
-        self.groups.iter().map(|group| group.sent).collect()
-    }
-
-    /// The column arrays to send: one row per key, in key order.
-    pub(crate) fn columns<'a>(&self, updates: &'a [AwarenessUpdate]) -> BatchColumns<'a> {
-        let mut columns = BatchColumns::default();
-        for group in &self.groups {
-            let u = &updates[group.sent];
-            columns.document_ids.push(&u.document_id);
-            columns.client_ids.push(&u.client_id);
-            columns.connection_ids.push(&u.connection_id);
-            columns.states.push(&u.state);
-            columns.clocks.push(u.clock);
-            columns.owners.push(u.owner.as_deref());
-        }
-        columns
-    }
-
-    /// Every update's outcome, in input order, from the statement's rows (one per key, in the
-    /// order of [`columns`](Self::columns)). `None` when the rows do not match the plan.
-    pub(crate) fn outcomes(
-        &self,
+    /// The input positions of the next round: one per key that still has an update that can
+    /// win, in key order. Updates that cannot win are marked stale in `outcomes` on the way.
+    /// Empty when the batch is done.
+    pub(crate) fn next_round(
+        &mut self,
         updates: &[AwarenessUpdate],
-        rows: &[SentRow],
-    ) -> Option<Vec<SetOutcome>> {
-        if rows.len() != self.groups.len() {
-            return None;
-        }
-        let mut outcomes = vec![SetOutcome::Stale; updates.len()];
-        for (group, &(code, inserted, clock, is_leave, expired)) in self.groups.iter().zip(rows) {
-            match crate::postgres::sql::write::outcome(code)? {
-                SetOutcome::Applied => {}
-                // The existing entry ranks at or above the key's maximum: every update is stale.
-                SetOutcome::Stale => continue,
-                // Another principal owns the key, or the key's highest update could not join:
-                // the key's other updates (same owner, same key) are refused alike.
-                refused => {
-                    for &i in &group.positions {
-                        outcomes[i] = refused;
-                    }
+        outcomes: &mut [SetOutcome],
+    ) -> Vec<usize> {
+        self.round.clear();
+        let mut positions = Vec::new();
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            while let Some(i) = group.pending.pop_front() {
+                if group.floor.is_some() && !beats(&updates[i], group.floor) {
+                    outcomes[i] = SetOutcome::Stale;
                     continue;
                 }
+                positions.push(i);
+                self.round.push(g);
+                break;
             }
-            let existing = match (clock, is_leave, expired) {
-                (Some(_), _, Some(true)) => Existing::Absent,
-                (Some(clock), Some(is_leave), _) => Existing::Live((clock, is_leave)),
-                (Some(_), _, _) => return None,
-                (None, _, _) if inserted == Some(true) => Existing::Absent,
-                (None, _, _) => Existing::Unknown,
-            };
-            resolve_group(updates, group, existing, &mut outcomes);
         }
-        Some(outcomes)
+        positions
+    }
+
+    /// Records what the round's updates (`positions`, from [`next_round`](Self::next_round))
+    /// came to, in the same order.
+    pub(crate) fn record(
+        &mut self,
+        updates: &[AwarenessUpdate],
+        positions: &[usize],
+        decided: &[SetOutcome],
+        outcomes: &mut [SetOutcome],
+    ) {
+        for ((&g, &i), &outcome) in self.round.iter().zip(positions).zip(decided) {
+            outcomes[i] = outcome;
+            let group = &mut self.groups[g];
+            if matches!(outcome, SetOutcome::Applied | SetOutcome::Stale)
+                && beats(&updates[i], group.floor)
+            {
+                group.floor = Some(rank(&updates[i]));
+            }
+        }
     }
 }
 
-/// Outcomes of one key's updates when the sent one applied over `existing`.
-fn resolve_group(
-    updates: &[AwarenessUpdate],
-    group: &KeyGroup,
-    existing: Existing,
-    outcomes: &mut [SetOutcome],
-) {
-    let mut highest = match existing {
-        Existing::Absent => None,
-        Existing::Live(rank) => Some(rank),
-        Existing::Unknown => {
-            // Earlier updates may or may not have beaten the unknown row: report them stale,
-            // never an "applied" that could sit below a clock already applied.
-            outcomes[group.sent] = SetOutcome::Applied;
-            return;
-        }
-    };
-    for &i in &group.positions {
-        if beats(&updates[i], highest) {
-            outcomes[i] = SetOutcome::Applied;
-            highest = Some(rank(&updates[i]));
-        }
-        if i == group.sent {
-            // Later updates rank at or below the sent one: stale.
-            break;
-        }
+/// The column arrays of a batch of distinct keys, in key order, and the input position of
+/// each row.
+pub(crate) fn columns<'a>(updates: &'a [AwarenessUpdate], positions: &[usize]) -> BatchColumns<'a> {
+    let mut columns = BatchColumns::default();
+    for &i in positions {
+        let u = &updates[i];
+        columns.document_ids.push(&u.document_id);
+        columns.client_ids.push(&u.client_id);
+        columns.connection_ids.push(&u.connection_id);
+        columns.states.push(&u.state);
+        columns.clocks.push(u.clock);
+        columns.owners.push(u.owner.as_deref());
     }
+    columns
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use SetOutcome::{Applied as A, Stale as S};
+    use SetOutcome::{Applied as A, Forbidden as F, Stale as S};
 
     fn up(client: &str, clock: i64, leave: bool) -> AwarenessUpdate {
         let state = (!leave).then(|| serde_json::json!(clock));
         AwarenessUpdate::new("d", client, "k", clock, state)
     }
 
+    /// Runs the plan against `decide` (what the database says of each sent update).
+    fn run(
+        updates: &[AwarenessUpdate],
+        mut decide: impl FnMut(&AwarenessUpdate) -> SetOutcome,
+    ) -> (Vec<SetOutcome>, Vec<Vec<String>>) {
+        let mut plan = WritePlan::new(updates);
+        let mut outcomes = vec![S; updates.len()];
+        let mut rounds = Vec::new();
+        loop {
+            let round = plan.next_round(updates, &mut outcomes);
+            if round.is_empty() {
+                return (outcomes, rounds);
+            }
+            rounds.push(
+                round
+                    .iter()
+                    .map(|&i| format!("{}{}", updates[i].client_id, updates[i].clock))
+                    .collect(),
+            );
+            let decided: Vec<SetOutcome> = round.iter().map(|&i| decide(&updates[i])).collect();
+            plan.record(updates, &round, &decided, &mut outcomes);
+        }
+    }
+
     #[test]
-    fn sends_the_first_update_reaching_each_keys_maximum_in_key_order() {
+    fn distinct_keys_are_one_round_in_key_order() {
+        let updates = [up("b", 1, false), up("c", 1, false), up("a", 1, true)];
+        let (outcomes, rounds) = run(&updates, |_| A);
+        assert_eq!(rounds, [["a1", "b1", "c1"]]);
+        assert_eq!(outcomes, [A, A, A]);
+    }
+
+    #[test]
+    fn repeated_keys_go_in_rounds_and_skip_what_cannot_win() {
         let updates = [
             up("b", 1, false),
-            up("a", 3, false),
-            up("b", 4, false),
-            up("a", 3, true),
-            up("b", 4, false),
-            up("a", 3, true),
-        ];
-        let plan = WritePlan::new(&updates);
-        let columns = plan.columns(&updates);
-        assert_eq!(columns.client_ids, ["a", "b"]);
-        assert_eq!(columns.clocks, [3, 4]);
-        assert_eq!(plan.groups[0].sent, 3);
-        assert_eq!(plan.groups[1].sent, 2);
-    }
-
-    #[test]
-    fn distinct_batches_map_rows_back_to_input_order() {
-        let updates = [up("b", 1, false), up("c", 1, false), up("a", 1, true)];
-        let plan = WritePlan::new(&updates);
-        assert!(plan.is_distinct());
-        // Rows come in key order: a, b, c.
-        assert_eq!(
-            plan.outcomes_distinct(&[0, 1, 2]).unwrap(),
-            [S, SetOutcome::Forbidden, A]
-        );
-        assert!(plan.outcomes_distinct(&[0]).is_none());
-        assert!(plan.outcomes_distinct(&[0, 0, 9]).is_none());
-        assert!(!WritePlan::new(&[up("a", 1, false), up("a", 2, false)]).is_distinct());
-    }
-
-    #[test]
-    fn outcomes_follow_the_running_maximum() {
-        let updates = [
-            up("a", 1, false),
             up("a", 5, false),
+            up("b", 4, false),
             up("a", 3, false),
             up("a", 5, true),
             up("a", 5, true),
         ];
-        let plan = WritePlan::new(&updates);
-        // Existing live entry at clock 2: 1 is stale, 5 applies, 3 stale, leave 5 applies.
-        let rows = [(0, Some(false), Some(2), Some(false), Some(false))];
-        assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, A, S, A, S]);
-        // No entry: the first update applies too.
-        let rows = [(0, Some(true), None, None, None)];
-        assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [A, A, S, A, S]);
-        // Expired entry at a high clock counts as absent.
-        let rows = [(0, Some(false), Some(9), Some(false), Some(true))];
-        assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [A, A, S, A, S]);
-        // A row inserted concurrently: only the sent update is known to have applied.
-        let rows = [(0, Some(false), None, None, None)];
-        assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, S, S, A, S]);
-        // The sent update lost: everything is stale.
-        let rows = [(1, None, Some(7), Some(false), Some(false))];
-        assert_eq!(plan.outcomes(&updates, &rows).unwrap(), [S, S, S, S, S]);
-        // Owned by someone else: every update of the key is forbidden.
-        let rows = [(2, None, Some(7), Some(false), Some(false))];
-        assert_eq!(
-            plan.outcomes(&updates, &rows).unwrap(),
-            [SetOutcome::Forbidden; 5]
-        );
-        assert!(plan.outcomes(&updates, &[]).is_none());
+        // The database holds a at 2 and nothing for b: a5 applies, a3 cannot win (not sent),
+        // the leave at 5 beats a5, the second leave cannot win.
+        let (outcomes, rounds) = run(&updates, |u| {
+            if u.clock >= 2 || u.client_id == "b" {
+                A
+            } else {
+                S
+            }
+        });
+        assert_eq!(rounds, [vec!["a5", "b1"], vec!["a5", "b4"]]);
+        assert_eq!(outcomes, [A, A, A, S, A, S]);
+    }
+
+    #[test]
+    fn a_refusal_sets_no_floor() {
+        // a1 is refused (another principal holds a); a2 is still asked.
+        let updates = [up("a", 1, false), up("a", 2, false)];
+        let mut asked = 0;
+        let (outcomes, rounds) = run(&updates, |_| {
+            asked += 1;
+            if asked == 1 {
+                F
+            } else {
+                A
+            }
+        });
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(outcomes, [F, A]);
     }
 }

@@ -2,7 +2,7 @@
 // Run by examples/relay/tests/e2e.rs (make test), which provides the databases and the binary.
 import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { writeFileSync, mkdirSync } from 'node:fs'
+import { writeFileSync, mkdirSync, readFileSync } from 'node:fs'
 import { createHmac } from 'node:crypto'
 import { dirname } from 'node:path'
 import WebSocket from 'ws'
@@ -510,6 +510,38 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     bob.destroy()
   })
 
+  test('10b. open mode (no token): a client failing over to the restarted instance is relayed within a second, no close loop', async () => {
+    const open = {}
+    const P = await start('P3', { env: open })
+    let Q = await start('Q3', { env: open })
+    relays.push(P)
+    const alice = connect(P, 'crash-open', { user: { name: 'alice' } })
+    const bob = connect(Q, 'crash-open', { user: { name: 'bob' } })
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
+    let bobCloses = 0
+    bob.provider.on('connection-close', () => { bobCloses++ })
+    const killedAt = performance.now()
+    await Q.stop('SIGKILL')
+    // Restarted at once on the same port: bob's entry is still fresh and its instance's lease
+    // has not lapsed; nobody is authenticated.
+    Q = await start('Q3', { port: Q.port, env: open })
+    relays.push(Q)
+    await waitFor(() => bob.connected(), 10000, 'bob reconnects to the restarted instance')
+    const reconnectedAt = performance.now()
+    const closesAtReconnect = bobCloses
+    bob.awareness.setLocalStateField('moved', 1)
+    await waitFor(() => alice.stateOf(bob)?.moved === 1, 5000, 'alice sees bob\'s move through the restarted instance')
+    const acceptedMs = performance.now() - reconnectedAt
+    assert.ok(acceptedMs < 1000, `bob's move arrived ${Math.round(acceptedMs)} ms after he reconnected (within a second)`)
+    // Past the dead instance's lease: bob stays (his entry is the new instance's), never closed.
+    await new Promise((resolve) => setTimeout(resolve, leaseMs + 2 * pruneMs))
+    assert.ok(alice.sees(bob), 'bob stays visible after the dead instance is cleared')
+    assert.equal(bobCloses - closesAtReconnect, 0, 'bob was not disconnected again')
+    note('failover_open_mode', { kill_to_reconnect_ms: Math.round(reconnectedAt - killedAt), reconnect_to_move_seen_ms: Math.round(acceptedMs), lease_ms: leaseMs })
+    alice.destroy()
+    bob.destroy()
+  })
+
   test('11. two replicas started with identical environment and arguments share presence', async () => {
     const [R1, R2] = await Promise.all([start('replica'), start('replica')])
     relays.push(R1, R2)
@@ -547,6 +579,48 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     await waitFor(() => bob.stateOf(alice)?.pad === 'done', 5000, 'bob still gets alice\'s updates')
     assert.ok(alice.connected() && bob.connected(), 'alice and bob were not disconnected')
     note('slow_consumer', { updates_sent_until_disconnect: n })
+    slow.terminate()
+    alice.destroy()
+    bob.destroy()
+  })
+
+  test('13. a consumer behind by bytes is disconnected, and the relay\'s memory stays within the bound', async () => {
+    const bound = 1 << 20
+    // A message bound far above what 10 s of traffic needs: only the byte bound can end it.
+    const S = await start('S2', { extra: ['--queue-capacity', '100000', '--queue-bytes', String(bound), '--max-state-bytes', '65536'] })
+    relays.push(S)
+    const rss = () => Number(readFileSync(`/proc/${S.proc.pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB/m)[1]) * 1024
+    const alice = connect(S, 'slow-bytes', { user: { name: 'alice' } }, as('alice'))
+    const bob = connect(S, 'slow-bytes', { user: { name: 'bob' } }, as('bob'))
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
+    const slow = new WebSocket(`${S.ws}/slow-bytes?token=${token('slow')}`)
+    await new Promise((resolve) => slow.once('open', resolve))
+    slow._socket.pause() // stops reading: the kernel buffers fill, then the relay's queue
+    const slowMetric = async () => {
+      const text = await (await fetch(`${S.http}/metrics`)).text()
+      const m = text.match(/^synckit_awareness_presence_disconnects_total\{reason="slow_consumer"\} (\d+)/m)
+      return m ? Number(m[1]) : 0
+    }
+    const before = rss()
+    let most = before
+    // 48 KB states 30 times a second (issue 25's load), until the slow one is ended.
+    const padding = 'x'.repeat(48 * 1024)
+    let n = 0
+    const startedAt = performance.now()
+    await waitFor(async () => {
+      alice.awareness.setLocalStateField('pad', `${n++}${padding}`)
+      await new Promise((resolve) => setTimeout(resolve, 33))
+      most = Math.max(most, rss())
+      return (await slowMetric()) >= 1
+    }, 30000, 'the slow consumer is disconnected')
+    const endedMs = performance.now() - startedAt
+    const growth = most - before
+    // The queue's bound, plus room for the allocator and the states in flight to bob.
+    assert.ok(growth <= bound + 4 * (1 << 20), `the relay grew by ${growth} bytes (bound ${bound} + 4 MiB)`)
+    alice.awareness.setLocalStateField('pad', 'done')
+    await waitFor(() => bob.stateOf(alice)?.pad === 'done', 5000, 'bob still gets alice\'s updates')
+    assert.ok(alice.connected() && bob.connected(), 'alice and bob were not disconnected')
+    note('slow_consumer_bytes', { queue_bytes: bound, states_sent_until_disconnect: n, state_bytes: padding.length, sent_bytes: n * padding.length, ms_until_disconnect: Math.round(endedMs), rss_growth_bytes: growth })
     slow.terminate()
     alice.destroy()
     bob.destroy()
