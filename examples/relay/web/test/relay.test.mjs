@@ -168,10 +168,13 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     const text = await refused(A, 'hello', false)
     assert.equal(text.code, 1003, 'a text frame is refused')
 
-    // Spoofs of alice (anonymous connections: the relay runs open here) are dropped, on her
-    // instance (she is held by her connection) and on the other (she is live elsewhere); the
-    // spoofing connection is not closed (a reconnecting client must never loop on a close).
-    for (const [relay, own] of [[A, 4245], [B, 4247]]) {
+    // Spoofs of alice (anonymous connections: the relay runs open here) are dropped on her
+    // instance, where her live connection holds her; the spoofing connection is not closed (a
+    // reconnecting client must never loop on a close). On another instance open mode does as
+    // y-protocols' servers do and relays a newer clock from any connection (so a client that
+    // fails over is relayed at once, test 10b); README's trust section says so, and signed
+    // tokens (tests 8-10) are what protects a client id everywhere.
+    for (const [relay, own] of [[A, 4245]]) {
       const spoofer = new WebSocket(`${relay.ws}/guarded`)
       await new Promise((resolve, reject) => { spoofer.once('open', resolve); spoofer.once('error', reject) })
       spoofer.send(awarenessFrame([[alice.id, aliceClock + 5, { user: { name: 'mallory' } }]]))
@@ -183,8 +186,8 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
       await waitFor(() => !bob.sees(own), 5000, 'the spoofer\'s client leaves when it closes')
     }
 
-    // A leave for alice from a connection that does not own her is dropped, not applied.
-    const ws = new WebSocket(`${B.ws}/guarded`)
+    // A leave for alice from another connection of her instance is dropped, not applied.
+    const ws = new WebSocket(`${A.ws}/guarded`)
     await new Promise((resolve) => ws.once('open', resolve))
     ws.send(awarenessFrame([[alice.id, aliceClock + 50, null]]))
     ws.send(awarenessFrame([[4246, 1, { legit: true }]]))
@@ -576,7 +579,9 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
       return (await slowMetric()) >= 1
     }, 20000, 'the slow consumer is disconnected')
     alice.awareness.setLocalStateField('pad', 'done')
-    await waitFor(() => bob.stateOf(alice)?.pad === 'done', 5000, 'bob still gets alice\'s updates')
+    // Behind alice's backlog: her provider queues states faster than a debug build of the relay
+    // decodes 50-60 KB ones (about 40 a second on a 2-core machine).
+    await waitFor(() => bob.stateOf(alice)?.pad === 'done', 30000, 'bob still gets alice\'s updates')
     assert.ok(alice.connected() && bob.connected(), 'alice and bob were not disconnected')
     note('slow_consumer', { updates_sent_until_disconnect: n })
     slow.terminate()
@@ -618,7 +623,9 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     // The queue's bound, plus room for the allocator and the states in flight to bob.
     assert.ok(growth <= bound + 4 * (1 << 20), `the relay grew by ${growth} bytes (bound ${bound} + 4 MiB)`)
     alice.awareness.setLocalStateField('pad', 'done')
-    await waitFor(() => bob.stateOf(alice)?.pad === 'done', 5000, 'bob still gets alice\'s updates')
+    // Behind alice's backlog: her provider queues states faster than a debug build of the relay
+    // decodes 50-60 KB ones (about 40 a second on a 2-core machine).
+    await waitFor(() => bob.stateOf(alice)?.pad === 'done', 30000, 'bob still gets alice\'s updates')
     assert.ok(alice.connected() && bob.connected(), 'alice and bob were not disconnected')
     note('slow_consumer_bytes', { queue_bytes: bound, states_sent_until_disconnect: n, state_bytes: padding.length, sent_bytes: n * padding.length, ms_until_disconnect: Math.round(endedMs), rss_growth_bytes: growth })
     slow.terminate()
