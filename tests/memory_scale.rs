@@ -29,9 +29,12 @@ fn join(doc: usize, client: usize, conn: usize, clock: i64) -> AwarenessUpdate {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_entries_load_in_seconds_and_limits_still_hold() {
     // The default per-document limit (1,000) is on; the per-connection one is lifted because
-    // four connections carry every participant.
+    // four connections carry every participant. An hour's timeout: a debug build on a busy
+    // 2-core machine took over 30 s (the default) to load, and the first entries expired.
     let store = MemoryAwarenessStore::with_options(
-        StoreOptions::default().with_max_clients_per_connection(None),
+        StoreOptions::default()
+            .with_max_clients_per_connection(None)
+            .with_timeout(Duration::from_secs(3600)),
     );
     let started = Instant::now();
     for i in 0..ENTRIES {

@@ -70,7 +70,7 @@ pub(crate) async fn set_many_on(
 }
 
 /// The updates at `positions` (distinct keys, in key order) as one statement: when they all
-/// look like heartbeats (`known.rs`), the batch fast path first ([`sql::write::SetManyFast`]),
+/// look like heartbeats (`known.rs`), the batch fast path first (`sql::write::set_many_fast`),
 /// and whatever it did not apply through the full batch statement.
 async fn set_distinct(
     conn: &mut AsyncPgConnection,

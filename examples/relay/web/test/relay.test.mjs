@@ -478,28 +478,40 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     }
   })
 
+  // Kills `Q` (bob's instance) and restarts it at once on the same port (`restart(port)`), so
+  // bob's entry is still fresh and the dead instance's lease has not lapsed; returns once bob
+  // reconnected and his next move reached alice. `afterKill` runs between the kill and the
+  // restart.
+  const failOver = async ({ Q, restart, alice, bob, afterKill = () => {} }) => {
+    let bobCloses = 0
+    bob.provider.on('connection-close', () => { bobCloses++ })
+    const killedAt = performance.now()
+    await Q.stop('SIGKILL')
+    afterKill()
+    relays.push(await restart(Q.port))
+    await waitFor(() => bob.connected(), 10000, 'bob reconnects to the restarted instance')
+    const reconnectedAt = performance.now()
+    const closesAtReconnect = bobCloses
+    bob.awareness.setLocalStateField('moved', 1)
+    await waitFor(() => alice.stateOf(bob)?.moved === 1, 5000, 'alice sees bob\'s move through the restarted instance')
+    return { killedAt, reconnectedAt, acceptedMs: performance.now() - reconnectedAt, closesSinceReconnect: () => bobCloses - closesAtReconnect }
+  }
+
   test('10. SIGKILL: its clients leave within lease + prune; a client failing over to the restarted instance is accepted at once, no close loop', async () => {
     const P = await start('P2')
-    let Q = await start('Q')
+    const Q = await start('Q')
     relays.push(P)
     const alice = connect(P, 'crash', { user: { name: 'alice' } }, as('alice'))
     const bob = connect(Q, 'crash', { user: { name: 'bob' } }, as('bob'))
     const carol = connect(Q, 'crash', { user: { name: 'carol' } }, as('carol'))
     await waitFor(() => alice.sees(bob) && alice.sees(carol) && bob.sees(alice), 10000, 'everyone sees everyone')
-    let bobCloses = 0
-    bob.provider.on('connection-close', () => { bobCloses++ })
-    const killedAt = performance.now()
-    await Q.stop('SIGKILL')
-    carol.destroy() // carol does not come back
-    // Restarted at once on the same port: bob's entry is still fresh (the lease has not lapsed).
-    Q = await start('Q', { port: Q.port })
-    relays.push(Q)
-    await waitFor(() => bob.connected(), 10000, 'bob reconnects to the restarted Q')
-    const reconnectedAt = performance.now()
-    const closesAtReconnect = bobCloses
-    bob.awareness.setLocalStateField('moved', 1)
-    await waitFor(() => alice.stateOf(bob)?.moved === 1, 5000, 'alice sees bob\'s move through the restarted instance')
-    const acceptedMs = performance.now() - reconnectedAt
+    const { killedAt, acceptedMs, closesSinceReconnect } = await failOver({
+      Q,
+      restart: (port) => start('Q', { port }),
+      alice,
+      bob,
+      afterKill: () => carol.destroy() // carol does not come back
+    })
     assert.ok(acceptedMs < leaseMs, `bob accepted in ${Math.round(acceptedMs)} ms, before the dead instance's lease lapsed`)
     await waitFor(() => !alice.sees(carol), leaseMs + pruneMs + 3000, 'alice sees carol leave')
     const leaveMs = performance.now() - killedAt
@@ -507,7 +519,7 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     // Past the lease: bob stays (his entry is now the new instance's), and was never closed.
     await new Promise((resolve) => setTimeout(resolve, 1000))
     assert.ok(alice.sees(bob), 'bob stays visible after the dead instance is cleared')
-    assert.equal(bobCloses - closesAtReconnect, 0, 'bob was not disconnected again')
+    assert.equal(closesSinceReconnect(), 0, 'bob was not disconnected again')
     note('failover', { sigkill_to_leave_ms: Math.round(leaveMs), reconnect_to_accepted_ms: Math.round(acceptedMs), lease_ms: leaseMs, prune_interval_ms: pruneMs })
     alice.destroy()
     bob.destroy()
@@ -516,30 +528,22 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   test('10b. open mode (no token): a client failing over to the restarted instance is relayed within a second, no close loop', async () => {
     const open = {}
     const P = await start('P3', { env: open })
-    let Q = await start('Q3', { env: open })
+    const Q = await start('Q3', { env: open })
     relays.push(P)
     const alice = connect(P, 'crash-open', { user: { name: 'alice' } })
     const bob = connect(Q, 'crash-open', { user: { name: 'bob' } })
     await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
-    let bobCloses = 0
-    bob.provider.on('connection-close', () => { bobCloses++ })
-    const killedAt = performance.now()
-    await Q.stop('SIGKILL')
-    // Restarted at once on the same port: bob's entry is still fresh and its instance's lease
-    // has not lapsed; nobody is authenticated.
-    Q = await start('Q3', { port: Q.port, env: open })
-    relays.push(Q)
-    await waitFor(() => bob.connected(), 10000, 'bob reconnects to the restarted instance')
-    const reconnectedAt = performance.now()
-    const closesAtReconnect = bobCloses
-    bob.awareness.setLocalStateField('moved', 1)
-    await waitFor(() => alice.stateOf(bob)?.moved === 1, 5000, 'alice sees bob\'s move through the restarted instance')
-    const acceptedMs = performance.now() - reconnectedAt
+    const { killedAt, reconnectedAt, acceptedMs, closesSinceReconnect } = await failOver({
+      Q,
+      restart: (port) => start('Q3', { port, env: open }),
+      alice,
+      bob
+    })
     assert.ok(acceptedMs < 1000, `bob's move arrived ${Math.round(acceptedMs)} ms after he reconnected (within a second)`)
     // Past the dead instance's lease: bob stays (his entry is the new instance's), never closed.
     await new Promise((resolve) => setTimeout(resolve, leaseMs + 2 * pruneMs))
     assert.ok(alice.sees(bob), 'bob stays visible after the dead instance is cleared')
-    assert.equal(bobCloses - closesAtReconnect, 0, 'bob was not disconnected again')
+    assert.equal(closesSinceReconnect(), 0, 'bob was not disconnected again')
     note('failover_open_mode', { kill_to_reconnect_ms: Math.round(reconnectedAt - killedAt), reconnect_to_move_seen_ms: Math.round(acceptedMs), lease_ms: leaseMs })
     alice.destroy()
     bob.destroy()
