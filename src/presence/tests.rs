@@ -7,8 +7,12 @@ use futures_util::FutureExt;
 use serde_json::json;
 
 use super::*;
+use crate::entry::{AwarenessUpdate, SetOutcome};
 use crate::store::StoreOptions;
-use crate::y_protocols::{decode_awareness_update, DecodeLimits, MESSAGE_AUTH};
+use crate::y_protocols::{
+    decode_awareness_update, decode_message, encode_awareness_update, encode_message,
+    AwarenessClientUpdate, AwarenessMessage, DecodeLimits, MESSAGE_AUTH,
+};
 
 fn engine(store: StoreOptions) -> Presence {
     Presence::in_memory(

@@ -35,12 +35,6 @@
 //! Files: the statements of `set` in `write/set.rs`, those of `set_many` in
 //! `write/set_many.rs`; what they share is here.
 
-use diesel::pg::data_types::PgInterval;
-
-use super::expired_sql;
-use crate::entry::SetOutcome;
-use crate::store::StoreOptions;
-
 /// `impl QueryId` with a static id (`$id`, a marker type) for statements whose SQL text never
 /// changes, so diesel-async prepares each once per connection.
 macro_rules! static_query_id {
@@ -56,35 +50,6 @@ macro_rules! static_query_id {
         )*
     };
 }
-
-/// The outcome for the code the full and batch statements return.
-pub(crate) fn outcome(code: i16) -> Option<SetOutcome> {
-    Some(match code {
-        0 => SetOutcome::Applied,
-        1 => SetOutcome::Stale,
-        2 => SetOutcome::Forbidden,
-        3 => SetOutcome::DocumentFull,
-        4 => SetOutcome::ConnectionFull,
-        _ => return None,
-    })
-}
-
-/// The column list every write inserts, and the `DO UPDATE SET` of the upsert.
-const INSERT_COLUMNS: &str = "INSERT INTO awareness_entries (document_id, client_id, \
-     connection_id, state, clock_value, last_seen, owner, instance_id) ";
-
-/// Rules 1 and 2 on the conflicting row (`awareness_entries`) and the proposed one
-/// (`excluded`): expired, or owned by the writer (or nobody) and beaten on clocks.
-const UPSERT: &str = concat!(
-    " ON CONFLICT (document_id, client_id) DO UPDATE SET connection_id = excluded.connection_id, \
-     state = excluded.state, clock_value = excluded.clock_value, last_seen = excluded.last_seen, \
-     owner = excluded.owner, instance_id = excluded.instance_id WHERE ",
-    expired_sql!("awareness_entries.", "(SELECT timeout FROM p)"),
-    " OR ((awareness_entries.owner IS NULL OR awareness_entries.owner = excluded.owner) \
-     AND (awareness_entries.clock_value < excluded.clock_value \
-     OR (awareness_entries.clock_value = excluded.clock_value AND excluded.state IS NULL \
-     AND awareness_entries.state IS NOT NULL)))"
-);
 
 /// The code of an update `$u` that was not applied, as far as the key's fresh row `f` (NULL
 /// columns when none) tells: 2 when another principal owns it, 1 when it wins on clocks.
@@ -104,33 +69,10 @@ macro_rules! refused_by_row {
     };
 }
 
-/// What a write needs besides its updates: the expiry timeout, the writing instance and
-/// the limits.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WriteContext<'a> {
-    pub(crate) timeout: PgInterval,
-    pub(crate) instance_id: Option<&'a str>,
-    pub(crate) max_document: Option<i64>,
-    pub(crate) max_connection: Option<i64>,
-}
-
-impl<'a> WriteContext<'a> {
-    pub(crate) fn new(
-        timeout: PgInterval,
-        instance_id: Option<&'a str>,
-        options: &StoreOptions,
-    ) -> Self {
-        Self {
-            timeout,
-            instance_id,
-            max_document: options.max_clients_per_document.map(i64::from),
-            max_connection: options.max_clients_per_connection.map(i64::from),
-        }
-    }
-}
-
 mod set;
 mod set_many;
+mod upsert;
 
 pub(crate) use set::{set_fast, set_full};
 pub(crate) use set_many::{set_many_distinct, set_many_fast, BatchColumns};
+pub(crate) use upsert::{outcome, WriteContext};

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Interval, Jsonb, Nullable, SmallInt, Text};
 
-use super::{WriteContext, INSERT_COLUMNS, UPSERT};
+use super::upsert::{WriteContext, INSERT_COLUMNS, UPSERT};
 use crate::entry::AwarenessUpdate;
 use crate::postgres::sql::{fresh_sql, live_sql};
 

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Interval, Jsonb, Nullable, SmallInt, Text};
 
-use super::{WriteContext, INSERT_COLUMNS, UPSERT};
+use super::upsert::{WriteContext, INSERT_COLUMNS, UPSERT};
 use crate::postgres::sql::{fresh_sql, live_sql};
 
 /// Column arrays of a batch: one element per distinct key, sorted by key.

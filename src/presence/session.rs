@@ -1,0 +1,352 @@
+//! A session: one connection in one room — what arrives is decoded, routed (written, an echo
+//! dropped, a spoof dropped, the rejoin remedy), written as the connection's principal, and its
+//! leaves are written when it ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::engine::{lock, Engine};
+use super::leaving::{release, write_leaves};
+use super::options::{close_code, Disconnect};
+use super::outbox::Sender;
+use super::room::{awareness_message, leave, Claim, Room, RoomState};
+use crate::entry::{AwarenessEntry, SetOutcome};
+use crate::error::Result;
+use crate::y_protocols::apply::{apply_clients, awareness_clients, y_clock};
+use crate::y_protocols::{
+    decode_awareness_update, decode_message, encode_awareness_update, encode_message,
+    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage,
+};
+
+/// What [`Session::receive`] did with an awareness message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Received {
+    /// Clients whose update was applied (and relayed).
+    pub applied: Vec<u64>,
+    /// Clients dropped as echoes of what the connection was sent, or held by another local
+    /// connection.
+    pub dropped: Vec<u64>,
+    /// Clients the store refused, with why: [`SetOutcome::Forbidden`] (another principal's
+    /// client id), [`SetOutcome::DocumentFull`], [`SetOutcome::ConnectionFull`]. The client
+    /// was told once per reason (y-websocket's permission-denied message).
+    pub refused: Vec<(u64, SetOutcome)>,
+}
+
+/// One connection in one room. Hand it what arrives ([`receive`](Self::receive)); call
+/// [`close`](Self::close) when the connection ends (dropping it releases the connection too,
+/// writing its leaves from a spawned task).
+#[derive(Debug)]
+pub struct Session {
+    pub(super) engine: Arc<Engine>,
+    pub(super) room: Arc<Room>,
+    pub(super) number: u64,
+    pub(super) connection_id: String,
+    pub(super) principal: Option<String>,
+    pub(super) sender: Sender,
+    pub(super) closed: bool,
+    /// Refusals the client was told of: (clientID, outcome).
+    pub(super) refused: Mutex<HashMap<u64, SetOutcome>>,
+}
+
+/// What to do with one incoming client, decided from the room's state alone.
+pub(super) enum Route {
+    Write,
+    Drop,
+    /// A state at or below the clock of a leave the clients saw: the client rejoins with an
+    /// old clock (the rejoin-after-leave race) and must hear that leave to re-announce itself.
+    Remedy(u64),
+}
+
+impl Session {
+    /// The connection id its entries are written under.
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
+    /// The room (document id).
+    pub fn room(&self) -> &str {
+        &self.room.name
+    }
+
+    /// The principal it writes as.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+
+    /// Queues a message of the server's own (a document sync message, say) for this
+    /// connection, in order with the engine's.
+    pub fn send(&self, message: impl Into<Bytes>) {
+        self.sender.send(message.into());
+    }
+
+    /// Ends the connection: its outbox yields [`Outgoing::Close`](super::Outgoing::Close) with
+    /// `reason` next (the
+    /// first reason given wins).
+    pub fn disconnect(&self, reason: Disconnect) {
+        self.sender.disconnect(reason);
+    }
+
+    /// Queues `message` for every other local connection of the room.
+    pub fn broadcast(&self, message: impl Into<Bytes>) {
+        let message = message.into();
+        self.room.lock().send_all(&message, Some(self.number));
+    }
+
+    /// Handles a y-websocket awareness (1) or query-awareness (3) message. `Err`: close the
+    /// connection with that code and reason (malformed input, another message type, or the
+    /// store failing).
+    pub async fn receive(&self, message: &[u8]) -> std::result::Result<Received, Disconnect> {
+        match decode_message(message) {
+            Ok(AwarenessMessage::Update(update)) => self.awareness(&update).await,
+            Ok(AwarenessMessage::Query) => {
+                self.send_state().await.map_err(Disconnect::from_store)?;
+                Ok(Received::default())
+            }
+            Err(crate::y_protocols::CodecError::UnsupportedMessageType(kind)) => {
+                Err(Disconnect::new(
+                    close_code::UNSUPPORTED_DATA,
+                    format!("message type {kind} is not an awareness message"),
+                ))
+            }
+            Err(e) => Err(Disconnect::new(
+                close_code::INVALID_DATA,
+                format!("malformed message: {e}"),
+            )),
+        }
+    }
+
+    /// Everyone's awareness state in the room, to this connection. What it holds that the
+    /// room's other local connections were not told yet (a change whose feed event has not
+    /// arrived) goes to them too: the view mirrors what *every* local client was told.
+    pub async fn send_state(&self) -> Result<()> {
+        let clients = awareness_clients(self.engine.store.get_all(&self.room.name).await?);
+        let update = encode_awareness_update(&clients)?;
+        let hidden = self.room.lock().forward(clients);
+        self.sender
+            .send(encode_message(&AwarenessMessage::Update(update)).into());
+        self.engine.reassert_leaves(&self.room, hidden).await;
+        Ok(())
+    }
+
+    pub(super) fn route(&self, state: &RoomState, client: &AwarenessClientUpdate) -> Route {
+        let seen = state.view.seen(client.client_id);
+        // Not newer than what the clients were told: an echo (every y-websocket client sends
+        // back each change it accepts), or a timed-out peer's leave at its last clock.
+        let echo = seen.is_some_and(|s| client.clock <= s.clock);
+        if let Some(seen) = seen.filter(|s| echo && !s.present && client.state.is_some()) {
+            return Route::Remedy(seen.clock);
+        }
+        match state.claims.get(&client.client_id) {
+            Some(claim) if claim.connection == self.number => Route::Write,
+            Some(claim) => {
+                // Held by another local connection: a newer update from the same
+                // (authenticated) principal is that client reconnecting before its old
+                // connection was noticed dead; anything else is dropped.
+                let same_principal = self.principal.is_some()
+                    && state
+                        .members
+                        .get(&claim.connection)
+                        .is_none_or(|m| m.principal == self.principal);
+                if !echo && same_principal {
+                    Route::Write
+                } else {
+                    Route::Drop
+                }
+            }
+            None if echo => Route::Drop,
+            // A leave for a client never shown here: nothing to remove.
+            None if seen.is_none() && client.state.is_none() => Route::Drop,
+            // Held by no local connection and newer than what the room was told: written. A
+            // client shown present is live on another instance, or on a dead one it is
+            // failing over from. Open mode (no principal) cannot tell that client from a
+            // spoof, and does as y-protocols does, whose servers relay any newer clock from
+            // any connection: the store's clock rule decides, so a client that reconnects to
+            // another instance is relayed at once, not after its old instance's lease lapses.
+            // With a principal, the store's ownership decides as well.
+            None => Route::Write,
+        }
+    }
+
+    pub(super) async fn awareness(
+        &self,
+        payload: &[u8],
+    ) -> std::result::Result<Received, Disconnect> {
+        let clients = decode_awareness_update(payload, &self.engine.options.decode_limits)
+            .map_err(|e| {
+                Disconnect::new(
+                    close_code::INVALID_DATA,
+                    format!("malformed awareness update: {e}"),
+                )
+            })?;
+        let mut received = Received::default();
+        let mut writes = Vec::with_capacity(clients.len());
+        let mut remedies = Vec::new();
+        {
+            let state = self.room.lock();
+            for client in clients {
+                match self.route(&state, &client) {
+                    Route::Write => writes.push(client),
+                    Route::Remedy(leave_clock) => {
+                        received.dropped.push(client.client_id);
+                        remedies.push(leave(client.client_id, leave_clock));
+                    }
+                    Route::Drop => {
+                        let reason = if state.claims.contains_key(&client.client_id) {
+                            "foreign"
+                        } else {
+                            "echo"
+                        };
+                        ::metrics::counter!(crate::metrics::PRESENCE_DROPPED, "reason" => reason)
+                            .increment(1);
+                        received.dropped.push(client.client_id);
+                    }
+                }
+            }
+        }
+        if writes.is_empty() {
+            self.remedy(&remedies);
+            return Ok(received);
+        }
+        let outcomes = apply_clients(
+            &*self.engine.store,
+            &self.room.name,
+            &self.connection_id,
+            self.principal.as_deref(),
+            &writes,
+        )
+        .await
+        .map_err(Disconnect::from_store)?;
+        let mut unknown_stale = Vec::new();
+        let mut refusals = Vec::new();
+        {
+            let mut state = self.room.lock();
+            let mut applied = Vec::new();
+            for (client, outcome) in writes.into_iter().zip(outcomes) {
+                match outcome {
+                    SetOutcome::Applied => {
+                        state.claims.insert(
+                            client.client_id,
+                            Claim {
+                                connection: self.number,
+                                clock: client.clock,
+                            },
+                        );
+                        received.applied.push(client.client_id);
+                        applied.push(client);
+                    }
+                    SetOutcome::Stale => {
+                        if client.state.is_none() {
+                            continue;
+                        }
+                        // The rejoin-after-leave race: the peers saw this client leave at a
+                        // clock at least as high; the client must hear that leave.
+                        match state.view.seen(client.client_id) {
+                            Some(seen) if !seen.present && seen.clock >= client.clock => {
+                                remedies.push(leave(client.client_id, seen.clock));
+                            }
+                            Some(_) => {}
+                            None => unknown_stale.push(client),
+                        }
+                    }
+                    refused => {
+                        received.refused.push((client.client_id, refused));
+                        refusals.push((client.client_id, refused));
+                    }
+                }
+            }
+            for (client_id, leave_clock) in state.forward(applied) {
+                remedies.push(leave(client_id, leave_clock));
+            }
+        }
+        // A stale state the room never showed: the store holds something newer; a tombstone
+        // at or above its clock means the client must re-announce itself.
+        for client in unknown_stale {
+            let stored = self
+                .engine
+                .store
+                .get(&self.room.name, &client.client_id.to_string())
+                .await
+                .map_err(Disconnect::from_store)?;
+            if let Some(tombstone) = stored.filter(AwarenessEntry::is_tombstone) {
+                if let Some(clock) = y_clock(tombstone.clock).filter(|c| *c >= client.clock) {
+                    remedies.push(leave(client.client_id, clock));
+                }
+            }
+        }
+        self.remedy(&remedies);
+        self.report(refusals);
+        Ok(received)
+    }
+
+    /// Sends this connection the leaves its clients must hear to re-announce themselves.
+    pub(super) fn remedy(&self, leaves: &[AwarenessClientUpdate]) {
+        if let Some(message) = awareness_message(leaves) {
+            tracing::debug!(room = %self.room.name, count = leaves.len(), "presence: rejoin after leave, asking clients to re-announce");
+            self.sender.send(message);
+        }
+    }
+
+    /// Tells the client, once per client id and reason, why its update was refused.
+    pub(super) fn report(&self, refusals: Vec<(u64, SetOutcome)>) {
+        if refusals.is_empty() {
+            return;
+        }
+        let mut told = lock(&self.refused);
+        for (client_id, outcome) in refusals {
+            if told.insert(client_id, outcome) == Some(outcome) {
+                continue;
+            }
+            let why = match outcome {
+                SetOutcome::Forbidden => "another user holds this client id",
+                SetOutcome::DocumentFull => "the document has the most participants allowed",
+                SetOutcome::ConnectionFull => "this connection has the most participants allowed",
+                _ => "refused",
+            };
+            tracing::info!(room = %self.room.name, connection = %self.connection_id, client_id, outcome = outcome.as_str(), "presence: update refused");
+            let reason = format!(
+                "awareness of client {client_id} refused ({}): {why}",
+                outcome.as_str()
+            );
+            self.sender
+                .send(Bytes::from(encode_permission_denied(&reason)));
+        }
+    }
+
+    /// The connection ended: it leaves the room, and the clients it held are announced gone
+    /// (one leave each, one clock above the last it wrote, written as its principal: here
+    /// directly, on other instances through the change feed).
+    pub async fn close(mut self) {
+        self.closed = true;
+        let leaves = release(&self.engine, &self.room, self.number);
+        write_leaves(
+            &self.engine,
+            &self.room,
+            &self.connection_id,
+            self.principal.as_deref(),
+            leaves,
+        )
+        .await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let leaves = release(&self.engine, &self.room, self.number);
+        if leaves.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (engine, room) = (self.engine.clone(), self.room.clone());
+            let (connection_id, principal) = (self.connection_id.clone(), self.principal.clone());
+            runtime.spawn(async move {
+                write_leaves(&engine, &room, &connection_id, principal.as_deref(), leaves).await;
+            });
+        }
+    }
+}
