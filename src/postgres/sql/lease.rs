@@ -46,8 +46,9 @@ pub(crate) const ORPHANED_INSTANCES: &str = "WITH RECURSIVE ids AS (\
 ///
 /// Each row is deleted, and so returned, by exactly one statement however many pruners race
 /// (a row another holds is skipped, and it is gone or rewritten by the time a later round
-/// looks). Rows are locked in key order, as by every write path. An entry written by an instance after its lease
-/// lapsed and was taken over has no lease to point to either, so a later round removes it.
+/// looks). Rows are locked in key order, as by every write path. An entry written by an
+/// instance after its lease lapsed and was taken over has no lease to point to either, so a
+/// later round removes it.
 pub(crate) const TAKE_ABANDONED: &str = concat!(
     "WITH ",
     delete_in_key_order!(
