@@ -940,7 +940,8 @@ pub async fn expiry(
     let reexpire = format!(
         "INSERT INTO awareness_entries (document_id, client_id, connection_id, state, clock_value, last_seen) \
          SELECT (k / 10)::text, k::text, k::text, '{STATE}'::jsonb, 1, now() - interval '2 days' \
-         FROM generate_series(0, {}) k",
+         FROM generate_series(0, {}) k \
+         ON CONFLICT (document_id, client_id) DO UPDATE SET last_seen = excluded.last_seen",
         expired - 1
     );
     let get_path = script(
