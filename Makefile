@@ -61,6 +61,7 @@ prerequisites:
 	@[ -n "$(CHROMIUM)" ] && [ -x "$(CHROMIUM)" ] || { echo "Chromium missing: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome); the relay's browser test drives it"; exit 2; }
 	@command -v psql >/dev/null || { echo "psql missing: apt-get install -y postgresql-client (the relay's documents test kills a listener's backend with it)"; exit 2; }
 	@[ -n "$(PGBOUNCER)" ] && [ -x "$(PGBOUNCER)" ] || { echo "PgBouncer missing: apt-get install -y pgbouncer (or set PGBOUNCER=/path/to/pgbouncer); the pooler tests run through it"; exit 2; }
+	@bin=$$(tests/support/with-postgres.sh --bindir) && [ -x "$$bin/pg_basebackup" ] && command -v openssl >/dev/null || { echo "PostgreSQL's server programs missing (initdb, pg_ctl, pg_basebackup; and openssl): apt-get install -y postgresql openssl (or set PG_BIN to their directory); the TLS, restart and failover tests start their own servers"; exit 2; }
 
 test: prerequisites tests/js/node_modules/.installed $(RELAY_WEB)/dist/page.js
 	@tests/support/with-postgres.sh $(MAKE) --no-print-directory test-suite

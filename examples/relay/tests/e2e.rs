@@ -14,30 +14,21 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/node.rs"]
+mod node;
+
+use std::path::Path;
+use std::time::Duration;
+
+use node::target_dir;
 
 const DEADLINE: Duration = Duration::from_secs(300);
 
-fn web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("web")
-}
-
-fn target_dir() -> PathBuf {
-    // examples/relay -> the workspace's target/
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_real_clients_real_browser() {
-    let web = web_dir();
+    node::assert_node_modules();
     assert!(
-        web.join("node_modules/y-websocket/package.json").is_file(),
-        "examples/relay/web/node_modules is missing: run `make test` (or `npm ci --prefix examples/relay/web`)"
-    );
-    assert!(
-        web.join("dist/page.js").is_file(),
+        node::web_dir().join("dist/page.js").is_file(),
         "the page is not built: run `make relay-web` (npm run build in examples/relay/web)"
     );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -54,61 +45,29 @@ async fn two_instances_real_clients_real_browser() {
     let screenshot = target_dir().join("relay-e2e/relay-screenshot.png");
     let _ = std::fs::remove_file(&report);
 
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .args([
-            "--test",
-            "--test-concurrency=1",
-            "--test-reporter=spec",
-            "test/relay.test.mjs",
-            "test/documents.test.mjs",
-        ])
-        .current_dir(&web)
-        .env("RELAY_BIN", env!("CARGO_BIN_EXE_synckit-relay"))
-        .env("RELAY_DB_URL", &db.url)
-        .env("RELAY_DB_URL_SHORT", &short.url)
-        .env("RELAY_DB_URL_DEPLOY", &deploy.url)
-        .env("RELAY_DB_URL_DOCS", &docs.url)
-        .env(
-            "RELAY_DOCS_REPORT",
-            target_dir().join("relay-e2e/documents.json"),
-        )
-        .env("RELAY_REPORT", &report)
-        .env("RELAY_SCREENSHOT", &screenshot)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start `node` (is Node.js >= 18 on PATH?): {e}"));
-    let stdout = child.stdout.take().map(read_all);
-    let stderr = child.stderr.take().map(read_all);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let stdout = stdout
-        .map(|t| t.join().unwrap_or_default())
-        .unwrap_or_default();
-    let stderr = stderr
-        .map(|t| t.join().unwrap_or_default())
-        .unwrap_or_default();
-    let output = format!("--- node stdout ---\n{stdout}\n--- node stderr ---\n{stderr}");
-    match status {
-        Some(status) if status.success() => {}
-        Some(status) => panic!("the Node.js relay tests failed ({status}):\n{output}"),
-        None => panic!("the Node.js relay tests did not finish within {DEADLINE:?}:\n{output}"),
-    }
-    println!("{output}");
+    node::run(
+        &["test/relay.test.mjs", "test/documents.test.mjs"],
+        &[
+            ("RELAY_DB_URL", db.url.clone()),
+            ("RELAY_DB_URL_SHORT", short.url.clone()),
+            ("RELAY_DB_URL_DEPLOY", deploy.url.clone()),
+            ("RELAY_DB_URL_DOCS", docs.url.clone()),
+            (
+                "RELAY_DOCS_REPORT",
+                target_dir()
+                    .join("relay-e2e/documents.json")
+                    .display()
+                    .to_string(),
+            ),
+            ("RELAY_REPORT", report.display().to_string()),
+            ("RELAY_SCREENSHOT", screenshot.display().to_string()),
+            ("CHROMIUM", chromium.clone()),
+        ],
+        DEADLINE,
+    )
+    .await;
     println!(
-        "node tests took {:.1} s; report {}:\n{}",
-        started.elapsed().as_secs_f64(),
+        "report {}:\n{}",
         report.display(),
         std::fs::read_to_string(&report).unwrap_or_default()
     );
@@ -133,12 +92,4 @@ async fn two_instances_real_clients_real_browser() {
         "no screenshot at {}",
         screenshot.display()
     );
-}
-
-fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
 }

@@ -37,8 +37,9 @@ pub async fn listen(
         let mut conn = Some(first);
         loop {
             if let Some(mut c) = conn.take() {
-                // Anything appended while this connection was not listening.
-                documents.catch_up_all();
+                // Anything appended while this connection was not listening, and after a
+                // failover whatever the new primary lacks.
+                documents.resync_all();
                 tokio::select! {
                     () = run(&mut c, &documents, &options) => {}
                     _ = shutdown.changed() => return,

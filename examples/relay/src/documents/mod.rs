@@ -4,6 +4,7 @@
 //!
 //! docs/NOTES.md "Documents in PostgreSQL" has the decisions and why.
 
+mod catch_up;
 mod listener;
 mod room;
 mod store;
@@ -18,7 +19,8 @@ pub use listener::{listen, ListenerOptions};
 use room::lock;
 pub use room::Room;
 pub use store::{
-    fold, Compacted, DocumentStats, DocumentStore, StoredUpdate, CHANNEL, LOCK_CLASS, MIGRATIONS,
+    fold, Compacted, DocumentStats, DocumentStore, StoredUpdate, APPEND, CHANNEL, LOCK_CLASS,
+    MIGRATIONS,
 };
 
 /// Why an update was not taken, or a room not opened.
@@ -183,10 +185,13 @@ impl Documents {
         }
     }
 
-    /// Every open room catches up (after the listener reconnected: notifications may be lost).
-    pub fn catch_up_all(&self) {
+    /// Every open room reads its whole document and reconciles it with the database (after
+    /// the listener reconnected: notifications may be lost, and after a failover the new
+    /// primary may lack commits this instance relayed; `Room::resync`).
+    pub fn resync_all(&self) {
         let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
         for room in rooms {
+            room.resync.store(true, Ordering::SeqCst);
             room.wake();
         }
     }

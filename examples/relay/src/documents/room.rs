@@ -1,10 +1,9 @@
 //! One room's document on this instance: the yrs doc, the watermark of what it applied from
-//! the database, the append queue, compaction, catch-up.
+//! the database, the append queue, compaction (catching up: `catch_up.rs`).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{broadcast, OnceCell};
 use yrs::sync::{Message as YMessage, SyncMessage};
@@ -12,7 +11,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Transact, Update};
 
-use super::{DocumentError, DocumentOptions, DocumentStore, Relayed, StoredUpdate};
+use super::{DocumentError, DocumentOptions, DocumentStore, Relayed};
 
 /// A client's update waiting for its append.
 struct Queued {
@@ -24,25 +23,28 @@ struct Queued {
 /// One room's document on this instance.
 pub struct Room {
     pub(super) name: String,
-    store: Option<DocumentStore>,
+    pub(super) store: Option<DocumentStore>,
     options: DocumentOptions,
     pub(super) state: Mutex<RoomState>,
     pub(super) loaded: OnceCell<()>,
-    updates: broadcast::Sender<Relayed>,
+    pub(super) updates: broadcast::Sender<Relayed>,
     /// Catch-ups asked for since the running one started (one runs at a time).
-    wanted: AtomicUsize,
+    pub(super) wanted: AtomicUsize,
+    /// The next catch-up reads the whole document and stores what the database lacks (after
+    /// the listener reconnected: a restart, or a failover that may have lost commits).
+    pub(super) resync: AtomicBool,
 }
 
 pub(super) struct RoomState {
-    doc: yrs::Doc,
+    pub(super) doc: yrs::Doc,
     /// Last row (or snapshot) of the database applied here; the next catch-up reads after it.
-    watermark: i64,
+    pub(super) watermark: i64,
     /// Rows this instance appended (and applied) above the watermark: a catch-up skips them.
-    own: BTreeSet<i64>,
+    pub(super) own: BTreeSet<i64>,
     /// Rows after the snapshot, and the stored bytes (snapshot + rows): compaction and the
     /// size limit go by these.
-    rows: usize,
-    stored_bytes: usize,
+    pub(super) rows: usize,
+    pub(super) stored_bytes: usize,
     compacting: bool,
     /// Updates accepted and waiting for the append in flight (one at a time per room).
     queue: Vec<Queued>,
@@ -77,6 +79,7 @@ impl Room {
             loaded: OnceCell::new(),
             updates: broadcast::channel(1024).0,
             wanted: AtomicUsize::new(0),
+            resync: AtomicBool::new(false),
         }
     }
 
@@ -282,114 +285,6 @@ impl Room {
                     }
                 }
             }
-        }
-    }
-
-    /// Whether the room must read the database to have row `id`. Not when it applied it
-    /// already, nor when this instance appended it: every other instance's row committed
-    /// before it was announced before it (notifications arrive in commit order) and woke a
-    /// catch-up of its own, and a lost notification is caught up after the reconnect. Past
-    /// 1,024 rows of its own above the watermark the room reads anyway, which moves the
-    /// watermark and empties that set.
-    pub(super) fn lacks(&self, id: i64) -> bool {
-        let state = lock(&self.state);
-        !(id <= state.watermark || (state.own.contains(&id) && state.own.len() < 1024))
-    }
-
-    /// Asks for a catch-up from the database; one runs at a time per room, and requests made
-    /// while it runs make it run again.
-    pub(super) fn wake(self: &Arc<Self>) {
-        if self.store.is_none() || self.wanted.fetch_add(1, Ordering::SeqCst) > 0 {
-            return;
-        }
-        let room = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let seen = room.wanted.load(Ordering::SeqCst);
-                if let Err(error) = room.catch_up().await {
-                    tracing::warn!(%error, room = %room.name, "catching up failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    if lock(&room.state).holders == 0 {
-                        room.wanted.store(0, Ordering::SeqCst);
-                        break;
-                    }
-                    continue;
-                }
-                if room
-                    .wanted
-                    .compare_exchange(seen, 0, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    break;
-                }
-            }
-        });
-    }
-
-    /// Applies and relays what the database has after this room's watermark.
-    pub async fn catch_up(&self) -> Result<(), DocumentError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let after = lock(&self.state).watermark;
-        let stored = store.read_after(&self.name, after).await?;
-        let mut state = lock(&self.state);
-        // Another catch-up cannot have run meanwhile (one at a time), but the room may have
-        // been loaded past `after` by then: keep only what is still new.
-        let watermark = state.watermark;
-        let fresh: Vec<StoredUpdate> = stored.into_iter().filter(|u| u.id > watermark).collect();
-        for message in state.apply_stored(&fresh) {
-            metrics::counter!("relay_document_updates_total", "origin" => "database").increment(1);
-            let _ = self.updates.send(Relayed {
-                origin: 0,
-                message: Some(message.into()),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl RoomState {
-    /// Applies rows read from the database (a snapshot first, if any); returns the update
-    /// messages to relay (rows this instance appended itself are skipped).
-    fn apply_stored(&mut self, stored: &[StoredUpdate]) -> Vec<Vec<u8>> {
-        let mut relay = Vec::new();
-        for row in stored {
-            if row.snapshot {
-                // Compaction passed the watermark: the rows in between are only in the
-                // snapshot. Relay what it adds to this copy.
-                let before = self.doc.transact().state_vector();
-                self.apply(&row.bytes);
-                let diff = self.doc.transact().encode_state_as_update_v1(&before);
-                relay.push(YMessage::Sync(SyncMessage::Update(diff)).encode_v1());
-                self.rows = 0;
-                self.stored_bytes = row.bytes.len();
-            } else {
-                self.rows += 1;
-                if !self.own.remove(&row.id) {
-                    self.apply(&row.bytes);
-                    self.stored_bytes += row.bytes.len();
-                    relay.push(YMessage::Sync(SyncMessage::Update(row.bytes.clone())).encode_v1());
-                } else {
-                    // Counted when appended.
-                    self.rows -= 1;
-                }
-            }
-            self.watermark = self.watermark.max(row.id);
-        }
-        let watermark = self.watermark;
-        self.own.retain(|id| *id > watermark);
-        relay
-    }
-
-    fn apply(&mut self, bytes: &[u8]) {
-        match Update::decode_v1(bytes) {
-            Ok(update) => {
-                if let Err(error) = self.doc.transact_mut().apply_update(update) {
-                    tracing::warn!(%error, "a stored update does not apply; skipped");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "a stored update does not decode; skipped"),
         }
     }
 }

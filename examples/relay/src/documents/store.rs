@@ -29,7 +29,9 @@ pub const LOCK_CLASS: i32 = 0x7265_6c61;
 /// document id order is commit order: a reader that saw id `n` has seen every smaller id of
 /// that document (docs/NOTES.md). One statement, one commit for many updates: an instance
 /// sends the updates that queued up while its previous append was committing (group commit).
-pub const APPEND: &str = r#"WITH locked AS (SELECT pg_advisory_xact_lock($1, hashtext($2)))
+pub const APPEND: &str = r#"WITH locked AS (
+    SELECT pg_advisory_xact_lock($1, hashtext($2)), set_config('synchronous_commit', 'on', true)
+)
 , inserted AS (
     INSERT INTO relay_document_updates (document_id, "update")
     SELECT $2, u FROM locked, unnest($3::bytea[]) WITH ORDINALITY AS t (u, n) ORDER BY n

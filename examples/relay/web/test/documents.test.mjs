@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { writeFileSync, mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
-import { startRelay, connect, destroyAll, waitFor, health, env } from './harness.mjs'
+import { startRelay, connect, destroyAll, waitFor, metric, health, env } from './harness.mjs'
 
 const report = {}
 const note = (key, value) => {
@@ -24,12 +24,6 @@ const sql = (query) => {
   if (out.error) throw new Error(`psql missing (${out.error.message}): apt-get install -y postgresql-client`)
   if (out.status !== 0) throw new Error(`psql failed: ${out.stderr}`)
   return out.stdout.trim()
-}
-
-const metric = async (relay, name) => {
-  const text = await (await fetch(`${relay.http}/metrics`)).text()
-  const m = text.match(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)`, 'm'))
-  return m ? Number(m[1]) : 0
 }
 
 /** Types `count` tokens `<tag i>` into `text`, each at a token boundary, pacing 1 ms. */

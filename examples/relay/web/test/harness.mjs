@@ -94,6 +94,13 @@ export const connect = (relay, room, state, { params } = {}) => {
 
 export const destroyAll = () => { for (const client of [...clients]) client.destroy() }
 
+/** A counter or gauge from the relay's /metrics (with labels: the first series). */
+export const metric = async (relay, name) => {
+  const text = await (await fetch(`${relay.http}/metrics`)).text()
+  const m = text.match(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)`, 'm'))
+  return m ? Number(m[1]) : 0
+}
+
 export const health = async (relay) => (await fetch(`${relay.http}/healthz`)).json()
 
 export const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]
