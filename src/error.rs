@@ -119,6 +119,15 @@ pub enum Error {
     /// A connection to PostgreSQL could not be opened or was lost.
     #[error("cannot reach PostgreSQL: {0}")]
     Connection(String),
+    /// The server takes no writes: a standby (in recovery), or a primary set read-only (one
+    /// being demoted after a failover). Nothing was written. The pool does not keep
+    /// connections to such a server: each new one is checked as it opens.
+    #[error(
+        "PostgreSQL is read-only here ({0}); nothing was written. The store needs the primary: \
+         list every host in the URL with `target_session_attrs=read-write`, or use a name that \
+         follows the primary"
+    )]
+    ReadOnly(String),
     /// PostgreSQL answered with an error.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
@@ -159,6 +168,7 @@ impl fmt::Debug for Error {
             Error::SchemaMismatch(report) => f.debug_tuple("SchemaMismatch").field(report).finish(),
             Error::PoolTimeout(waited) => f.debug_tuple("PoolTimeout").field(waited).finish(),
             Error::Connection(reason) => f.debug_tuple("Connection").field(reason).finish(),
+            Error::ReadOnly(reason) => f.debug_tuple("ReadOnly").field(reason).finish(),
             Error::Database(e) => f.debug_tuple("Database").field(e).finish(),
             Error::Migration(reason) => f.debug_tuple("Migration").field(reason).finish(),
             Error::Config(reason) => f.debug_tuple("Config").field(reason).finish(),
@@ -175,18 +185,39 @@ impl fmt::Debug for Error {
     }
 }
 
+/// What a connection's set-up raises on a read-only server (`sql::session::REFUSE_READ_ONLY`);
+/// the pool's connect error carries it, and [`Error::ReadOnly`] is made from it.
+pub(crate) const READ_ONLY_SERVER: &str = "the server is read-only";
+
 impl Error {
     pub(crate) fn invalid(field: Field, reason: InvalidReason) -> Self {
         Error::InvalidInput { field, reason }
     }
 
+    /// A write refused because the server is read-only (SQLSTATE 25006, or the connection
+    /// check's message) becomes [`Error::ReadOnly`]; anything else stays as it is.
+    pub(crate) fn typed(self) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error as DieselError};
+        match self {
+            Error::Database(DieselError::DatabaseError(
+                DatabaseErrorKind::ReadOnlyTransaction,
+                info,
+            )) => Error::ReadOnly(info.message().to_owned()),
+            Error::Connection(reason) if reason.contains(READ_ONLY_SERVER) => {
+                Error::ReadOnly(reason)
+            }
+            other => other,
+        }
+    }
+
     /// True when the failure is about reaching the database (pool timeout, lost or refused
     /// connection, server shutting down or restarting): retrying later can succeed without
     /// changing the input.
+    /// A read-only server counts: after a failover the URL leads to the new primary.
     pub fn is_connection_error(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error as DieselError};
         match self {
-            Error::PoolTimeout(_) | Error::Connection(_) => true,
+            Error::PoolTimeout(_) | Error::Connection(_) | Error::ReadOnly(_) => true,
             Error::Database(DieselError::DatabaseError(
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
                 _,

@@ -73,7 +73,9 @@ impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match error {
-            Error::Connection(_) | Error::PoolTimeout(_) => Self::connection(message),
+            Error::Connection(_) | Error::PoolTimeout(_) | Error::ReadOnly(_) => {
+                Self::connection(message)
+            }
             Error::Database(_) if error.is_connection_error() => Self::connection(message),
             Error::InvalidInput { .. } => Self::usage(message, Some("see --help")),
             Error::Config(_) => Self::usage(

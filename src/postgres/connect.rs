@@ -3,7 +3,7 @@
 use diesel::ConnectionResult;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
@@ -15,7 +15,10 @@ use crate::postgres::secret::redact;
 
 /// A connection manager for `url` with this crate's connection set-up: TLS from `sslmode` /
 /// `sslrootcert` (rustls), the session settings of `options` (`statement_timeout`,
-/// `synchronous_commit`) run on every new connection, and no ping on checkout.
+/// `synchronous_commit`) run on every new connection, a server that takes no writes (a
+/// standby) refused as it connects ([`Error::ReadOnly`](crate::Error::ReadOnly)), and a
+/// checkout check without a round trip (a connection whose socket closed is replaced; bb8's
+/// `test_on_check_out`, on by default, runs it).
 ///
 /// For an application that builds its own bb8 pool and shares it with the store
 /// ([`PostgresAwarenessStore::from_pool`](crate::PostgresAwarenessStore::from_pool)):
@@ -38,7 +41,19 @@ pub fn connection_manager(
     let session = super::sql::session::session_settings(options);
     let pooler = options.transaction_pooler;
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
-    config.recycling_method = RecyclingMethod::Fast;
+    // No round trip at checkout: a connection whose socket closed (a server restart, a
+    // failover) is known locally and replaced, instead of failing its first use.
+    config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn| {
+        let closed = conn.is_broken();
+        async move {
+            if closed {
+                Err(diesel::result::Error::BrokenTransactionManager)
+            } else {
+                Ok(())
+            }
+        }
+        .boxed()
+    }));
     config.custom_setup =
         Box::new(move |url| establish(url.to_owned(), session.clone(), pooler).boxed());
     AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config)
@@ -49,11 +64,12 @@ pub fn connection_manager(
 /// [`connection_manager`], at most `options.pool_size` connections, and
 /// `options.acquire_timeout` as the wait for a free connection.
 ///
-/// Connection health is error-based: no test query on checkout (it would add a round trip to
-/// every `set`); a connection whose socket closed or whose transaction state broke is discarded
-/// when it returns to the pool (diesel-async's `is_broken`), and the next checkout opens a
-/// fresh one. The cost: the first call on a connection the server dropped fails once with a
-/// connection error.
+/// Connection health costs no round trip: no test query on checkout (it would add one to every
+/// `set`), but a connection whose socket closed (a server restart, a failover) or whose
+/// transaction state broke is replaced at checkout and discarded when it returns to the pool
+/// (diesel-async's `is_broken`). What is left: a connection the server dropped an instant
+/// before its use, or one whose peer vanished without closing it (a host gone from the
+/// network: TCP notices later), fails its first call with a connection error.
 pub async fn build_pool(url: &str, options: &PostgresOptions) -> Result<Pool<AsyncPgConnection>> {
     Ok(build_pool_reporting(url, options).await?.0)
 }
@@ -71,7 +87,7 @@ pub(crate) async fn build_pool_reporting(
     let pool = Pool::builder()
         .max_size(options.pool_size)
         .connection_timeout(options.acquire_timeout)
-        .test_on_check_out(false)
+        .test_on_check_out(true)
         .error_sink(Box::new(errors.clone()))
         .build(connection_manager(url, options))
         .await
@@ -91,10 +107,11 @@ async fn establish(
         // operation's transaction.
         conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
     }
-    if !session.is_empty() {
-        conn.batch_execute(&session)
-            .await
-            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-    }
+    conn.batch_execute(&format!(
+        "{session}{}",
+        super::sql::session::REFUSE_READ_ONLY
+    ))
+    .await
+    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(conn)
 }

@@ -59,7 +59,10 @@ macro_rules! with_conn {
                 $body
             })
             .await;
-            let result = connections.end(&mut pooled, result).await;
+            let result = connections
+                .end(&mut pooled, result)
+                .await
+                .map_err($crate::error::Error::typed);
             // Behind a transaction pooler the operation is one transaction, which a deadlock
             // or serialization failure aborted: run it again (write/retry.rs).
             match result {
@@ -154,7 +157,7 @@ impl Connections {
             .pool
             .get()
             .await
-            .map_err(|e| self.run_error(e, started));
+            .map_err(|e| self.run_error(e, started).typed());
         self.record(started);
         conn
     }
@@ -162,7 +165,10 @@ impl Connections {
     /// A connection outside the pool, set up like the pooled ones, held for good by its
     /// caller (the change feed's listener, the migration runner).
     pub(crate) async fn dedicated(&self) -> Result<AsyncPgConnection> {
-        self.pool.dedicated_connection().await.map_err(pool_error)
+        self.pool
+            .dedicated_connection()
+            .await
+            .map_err(|e| pool_error(e).typed())
     }
 
     fn record(&self, started: Instant) {

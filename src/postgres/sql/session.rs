@@ -22,6 +22,17 @@ pub(crate) fn listen(application_name: &str, channel: &str) -> String {
 /// The listener's check of a connection that has been quiet for a while.
 pub(crate) const PING: &str = "SELECT 1";
 
+/// Run on each new connection (with the session settings, in the same round trip): a server
+/// that takes no writes — a standby reached by mistake, a `target_session_attrs` left out of a
+/// multi-host URL, an old primary set read-only — fails the connection with
+/// [`READ_ONLY_SERVER`](crate::error::READ_ONLY_SERVER) (SQLSTATE 25006), so the pool keeps
+/// no connection writes would fail on.
+pub(crate) const REFUSE_READ_ONLY: &str =
+    "DO $$BEGIN IF current_setting('transaction_read_only') = 'on' THEN \
+     RAISE EXCEPTION 'the server is read-only: %', CASE WHEN pg_is_in_recovery() \
+     THEN 'a standby in recovery' ELSE 'transaction_read_only is on' END \
+     USING ERRCODE = '25006'; END IF; END$$;";
+
 /// The `SET` statements run once on each new connection, from the options (none behind a
 /// transaction-mode pooler: they would stay on a server connection other clients share).
 pub(crate) fn session_settings(options: &PostgresOptions) -> String {

@@ -194,6 +194,7 @@ fn replicate(error: &Error) -> Error {
             DieselError::DatabaseError(*kind, Box::new(info.message().to_owned())),
         ),
         Error::Connection(reason) => Error::Connection(reason.clone()),
+        Error::ReadOnly(reason) => Error::ReadOnly(reason.clone()),
         Error::PoolTimeout(waited) => Error::PoolTimeout(*waited),
         other => Error::Database(DieselError::QueryBuilderError(other.to_string().into())),
     }
