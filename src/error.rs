@@ -185,6 +185,9 @@ impl fmt::Debug for Error {
     }
 }
 
+/// [`Error::LeaseLost`]'s reason after a shutdown (every other reason passes by itself).
+pub(crate) const LEASE_SHUT_DOWN: &str = "shut down";
+
 /// What a connection's set-up raises on a read-only server (`sql::session::REFUSE_READ_ONLY`);
 /// the pool's connect error carries it, and [`Error::ReadOnly`] is made from it.
 pub(crate) const READ_ONLY_SERVER: &str = "the server is read-only";

@@ -53,7 +53,7 @@ pub const PRESENCE_CONNECTIONS: &str = "synckit_awareness_presence_connections";
 pub const PRESENCE_ROOMS: &str = "synckit_awareness_presence_rooms";
 /// Counter: awareness clients received by the presence engine and not written, by `reason`
 /// (`echo`: a state or leave the sender was sent itself; `foreign`: a client another local
-/// connection holds).
+/// connection holds; `unavailable`: the database could not be reached, the connection stays).
 pub const PRESENCE_DROPPED: &str = "synckit_awareness_presence_dropped_total";
 /// Counter: connections the presence engine closed, by `reason` (`slow_consumer`, `invalid`,
 /// `store`, `shutdown`).

@@ -3,10 +3,16 @@
 //! connections, a graceful shutdown's leaves at once, a crashed instance's leaves within its
 //! lease, and a client failing over to another instance accepted at once.
 //!
+//! And across a PostgreSQL failover (issue 29): a connection whose updates cannot be written
+//! while there is no primary stays open, and moves cross instances again within seconds of the
+//! promotion, also when the failover outlasts the lease.
+//!
 //! The crashes are real: `crashing_presence` runs this test binary again as a child process
 //! that joins a room, writes a client and waits; the test kills it with SIGKILL.
 
 mod common;
+#[path = "support/pair.rs"]
+mod pair;
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -28,14 +34,14 @@ const CHILD_CLIENT: &str = "SYNCKIT_PRESENCE_CHILD_CLIENT";
 const PRUNE_EVERY: Duration = Duration::from_millis(200);
 
 async fn instance(url: &str) -> Presence {
-    let store = PostgresAwarenessStore::connect(
-        url,
-        PostgresOptions::default()
-            .with_timeout(common::LONG)
-            .with_pool_size(4),
-    )
-    .await
-    .expect("store");
+    instance_with(url, PostgresOptions::default()).await
+}
+
+async fn instance_with(url: &str, options: PostgresOptions) -> Presence {
+    let store =
+        PostgresAwarenessStore::connect(url, options.with_timeout(common::LONG).with_pool_size(4))
+            .await
+            .expect("store");
     Presence::on_postgres(
         store,
         PresenceOptions::default()
@@ -230,4 +236,100 @@ async fn a_client_failing_over_to_another_instance_is_accepted_at_once() {
         .expect("alice is still there");
     assert_eq!((entry.clock, entry.is_tombstone()), (6, false));
     drop((watcher, again, mallory));
+}
+
+/// Alice (on A) keeps moving while the primary is crash-stopped and, 2 s later, the standby
+/// promoted: longer than the pool's acquire timeout (1 s) and than the lease (1.2 s), so her
+/// moves meanwhile fail and B may take A's entries over as abandoned. Her connection stays
+/// open throughout, and bob (on B) sees her moves again within 5 s of the promotion.
+#[tokio::test(flavor = "multi_thread")]
+async fn across_a_failover_connections_stay_and_moves_cross_again_within_seconds() {
+    let pair = pair::Pair::start("presence", false);
+    let url = pair.url("");
+    synckit_awareness::run_migrations_at(&url, &[])
+        .await
+        .expect("migrations");
+    let options = PostgresOptions::default().with_acquire_timeout(Duration::from_secs(1));
+    let a = instance_with(&url, options.clone()).await;
+    let b = instance_with(&url, options).await;
+    let (alice, alice_out) = a.join("doc", None).await.expect("join");
+    let (_bob, mut bob_out) = b.join("doc", None).await.expect("join");
+    alice
+        .receive(&message(1, 1, Some(json!({ "moved": 1 }))))
+        .await
+        .expect("receive");
+    expect(&mut bob_out, (1, 1, true), Duration::from_secs(5)).await;
+
+    let failover = {
+        let (dir, ports) = (pair.dir.clone(), pair.ports);
+        tokio::task::spawn_blocking(move || {
+            let seconds = pair::Pair::existing(dir, ports).fail_over(2.0);
+            (seconds, Instant::now())
+        })
+    };
+    let mut clock = 1;
+    let mut dropped = 0;
+    let promoted = loop {
+        clock += 1;
+        let received = alice
+            .receive(&message(1, clock, Some(json!({ "moved": clock }))))
+            .await
+            .expect("the connection stays open while the database is away");
+        dropped += received.dropped.len();
+        if failover.is_finished() {
+            break failover.await.expect("failover");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (seconds, promoted_at) = promoted;
+    assert!(
+        dropped > 0,
+        "no move was dropped: was the database ever away?"
+    );
+    // Moves after the promotion: bob must see one of them, present.
+    let target = clock + 1;
+    let seen = tokio::spawn(async move {
+        let mut latest = (0, false);
+        loop {
+            let Some(Outgoing::Message(bytes)) = bob_out.next().await else {
+                panic!("bob's connection closed");
+            };
+            let Ok(AwarenessMessage::Update(update)) = decode_message(&bytes) else {
+                continue;
+            };
+            for client in
+                decode_awareness_update(&update, &DecodeLimits::default()).expect("decode")
+            {
+                if client.client_id == 1 {
+                    latest = (client.clock, client.state.is_some());
+                }
+            }
+            if latest.0 >= target && latest.1 {
+                return Instant::now();
+            }
+        }
+    });
+    let deadline = promoted_at + Duration::from_secs(5);
+    while !seen.is_finished() && Instant::now() < deadline {
+        clock += 1;
+        alice
+            .receive(&message(1, clock, Some(json!({ "moved": clock }))))
+            .await
+            .expect("the connection stays open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.is_finished(),
+        "bob did not see alice move within 5 s of the promotion (failover {seconds:.2} s, \
+         {dropped} moves dropped meanwhile)"
+    );
+    let back = seen.await.expect("reader").duration_since(promoted_at);
+    println!(
+        "failover {seconds:.2} s ({dropped} of alice's moves dropped meanwhile, connection kept); \
+         bob saw her move {back:?} after the promotion"
+    );
+    let closed = tokio::time::timeout(Duration::from_millis(50), alice_out.closing())
+        .await
+        .is_ok();
+    assert!(!closed, "the engine ended alice's connection");
 }

@@ -224,7 +224,7 @@ impl Lease {
     /// The instance id for a write, or why the instance may not write now.
     pub(crate) fn check(&self) -> Result<&str> {
         if self.shut_down.load(Ordering::Acquire) {
-            return Err(self.lost("shut down"));
+            return Err(self.lost(crate::error::LEASE_SHUT_DOWN));
         }
         let valid_until = *self
             .valid_until

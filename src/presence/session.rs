@@ -210,7 +210,7 @@ impl Session {
             self.remedy(&remedies);
             return Ok(received);
         }
-        let outcomes = apply_clients(
+        let outcomes = match apply_clients(
             &*self.engine.store,
             &self.room.name,
             &self.connection_id,
@@ -218,7 +218,25 @@ impl Session {
             &writes,
         )
         .await
-        .map_err(Disconnect::from_store)?;
+        {
+            Ok(outcomes) => outcomes,
+            // The database is away (a restart, a failover; or longer than the lease, until a
+            // renewal succeeds). Presence is ephemeral: the update is dropped, not relayed,
+            // and the connection stays; the client's next move or heartbeat is written once
+            // the database is back. Closing would make every client reconnect, again and
+            // again, for as long as it is away.
+            Err(error) if unavailable(&error) => {
+                tracing::warn!(%error, room = %self.room.name, "presence: the store is unreachable; update dropped, connection kept");
+                ::metrics::counter!(crate::metrics::PRESENCE_DROPPED, "reason" => "unavailable")
+                    .increment(writes.len() as u64);
+                received
+                    .dropped
+                    .extend(writes.iter().map(|client| client.client_id));
+                self.remedy(&remedies);
+                return Ok(received);
+            }
+            Err(error) => return Err(Disconnect::from_store(error)),
+        };
         let mut unknown_stale = Vec::new();
         let mut refusals = Vec::new();
         {
@@ -349,4 +367,12 @@ impl Drop for Session {
             });
         }
     }
+}
+
+/// A store failure that passes by itself: the database unreachable, or the instance's lease
+/// not renewed yet (not after a shutdown).
+fn unavailable(error: &crate::Error) -> bool {
+    error.is_connection_error()
+        || matches!(error, crate::Error::LeaseLost { reason, .. }
+            if *reason != crate::error::LEASE_SHUT_DOWN)
 }

@@ -22,7 +22,9 @@ const CHECK_IDLE_CONNECTION: Duration = Duration::from_secs(15);
 /// `application_name` of the listener's connection.
 pub(crate) const LISTENER_APPLICATION_NAME: &str = "synckit-awareness-listener";
 const FIRST_RETRY: Duration = Duration::from_millis(50);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+/// A failover's new primary is found at most this long after it takes connections (one
+/// connection attempt a second per instance while there is none: cheap).
+const MAX_RETRY: Duration = Duration::from_secs(1);
 
 pub(super) struct Listener {
     events: broadcast::Sender<Arc<FeedEvent>>,
