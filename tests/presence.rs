@@ -250,7 +250,7 @@ async fn across_a_failover_connections_stay_and_moves_cross_again_within_seconds
         .await
         .expect("migrations");
     let options = PostgresOptions::default().with_acquire_timeout(Duration::from_secs(1));
-    let a = instance_with(&url, options.clone()).await;
+    let a = instance_with(&url, options).await;
     let b = instance_with(&url, options).await;
     let (alice, alice_out) = a.join("doc", None).await.expect("join");
     let (_bob, mut bob_out) = b.join("doc", None).await.expect("join");
