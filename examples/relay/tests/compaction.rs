@@ -6,11 +6,15 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "support/documents.rs"]
+mod documents;
+
+use documents::fixture;
 
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
-use synckit_relay::documents::{fold, DocumentOptions, DocumentStore, Documents, MIGRATIONS};
+use synckit_relay::documents::{fold, DocumentOptions, DocumentStore, Documents};
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, ReadTxn, Text, Transact, Update};
 
@@ -215,21 +219,6 @@ proptest! {
 }
 
 static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A migrated database (library + relay migrations) and two stores on their own pools.
-async fn fixture() -> (common::TestDb, [DocumentStore; 2]) {
-    let db = common::TestDb::migrated().await;
-    synckit_awareness::run_migrations_at(&db.url, &[&MIGRATIONS])
-        .await
-        .expect("the relay's migrations");
-    let a = db.store(synckit_awareness::StoreOptions::default()).await;
-    let b = db.store(synckit_awareness::StoreOptions::default()).await;
-    let stores = [
-        DocumentStore::new(a.pool().clone()),
-        DocumentStore::new(b.pool().clone()),
-    ];
-    (db, stores)
-}
 
 /// The ordering compaction relies on, made deterministic: an append that has its id but has not
 /// committed (A, split open by hand the way `APPEND` runs) makes the next append to the same

@@ -8,25 +8,15 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "support/documents.rs"]
+mod documents;
+
+use documents::fixture;
 
 use std::time::Duration;
 
-use synckit_relay::documents::{DocumentOptions, DocumentStore, Documents, MIGRATIONS};
+use synckit_relay::documents::{DocumentOptions, DocumentStore, Documents};
 use yrs::{Text, Transact};
-
-async fn fixture() -> (common::TestDb, DocumentStore, DocumentStore) {
-    let db = common::TestDb::migrated().await;
-    synckit_awareness::run_migrations_at(&db.url, &[&MIGRATIONS])
-        .await
-        .expect("the relay's migrations");
-    let a = db.store(synckit_awareness::StoreOptions::default()).await;
-    let b = db.store(synckit_awareness::StoreOptions::default()).await;
-    (
-        db,
-        DocumentStore::new(a.pool().clone()),
-        DocumentStore::new(b.pool().clone()),
-    )
-}
 
 /// `count` updates of one client, each appending `<i>` to Y.Text `t`.
 fn typed(count: usize) -> Vec<Vec<u8>> {
@@ -53,7 +43,7 @@ async fn text_after_load(store: &DocumentStore, room: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resync_stores_again_what_the_database_lost_and_applies_what_it_lacks() {
-    let (db, a, b) = fixture().await;
+    let (db, [a, b]) = fixture().await;
     let documents = Documents::on_postgres(a.clone(), DocumentOptions::default());
     let room = documents.open("lost").await.expect("open");
     let updates = typed(6);
@@ -137,7 +127,7 @@ async fn an_append_commits_with_synchronous_commit_on_whatever_the_session_says(
         synchronous_commit: String,
     }
 
-    let (db, _, _) = fixture().await;
+    let (db, _) = fixture().await;
     let mut conn = db.conn().await;
     conn.batch_execute("SET synchronous_commit = off; BEGIN")
         .await

@@ -482,6 +482,23 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   // bob's entry is still fresh and the dead instance's lease has not lapsed; returns once bob
   // reconnected and his next move reached alice. `afterKill` runs between the kill and the
   // restart.
+  /** Alice and bob in `room` on `S`, and a third socket there that stopped reading (the kernel
+   * buffers fill, then the relay's queue); `slowMetric`: slow consumers S disconnected. */
+  const slowRoom = async (S, room) => {
+    const alice = connect(S, room, { user: { name: 'alice' } }, as('alice'))
+    const bob = connect(S, room, { user: { name: 'bob' } }, as('bob'))
+    await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
+    const slow = new WebSocket(`${S.ws}/${room}?token=${token('slow')}`)
+    await new Promise((resolve) => slow.once('open', resolve))
+    slow._socket.pause()
+    const slowMetric = async () => {
+      const text = await (await fetch(`${S.http}/metrics`)).text()
+      const m = text.match(/^synckit_awareness_presence_disconnects_total\{reason="slow_consumer"\} (\d+)/m)
+      return m ? Number(m[1]) : 0
+    }
+    return { alice, bob, slow, slowMetric }
+  }
+
   const failOver = async ({ Q, restart, alice, bob, afterKill = () => {} }) => {
     let bobCloses = 0
     bob.provider.on('connection-close', () => { bobCloses++ })
@@ -564,17 +581,7 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   test('12. a slow consumer is disconnected; the others are unaffected', async () => {
     const S = await start('S', { extra: ['--queue-capacity', '16', '--max-state-bytes', '65536'] })
     relays.push(S)
-    const alice = connect(S, 'slow', { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(S, 'slow', { user: { name: 'bob' } }, as('bob'))
-    await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
-    const slow = new WebSocket(`${S.ws}/slow?token=${token('slow')}`)
-    await new Promise((resolve) => slow.once('open', resolve))
-    slow._socket.pause() // stops reading: the kernel buffers fill, then the relay's queue
-    const slowMetric = async () => {
-      const text = await (await fetch(`${S.http}/metrics`)).text()
-      const m = text.match(/^synckit_awareness_presence_disconnects_total\{reason="slow_consumer"\} (\d+)/m)
-      return m ? Number(m[1]) : 0
-    }
+    const { alice, bob, slow, slowMetric } = await slowRoom(S, 'slow')
     const padding = 'x'.repeat(60000)
     let n = 0
     await waitFor(async () => {
@@ -600,17 +607,7 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     const S = await start('S2', { extra: ['--queue-capacity', '100000', '--queue-bytes', String(bound), '--max-state-bytes', '65536'] })
     relays.push(S)
     const rss = () => Number(readFileSync(`/proc/${S.proc.pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB/m)[1]) * 1024
-    const alice = connect(S, 'slow-bytes', { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(S, 'slow-bytes', { user: { name: 'bob' } }, as('bob'))
-    await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
-    const slow = new WebSocket(`${S.ws}/slow-bytes?token=${token('slow')}`)
-    await new Promise((resolve) => slow.once('open', resolve))
-    slow._socket.pause() // stops reading: the kernel buffers fill, then the relay's queue
-    const slowMetric = async () => {
-      const text = await (await fetch(`${S.http}/metrics`)).text()
-      const m = text.match(/^synckit_awareness_presence_disconnects_total\{reason="slow_consumer"\} (\d+)/m)
-      return m ? Number(m[1]) : 0
-    }
+    const { alice, bob, slow, slowMetric } = await slowRoom(S, 'slow-bytes')
     const before = rss()
     let most = before
     // 48 KB states 30 times a second (issue 25's load), until the slow one is ended.

@@ -234,15 +234,8 @@ fn cut_at_binds(sql: &str, binds: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreOptions;
+    use super::super::upsert::test_context as context;
 
-    fn context() -> WriteContext<'static> {
-        WriteContext::new(
-            crate::postgres::sql::thirty_seconds(),
-            Some("instance"),
-            &StoreOptions::default(),
-        )
-    }
 
     #[test]
     fn set_texts_have_their_binds_in_order() {

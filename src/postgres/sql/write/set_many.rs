@@ -225,15 +225,8 @@ impl QueryFragment<Pg> for SetManyFast<'_> {
 mod tests {
     use super::*;
     use crate::entry::AwarenessUpdate;
-    use crate::store::StoreOptions;
+    use super::super::upsert::test_context as context;
 
-    fn context() -> WriteContext<'static> {
-        WriteContext::new(
-            crate::postgres::sql::thirty_seconds(),
-            Some("instance"),
-            &StoreOptions::default(),
-        )
-    }
 
     /// The batch statement carries the same upsert as `set`; the batch fast path locks its
     /// rows in key order before it updates them.

@@ -60,3 +60,13 @@ impl<'a> WriteContext<'a> {
         }
     }
 }
+
+/// The context the statement tests build their statements with.
+#[cfg(test)]
+pub(super) fn test_context() -> WriteContext<'static> {
+    WriteContext::new(
+        crate::postgres::sql::thirty_seconds(),
+        Some("instance"),
+        &StoreOptions::default(),
+    )
+}
