@@ -233,9 +233,8 @@ fn cut_at_binds(sql: &str, binds: usize) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::upsert::test_context as context;
-
+    use super::*;
 
     #[test]
     fn set_texts_have_their_binds_in_order() {

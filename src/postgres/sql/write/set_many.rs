@@ -223,10 +223,9 @@ impl QueryFragment<Pg> for SetManyFast<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::upsert::test_context as context;
     use super::*;
     use crate::entry::AwarenessUpdate;
-    use super::super::upsert::test_context as context;
-
 
     /// The batch statement carries the same upsert as `set`; the batch fast path locks its
     /// rows in key order before it updates them.
