@@ -101,20 +101,8 @@ impl Room {
         };
         let stored = store.read_after(&self.name, 0).await?;
         let database = yrs::Doc::new();
-        {
-            let mut txn = database.transact_mut();
-            for row in &stored {
-                match Update::decode_v1(&row.bytes) {
-                    Ok(update) => {
-                        if let Err(error) = txn.apply_update(update) {
-                            tracing::warn!(%error, "a stored update does not apply; skipped");
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "a stored update does not decode; skipped")
-                    }
-                }
-            }
+        for row in &stored {
+            apply_to(&database, &row.bytes);
         }
         let (relay, missing) = {
             let mut state = lock(&self.state);
@@ -195,13 +183,18 @@ impl RoomState {
     }
 
     pub(super) fn apply(&mut self, bytes: &[u8]) {
-        match Update::decode_v1(bytes) {
-            Ok(update) => {
-                if let Err(error) = self.doc.transact_mut().apply_update(update) {
-                    tracing::warn!(%error, "a stored update does not apply; skipped");
-                }
+        apply_to(&self.doc, bytes);
+    }
+}
+
+/// Applies a stored update (v1) to `doc`; one that does not decode or apply is skipped, logged.
+fn apply_to(doc: &yrs::Doc, bytes: &[u8]) {
+    match Update::decode_v1(bytes) {
+        Ok(update) => {
+            if let Err(error) = doc.transact_mut().apply_update(update) {
+                tracing::warn!(%error, "a stored update does not apply; skipped");
             }
-            Err(error) => tracing::warn!(%error, "a stored update does not decode; skipped"),
         }
+        Err(error) => tracing::warn!(%error, "a stored update does not decode; skipped"),
     }
 }
