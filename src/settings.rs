@@ -10,11 +10,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::error::{Error, Result};
 use crate::memory::MemoryAwarenessStore;
 use crate::postgres::secret::DatabaseUrl;
-use crate::postgres::{
-    ChangeFeedOptions, PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL,
-};
+use crate::postgres::PostgresAwarenessStore;
 use crate::store::{AwarenessStore, StoreOptions, DEFAULT_TIMEOUT};
 use crate::validate::DEFAULT_MAX_STATE_BYTES;
+
+mod postgres;
+
+use postgres::millis;
+pub use postgres::PostgresSettings;
 
 /// Prefix of the environment variables [`AwarenessSettings::from_env`] reads; mirrors the
 /// `Awareness:*` configuration section (`Awareness:Provider` → `SYNCKIT__AWARENESS__PROVIDER`).
@@ -66,116 +69,6 @@ impl fmt::Display for Provider {
     }
 }
 
-/// Settings of the PostgreSQL provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PostgresSettings {
-    /// Connection URL (`postgres://user:password@host/db`). Falls back to `DATABASE_URL` in
-    /// [`AwarenessSettings::from_env`]. Never printed with its password.
-    pub url: Option<DatabaseUrl>,
-    /// Most pooled connections.
-    pub pool_size: u32,
-    /// How long a call waits for a free pooled connection, in milliseconds
-    /// ([`PostgresOptions::acquire_timeout`]; accepted under its old name `connect_timeout_ms`).
-    #[serde(alias = "connect_timeout_ms")]
-    pub acquire_timeout_ms: u64,
-    /// Check the schema when building the store, failing fast when it differs.
-    pub validate_on_start: bool,
-    /// Apply pending migrations when building the store (needs DDL rights).
-    pub migrate_on_start: bool,
-    /// PostgreSQL `statement_timeout` of the store's connections, in milliseconds; 0 keeps the
-    /// server's setting.
-    pub statement_timeout_ms: u64,
-    /// PostgreSQL `synchronous_commit` of the store's connections (default off: awareness is
-    /// ephemeral; see docs/performance.md for the measured trade-off).
-    pub synchronous_commit: bool,
-    /// Coalesce concurrent `set`s into one statement while connections are busy
-    /// ([`PostgresOptions::coalesce_writes`]).
-    pub coalesce_writes: bool,
-    /// Publish every applied change to the change feed (`NOTIFY`), so that other instances on
-    /// the same database hear of it ([`ChangeFeedOptions::publish`]).
-    pub change_feed: bool,
-    /// The change feed's `NOTIFY` channel; every instance of one deployment uses the same.
-    pub change_feed_channel: String,
-    /// Run the store as an instance with a lease
-    /// ([`PostgresAwarenessStore::start_instance`]), so that other instances remove its entries
-    /// within `lease_ms` of a crash.
-    pub instance: bool,
-    /// The instance's name; empty (the default): a random id per process.
-    pub instance_id: String,
-    /// The instance's lease in milliseconds (renewed every third of it).
-    pub lease_ms: u64,
-    /// The URL leads to a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy)
-    /// ([`PostgresOptions::transaction_pooler`]).
-    pub transaction_pooler: bool,
-    /// The change feed listener's own URL, direct or session-mode
-    /// ([`ChangeFeedOptions::listen_url`]); required with `transaction_pooler` and a feed.
-    pub listen_url: Option<DatabaseUrl>,
-}
-
-impl Default for PostgresSettings {
-    fn default() -> Self {
-        let defaults = PostgresOptions::default();
-        Self {
-            url: None,
-            pool_size: defaults.pool_size,
-            acquire_timeout_ms: millis(defaults.acquire_timeout),
-            validate_on_start: defaults.validate_on_start,
-            migrate_on_start: false,
-            statement_timeout_ms: defaults.statement_timeout.map_or(0, millis),
-            synchronous_commit: defaults.synchronous_commit,
-            coalesce_writes: defaults.coalesce_writes,
-            change_feed: false,
-            change_feed_channel: DEFAULT_CHANNEL.to_owned(),
-            instance: false,
-            instance_id: String::new(),
-            lease_ms: millis(crate::postgres::DEFAULT_LEASE),
-            transaction_pooler: false,
-            listen_url: None,
-        }
-    }
-}
-
-impl PostgresSettings {
-    /// The [`InstanceOptions`](crate::postgres::InstanceOptions) these settings describe.
-    pub fn instance_options(&self) -> crate::postgres::InstanceOptions {
-        let options = crate::postgres::InstanceOptions::default()
-            .with_lease(Duration::from_millis(self.lease_ms));
-        if self.instance_id.is_empty() {
-            options
-        } else {
-            options.with_instance_id(self.instance_id.clone())
-        }
-    }
-
-    /// The [`PostgresOptions`] these settings describe, around `store`.
-    pub fn options(&self, store: StoreOptions) -> PostgresOptions {
-        PostgresOptions::default()
-            .with_store(store)
-            .with_pool_size(self.pool_size)
-            .with_acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
-            .with_validate_on_start(self.validate_on_start)
-            .with_statement_timeout(
-                (self.statement_timeout_ms > 0)
-                    .then(|| Duration::from_millis(self.statement_timeout_ms)),
-            )
-            .with_synchronous_commit(self.synchronous_commit)
-            .with_coalesce_writes(self.coalesce_writes)
-            .with_transaction_pooler(self.transaction_pooler)
-    }
-
-    /// The [`ChangeFeedOptions`] these settings describe (a fresh `origin`).
-    pub fn change_feed_options(&self) -> ChangeFeedOptions {
-        let options = ChangeFeedOptions::default()
-            .with_publish(self.change_feed)
-            .with_channel(self.change_feed_channel.clone());
-        match &self.listen_url {
-            Some(url) => options.with_listen_url(url.expose()),
-            None => options,
-        }
-    }
-}
-
 /// The `Awareness` configuration section.
 ///
 /// ```
@@ -216,10 +109,6 @@ impl Default for AwarenessSettings {
             postgres: PostgresSettings::default(),
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl AwarenessSettings {
@@ -467,122 +356,5 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn env_keys_mirror_the_section() {
-        let env: HashMap<&str, &str> = [
-            ("SYNCKIT__AWARENESS__PROVIDER", "Postgres"),
-            ("SYNCKIT__AWARENESS__TIMEOUT_MS", "15000"),
-            ("SYNCKIT__AWARENESS__POSTGRES__POOL_SIZE", "3"),
-            ("SYNCKIT__AWARENESS__POSTGRES__SYNCHRONOUS_COMMIT", "true"),
-            ("SYNCKIT__AWARENESS__POSTGRES__STATEMENT_TIMEOUT_MS", "2500"),
-            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
-        ]
-        .into();
-        let s = AwarenessSettings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
-        assert_eq!(s.provider, Provider::Postgresql);
-        assert_eq!(s.timeout_ms, 15000);
-        assert_eq!(s.postgres.pool_size, 3);
-        assert!(s.postgres.synchronous_commit);
-        assert_eq!(s.postgres.statement_timeout_ms, 2500);
-        assert_eq!(
-            s.postgres.url.as_ref().unwrap().expose(),
-            "postgres://u:hunter2@h/db"
-        );
-        assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
-        let shown = s.to_string();
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(
-            shown.contains("postgres.url=postgres://u:***@h/db"),
-            "{shown}"
-        );
-        assert_eq!(s.store_options().timeout, Duration::from_secs(15));
-    }
-
-    #[test]
-    fn defaults_and_errors() {
-        let s = AwarenessSettings::from_lookup(|_| None).unwrap();
-        assert_eq!(s, AwarenessSettings::default());
-        assert_eq!(s.provider, Provider::Auto);
-        assert_eq!(s.effective_provider(), Provider::Memory);
-        assert_eq!(s.timeout_ms, 30_000);
-
-        let err = AwarenessSettings::from_lookup(|k| {
-            (k == "SYNCKIT__AWARENESS__PROVIDER").then(|| "redis".to_string())
-        })
-        .unwrap_err();
-        assert!(matches!(err, Error::Config(_)));
-        assert!(
-            err.to_string().contains("auto, memory, postgresql"),
-            "{err}"
-        );
-
-        let err = AwarenessSettings::from_lookup(|k| {
-            (k == "SYNCKIT__AWARENESS__TIMEOUT_MS").then(|| "soon".to_string())
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("TIMEOUT_MS"), "{err}");
-
-        let s = AwarenessSettings {
-            provider: Provider::Postgresql,
-            ..Default::default()
-        };
-        assert!(matches!(s.validate(), Err(Error::Config(_))));
-    }
-
-    #[test]
-    fn one_rule_for_the_provider() {
-        let lookup = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let url_only =
-            AwarenessSettings::from_lookup(lookup(&[("DATABASE_URL", "postgres://h/db")])).unwrap();
-        assert_eq!(url_only.effective_provider(), Provider::Postgresql);
-        let memory_chosen = AwarenessSettings::from_lookup(lookup(&[
-            ("DATABASE_URL", "postgres://h/db"),
-            ("SYNCKIT__AWARENESS__PROVIDER", "memory"),
-        ]))
-        .unwrap();
-        assert_eq!(memory_chosen.effective_provider(), Provider::Memory);
-        let old_name = AwarenessSettings::from_lookup(lookup(&[(
-            "SYNCKIT__AWARENESS__POSTGRES__CONNECT_TIMEOUT_MS",
-            "1234",
-        )]))
-        .unwrap();
-        assert_eq!(old_name.postgres.acquire_timeout_ms, 1234);
-        let feed = AwarenessSettings::from_lookup(lookup(&[
-            ("SYNCKIT__AWARENESS__POSTGRES__COALESCE_WRITES", "true"),
-            ("SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED", "true"),
-            (
-                "SYNCKIT__AWARENESS__POSTGRES__CHANGE_FEED_CHANNEL",
-                "presence",
-            ),
-        ]))
-        .unwrap();
-        assert!(feed.postgres.options(feed.store_options()).coalesce_writes);
-        assert!(!AwarenessSettings::default().postgres.coalesce_writes);
-        let options = feed.postgres.change_feed_options();
-        assert!(options.publish);
-        assert_eq!(options.channel, "presence");
-    }
-
-    #[test]
-    fn deserializes_from_toml_like_json() {
-        let s: AwarenessSettings =
-            serde_json::from_str(r#"{"postgres":{"connect_timeout_ms":700}}"#).unwrap();
-        assert_eq!(s.postgres.acquire_timeout_ms, 700);
-        let err = serde_json::from_str::<AwarenessSettings>(r#"{"provider":"mongo"}"#).unwrap_err();
-        assert!(err.to_string().contains("valid providers"), "{err}");
-        let s: AwarenessSettings = serde_json::from_str(r#"{"provider":"postgresql"}"#).unwrap();
-        assert_eq!(s.provider, Provider::Postgresql);
-    }
-}
+#[path = "settings_tests.rs"]
+mod tests;
