@@ -185,7 +185,8 @@ impl fmt::Debug for Error {
     }
 }
 
-/// [`Error::LeaseLost`]'s reason after a shutdown (every other reason passes by itself).
+/// [`Error::LeaseLost`]'s reason after a shutdown (every other reason passes by itself:
+/// [`Error::passes_by_itself`]).
 pub(crate) const LEASE_SHUT_DOWN: &str = "shut down";
 
 /// What a connection's set-up raises on a read-only server (`sql::session::REFUSE_READ_ONLY`);
@@ -211,6 +212,14 @@ impl Error {
             }
             other => other,
         }
+    }
+
+    /// A failure that passes by itself: the database unreachable
+    /// ([`is_connection_error`](Self::is_connection_error)), or the instance's lease not renewed
+    /// yet (not after a shutdown). The presence engine keeps a connection open through these.
+    pub(crate) fn passes_by_itself(&self) -> bool {
+        self.is_connection_error()
+            || matches!(self, Error::LeaseLost { reason, .. } if *reason != LEASE_SHUT_DOWN)
     }
 
     /// True when the failure is about reaching the database (pool timeout, lost or refused

@@ -225,7 +225,7 @@ impl Session {
             // and the connection stays; the client's next move or heartbeat is written once
             // the database is back. Closing would make every client reconnect, again and
             // again, for as long as it is away.
-            Err(error) if unavailable(&error) => {
+            Err(error) if error.passes_by_itself() => {
                 tracing::warn!(%error, room = %self.room.name, "presence: the store is unreachable; update dropped, connection kept");
                 ::metrics::counter!(crate::metrics::PRESENCE_DROPPED, "reason" => "unavailable")
                     .increment(writes.len() as u64);
@@ -367,12 +367,4 @@ impl Drop for Session {
             });
         }
     }
-}
-
-/// A store failure that passes by itself: the database unreachable, or the instance's lease
-/// not renewed yet (not after a shutdown).
-fn unavailable(error: &crate::Error) -> bool {
-    error.is_connection_error()
-        || matches!(error, crate::Error::LeaseLost { reason, .. }
-            if *reason != crate::error::LEASE_SHUT_DOWN)
 }
