@@ -88,6 +88,10 @@ pub(crate) async fn build_pool_reporting(
         .max_size(options.pool_size)
         .connection_timeout(options.acquire_timeout)
         .test_on_check_out(true)
+        // The most recently used connection first: a steady load keeps a few backends busy
+        // (and their caches warm) instead of waking every idle one in turn, and the rest can
+        // reach the idle timeout.
+        .queue_strategy(bb8::QueueStrategy::Lifo)
         .error_sink(Box::new(errors.clone()))
         .build(connection_manager(url, options))
         .await

@@ -23,7 +23,6 @@ pub use types::{
 
 use std::sync::Arc;
 
-use diesel::sql_types::{Array, Text};
 use diesel_async::RunQueryDsl;
 use tokio::sync::mpsc;
 
@@ -204,6 +203,7 @@ async fn publish_loop(
     mut inbox: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut sequence = 0;
+    let mut last_sent: Option<tokio::time::Instant> = None;
     while let Some(first) = inbox.recv().await {
         let mut batch = payload::Notifications::default();
         let mut flushes = Vec::new();
@@ -216,8 +216,13 @@ async fn publish_loop(
             Queued::Flush(done) => flushes.push(done),
         };
         add(first, &mut batch);
-        if !options.publish_delay.is_zero() && batch.len() > 0 {
-            tokio::time::sleep(options.publish_delay).await;
+        if batch.len() > 0 {
+            if !options.publish_delay.is_zero() {
+                tokio::time::sleep(options.publish_delay).await;
+            }
+            if let Some(last) = last_sent.filter(|_| !options.publish_pace.is_zero()) {
+                tokio::time::sleep_until(last + options.publish_pace).await;
+            }
         }
         while batch.len() < MAX_BATCH_KEYS {
             match inbox.try_recv() {
@@ -231,6 +236,7 @@ async fn publish_loop(
             if payloads.is_empty() {
                 break;
             }
+            last_sent = Some(tokio::time::Instant::now());
             match notify(&connections, &options.channel, &payloads).await {
                 Ok(()) => {
                     ::metrics::counter!(crate::metrics::FEED_NOTIFICATIONS)
@@ -258,9 +264,7 @@ async fn publish_loop(
 /// Sends every payload in one statement (one transaction, one commit).
 async fn notify(connections: &Connections, channel: &str, payloads: &[String]) -> Result<()> {
     with_conn!(*connections, |conn| {
-        diesel::sql_query(super::sql::session::NOTIFY)
-            .bind::<Text, _>(channel)
-            .bind::<Array<Text>, _>(payloads)
+        super::sql::session::Notify { channel, payloads }
             .execute(conn)
             .await?;
         Ok(())

@@ -16,7 +16,7 @@ use super::pool::{interval, with_conn, ConnectErrors, Connections, PgPool};
 use super::sql;
 use super::storage::PgStorage;
 use super::write::coalesce::Coalescer;
-use crate::entry::AwarenessEntry;
+use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
 use crate::postgres::migrations::{run_migrations, MigrationReport};
 use crate::postgres::schema_check::validate_schema;
@@ -232,6 +232,32 @@ impl PostgresAwarenessStore {
             .instance
             .get()
             .is_none_or(|lease| lease.is_valid())
+    }
+
+    /// Presence's moves, relayed at once and saved later (`presence/unsaved.rs`): `update` is
+    /// checked as a write would be and published on the change feed, without a write. `Err`
+    /// (nothing published) for an update a write would refuse as invalid.
+    pub(crate) fn publish_unsaved(&self, update: &AwarenessUpdate) -> Result<()> {
+        crate::validate::check_update(update, Storage::options(&self.layers).max_state_bytes)?;
+        self.layers.feed.publish_update(update);
+        Ok(())
+    }
+
+    /// Writes updates [`publish_unsaved`](Self::publish_unsaved) already published, without
+    /// publishing them again: `set_many` below the change feed's layer.
+    pub(crate) async fn save_unsaved(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
+        let span = crate::storage::span!("awareness.set_many", "postgres", updates = updates.len());
+        crate::trace::traced(span, async {
+            let max_state_bytes = Storage::options(&self.layers).max_state_bytes;
+            for update in updates {
+                crate::validate::check_update(update, max_state_bytes)?;
+            }
+            if updates.is_empty() {
+                return Ok(Vec::new());
+            }
+            Storage::set_many(&self.layers.inner, updates).await
+        })
+        .await
     }
 
     /// A graceful stop of this store's instance: stops renewing, deletes its lease and every

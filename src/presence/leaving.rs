@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::engine::{lock, Engine};
-use super::room::{leave, Room};
+use super::room::{leave, Room, RoomState};
 use crate::y_protocols::apply::apply_clients;
 use crate::y_protocols::AwarenessClientUpdate;
 
@@ -17,8 +17,14 @@ pub(super) fn release(engine: &Engine, room: &Arc<Room>, number: u64) -> Vec<(u6
     let mut state = room.lock();
     state.members.remove(&number);
     let mut leaves = Vec::new();
-    state.claims.retain(|client, claim| {
+    let RoomState {
+        claims, unsaved, ..
+    } = &mut *state;
+    claims.retain(|client, claim| {
         if claim.connection == number {
+            // Its leave is written one clock above its last move: a move not saved yet is
+            // superseded.
+            unsaved.remove(client);
             leaves.push((*client, claim.clock.saturating_add(1)));
             false
         } else {

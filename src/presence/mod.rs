@@ -40,6 +40,7 @@ mod options;
 mod outbox;
 mod room;
 mod session;
+mod unsaved;
 mod view;
 
 use std::collections::HashMap;
@@ -55,7 +56,9 @@ use crate::pruner::Pruner;
 use crate::store::AwarenessStore;
 use engine::{lock, Engine};
 use feed::route_feed;
-pub use options::{close_code, Disconnect, PresenceOptions, DEFAULT_QUEUE_BYTES};
+pub use options::{
+    close_code, Disconnect, PresenceOptions, DEFAULT_PERSIST_INTERVAL, DEFAULT_QUEUE_BYTES,
+};
 pub use outbox::{Outbox, Outgoing};
 use room::{Member, Room, RoomState};
 pub use session::{Received, Session};
@@ -85,6 +88,11 @@ impl Presence {
         let presence = Self::build(Arc::new(store.clone()), Some(store), options, prefix);
         let router = tokio::spawn(route_feed(Arc::downgrade(&presence.engine), events));
         lock(&presence.engine.tasks).push(router);
+        let every = presence.engine.options.persist_interval;
+        if !every.is_zero() {
+            let saver = tokio::spawn(unsaved::save_loop(Arc::downgrade(&presence.engine), every));
+            lock(&presence.engine.tasks).push(saver);
+        }
         Ok(presence)
     }
 

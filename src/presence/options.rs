@@ -49,7 +49,17 @@ pub struct PresenceOptions {
     /// `make bench-relay`, the 1 ms delay of the store's default cost 1.5 ms of p50
     /// cross-instance delivery for no measurable CPU saving at 256 updates/s.
     pub change_feed: ChangeFeedOptions,
+    /// How often a held client's moves are saved to the table (PostgreSQL; default 1 s,
+    /// [`DEFAULT_PERSIST_INTERVAL`]). A move of a client the connection already holds is relayed
+    /// at once, locally and through the change feed, and written with the instance's other
+    /// unsaved moves at the next tick, as one statement: the table (`get`, `get_all`, a client
+    /// joining on another instance) may show a state up to this long behind. Joins, leaves and
+    /// refusals are written as they happen. `Duration::ZERO` writes every move as it happens.
+    pub persist_interval: Duration,
 }
+
+/// [`PresenceOptions::persist_interval`]'s default.
+pub const DEFAULT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for PresenceOptions {
     fn default() -> Self {
@@ -60,6 +70,7 @@ impl Default for PresenceOptions {
             prune_interval: Duration::from_secs(1),
             instance: InstanceOptions::default(),
             change_feed: ChangeFeedOptions::default().with_publish_delay(Duration::ZERO),
+            persist_interval: DEFAULT_PERSIST_INTERVAL,
         }
     }
 }
@@ -92,6 +103,13 @@ impl PresenceOptions {
     /// These options with other instance (lease) settings.
     pub fn with_instance(mut self, instance: InstanceOptions) -> Self {
         self.instance = instance;
+        self
+    }
+
+    /// These options with another interval for saving moves (`Duration::ZERO`: every move is
+    /// written as it happens).
+    pub fn with_persist_interval(mut self, interval: Duration) -> Self {
+        self.persist_interval = interval;
         self
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::outbox::Sender;
 use super::view::{Verdict, View};
+use crate::entry::AwarenessUpdate;
 use crate::y_protocols::{
     encode_awareness_update, encode_message, AwarenessClientUpdate, AwarenessMessage,
 };
@@ -24,6 +25,8 @@ pub(super) struct RoomState {
     pub(super) members: HashMap<u64, Member>,
     /// clientID -> the local connection that holds it, and the clock it last wrote.
     pub(super) claims: HashMap<u64, Claim>,
+    /// Moves relayed but not written yet (`unsaved.rs`): clientID -> its latest.
+    pub(super) unsaved: HashMap<u64, AwarenessUpdate>,
 }
 
 pub(super) struct Member {

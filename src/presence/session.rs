@@ -122,7 +122,8 @@ impl Session {
     /// room's other local connections were not told yet (a change whose feed event has not
     /// arrived) goes to them too: the view mirrors what *every* local client was told.
     pub async fn send_state(&self) -> Result<()> {
-        let clients = awareness_clients(self.engine.store.get_all(&self.room.name).await?);
+        let mut clients = awareness_clients(self.engine.store.get_all(&self.room.name).await?);
+        self.room.lock().overlay_unsaved(&mut clients);
         let update = encode_awareness_update(&clients)?;
         let hidden = self.room.lock().forward(clients);
         self.sender
@@ -185,10 +186,25 @@ impl Session {
         let mut writes = Vec::with_capacity(clients.len());
         let mut remedies = Vec::new();
         {
-            let state = self.room.lock();
+            let mut state = self.room.lock();
+            let mut moves = Vec::new();
             for client in clients {
                 match self.route(&state, &client) {
-                    Route::Write => writes.push(client),
+                    Route::Write => match self.defer(&state, &client) {
+                        Some(update) => {
+                            state.claims.insert(
+                                client.client_id,
+                                Claim {
+                                    connection: self.number,
+                                    clock: client.clock,
+                                },
+                            );
+                            state.unsaved.insert(client.client_id, update);
+                            received.applied.push(client.client_id);
+                            moves.push(client);
+                        }
+                        None => writes.push(client),
+                    },
                     Route::Remedy(leave_clock) => {
                         received.dropped.push(client.client_id);
                         remedies.push(leave(client.client_id, leave_clock));
@@ -204,6 +220,9 @@ impl Session {
                         received.dropped.push(client.client_id);
                     }
                 }
+            }
+            for (client_id, leave_clock) in state.forward(moves) {
+                remedies.push(leave(client_id, leave_clock));
             }
         }
         if writes.is_empty() {
@@ -245,6 +264,14 @@ impl Session {
             for (client, outcome) in writes.into_iter().zip(outcomes) {
                 match outcome {
                     SetOutcome::Applied => {
+                        let written = i64::try_from(client.clock).unwrap_or(i64::MAX);
+                        if state
+                            .unsaved
+                            .get(&client.client_id)
+                            .is_some_and(|u| u.clock <= written)
+                        {
+                            state.unsaved.remove(&client.client_id);
+                        }
                         state.claims.insert(
                             client.client_id,
                             Claim {

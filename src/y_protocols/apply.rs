@@ -59,6 +59,25 @@ pub async fn apply_awareness_update_as(
     Ok(clients.iter().map(|c| c.client_id).zip(outcomes).collect())
 }
 
+/// The store's update for one y-protocols client of `document_id`, written by `connection_id`
+/// as `owner`.
+pub(crate) fn as_update(
+    document_id: &str,
+    connection_id: &str,
+    owner: Option<&str>,
+    client: &AwarenessClientUpdate,
+) -> AwarenessUpdate {
+    AwarenessUpdate {
+        document_id: document_id.to_owned(),
+        client_id: client.client_id.to_string(),
+        connection_id: connection_id.to_owned(),
+        // The codec refuses anything above 2^53-1, so this never saturates.
+        clock: i64::try_from(client.clock).unwrap_or(i64::MAX),
+        state: client.state.clone(),
+        owner: owner.map(str::to_owned),
+    }
+}
+
 /// [`apply_awareness_update_as`] for clients already decoded, written as `owner`: one outcome
 /// per client, in order, through one [`AwarenessStore::set_many`] (on PostgreSQL a lone update,
 /// every heartbeat, takes `set`'s one-statement fast path).
@@ -71,15 +90,7 @@ pub(crate) async fn apply_clients(
 ) -> Result<Vec<SetOutcome>> {
     let updates: Vec<AwarenessUpdate> = clients
         .iter()
-        .map(|client| AwarenessUpdate {
-            document_id: document_id.to_owned(),
-            client_id: client.client_id.to_string(),
-            connection_id: connection_id.to_owned(),
-            // The codec refuses anything above 2^53-1, so this never saturates.
-            clock: i64::try_from(client.clock).unwrap_or(i64::MAX),
-            state: client.state.clone(),
-            owner: owner.map(str::to_owned),
-        })
+        .map(|client| as_update(document_id, connection_id, owner, client))
         .collect();
     // Bad input fails whole, even when some updates would be stale: `set_many` checks every
     // update it gets before writing any; the clock-0 ones it may not get are checked here,

@@ -105,6 +105,15 @@ struct Args {
     /// Bytes queued per connection; a connection that falls further behind is closed (1008).
     #[arg(long, env = "SYNCKIT_RELAY_QUEUE_BYTES", default_value_t = synckit_awareness::presence::DEFAULT_QUEUE_BYTES)]
     queue_bytes: usize,
+    /// How often each instance saves its clients' latest moves to the awareness table (0s:
+    /// every move is written as it happens). Moves are relayed at once either way; the table
+    /// lags by at most this.
+    #[arg(long, env = "SYNCKIT_RELAY_PERSIST_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    persist_interval: Duration,
+    /// The least time between two of an instance's presence notifications (0s: none). Moves
+    /// that come sooner wait for the rest of it and go together in one `NOTIFY`.
+    #[arg(long, env = "SYNCKIT_RELAY_PUBLISH_PACE", default_value = "0s", value_parser = humantime::parse_duration)]
+    publish_pace: Duration,
     /// How often idle connections are pinged.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
@@ -253,6 +262,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         .with_max_clients_per_document(limit(args.max_clients_per_document))
         .with_max_clients_per_connection(limit(args.max_clients_per_connection));
     let mut options = PresenceOptions::default();
+    options.change_feed = options.change_feed.with_publish_pace(args.publish_pace);
     if let Some(url) = args.listen_url.as_deref().filter(|u| !u.trim().is_empty()) {
         let change_feed = options.change_feed.clone().with_listen_url(url);
         options = options.with_change_feed(change_feed);
@@ -262,6 +272,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         .with_queue_capacity(args.queue_capacity)
         .with_queue_bytes(args.queue_bytes)
         .with_prune_interval(args.prune_interval)
+        .with_persist_interval(args.persist_interval)
         .with_instance(InstanceOptions::default().with_lease(args.lease));
     // An empty DATABASE_URL counts as unset.
     let database_url = args

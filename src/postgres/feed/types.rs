@@ -147,6 +147,13 @@ pub struct ChangeFeedOptions {
     /// `NOTIFY` transactions; smaller: lower latency. Under load, changes also gather while
     /// the previous `NOTIFY` is in flight.
     pub publish_delay: Duration,
+    /// The least time between the starts of two of this publisher's `NOTIFY`s (default zero).
+    /// A change that finds the publisher idle for longer goes at once; a change that comes
+    /// sooner waits for the rest of this time, and everything that arrives meanwhile goes with
+    /// it in one `NOTIFY`. Every `NOTIFY` is a transaction and wakes every listening session of
+    /// the database, so under a steady stream of changes this bounds the database's work at
+    /// the price of at most this much added latency.
+    pub publish_pace: Duration,
     /// Events buffered per subscriber; one that falls further behind gets a
     /// [`FeedEvent::Resync`] instead of the events it missed.
     pub capacity: usize,
@@ -177,6 +184,7 @@ impl Default for ChangeFeedOptions {
                 STORES.fetch_add(1, Ordering::Relaxed)
             ),
             publish_delay: Duration::from_millis(1),
+            publish_pace: Duration::ZERO,
             capacity: 4096,
             listen_url: None,
         }
@@ -205,6 +213,12 @@ impl ChangeFeedOptions {
     /// These options with another publishing delay ([`publish_delay`](Self::publish_delay)).
     pub fn with_publish_delay(mut self, delay: Duration) -> Self {
         self.publish_delay = delay;
+        self
+    }
+
+    /// These options with another pace ([`publish_pace`](Self::publish_pace)).
+    pub fn with_publish_pace(mut self, pace: Duration) -> Self {
+        self.publish_pace = pace;
         self
     }
 
