@@ -38,13 +38,17 @@ async fn instance(url: &str) -> Presence {
 }
 
 async fn instance_with(url: &str, options: PostgresOptions) -> Presence {
+    engine(url, options, PresenceOptions::default()).await
+}
+
+async fn engine(url: &str, options: PostgresOptions, presence: PresenceOptions) -> Presence {
     let store =
         PostgresAwarenessStore::connect(url, options.with_timeout(common::LONG).with_pool_size(4))
             .await
             .expect("store");
     Presence::on_postgres(
         store,
-        PresenceOptions::default()
+        presence
             .with_prune_interval(PRUNE_EVERY)
             .with_instance(InstanceOptions::default().with_lease(LEASE)),
     )
@@ -194,6 +198,76 @@ async fn states_cross_instances_and_leaves_follow_closes_shutdowns_and_crashes()
     println!(
         "crashed instance: its client left after {took:?} (lease {LEASE:?}, prune {PRUNE_EVERY:?})"
     );
+    drop(bob);
+}
+
+/// Issue 27: a held client's moves are relayed at once (locally and to other instances) and
+/// saved once per `persist_interval`; joins and leaves are written as they happen, and an
+/// unsaved move never overwrites the leave that follows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn moves_are_relayed_at_once_and_saved_within_the_persist_interval() {
+    let db = TestDb::migrated().await;
+    let every = Duration::from_millis(300);
+    let options = || PresenceOptions::default().with_persist_interval(every);
+    let a = engine(&db.url, PostgresOptions::default(), options()).await;
+    let b = engine(&db.url, PostgresOptions::default(), options()).await;
+    let (alice, _alice_out) = a.join("doc", None).await.expect("join");
+    let (bob, mut bob_out) = b.join("doc", None).await.expect("join");
+    let clock_in_table = || async {
+        let entry = b.store().get("doc", "1").await.expect("get");
+        entry.map(|e| (e.clock, e.state.is_some()))
+    };
+
+    // The join is written before it is relayed.
+    let joined = alice
+        .receive(&message(1, 1, Some(json!({ "x": 1 }))))
+        .await
+        .expect("receive");
+    assert_eq!(joined.applied, vec![1]);
+    assert_eq!(clock_in_table().await, Some((1, true)));
+    expect(&mut bob_out, (1, 1, true), Duration::from_secs(5)).await;
+
+    // Moves: applied and relayed at once.
+    for clock in 2..=20 {
+        let moved = alice
+            .receive(&message(1, clock, Some(json!({ "x": clock }))))
+            .await
+            .expect("receive");
+        assert_eq!(moved.applied, vec![1], "move {clock}");
+    }
+    expect(&mut bob_out, (1, 20, true), Duration::from_secs(5)).await;
+    // A connection joining the same instance is shown the newest state, saved or not.
+    let (_carol, mut carol_out) = a.join("doc", None).await.expect("join");
+    expect(&mut carol_out, (1, 20, true), Duration::from_millis(1)).await;
+
+    // The table catches up within the interval plus one write.
+    let started = Instant::now();
+    while clock_in_table().await != Some((20, true)) {
+        assert!(
+            started.elapsed() < every + Duration::from_secs(5),
+            "the table still shows {:?} after {:?}",
+            clock_in_table().await,
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("moves saved {:?} after the last one (interval {every:?})", started.elapsed());
+    // A client joining on another instance reads it from there.
+    let (_dave, mut dave_out) = b.join("doc", None).await.expect("join");
+    expect(&mut dave_out, (1, 20, true), Duration::from_millis(1)).await;
+
+    // A move not saved yet, then the connection closes: the leave (one clock above the move)
+    // is written at once, and the unsaved move never lands after it.
+    let moved = alice
+        .receive(&message(1, 21, Some(json!({ "x": 21 }))))
+        .await
+        .expect("receive");
+    assert_eq!(moved.applied, vec![1]);
+    alice.close().await;
+    assert_eq!(clock_in_table().await, Some((22, false)));
+    expect(&mut bob_out, (1, 22, false), Duration::from_secs(5)).await;
+    tokio::time::sleep(every * 3).await;
+    assert_eq!(clock_in_table().await, Some((22, false)));
     drop(bob);
 }
 

@@ -60,6 +60,8 @@ struct Pending {
     queued: std::time::Instant,
 }
 
+pub(crate) use payload::carries_alone;
+
 impl Feed {
     /// True when changes are published.
     pub(crate) fn is_publishing(&self) -> bool {

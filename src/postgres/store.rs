@@ -234,13 +234,20 @@ impl PostgresAwarenessStore {
             .is_none_or(|lease| lease.is_valid())
     }
 
-    /// Presence's moves, relayed at once and saved later (`presence/unsaved.rs`): `update` is
-    /// checked as a write would be and published on the change feed, without a write. `Err`
-    /// (nothing published) for an update a write would refuse as invalid.
-    pub(crate) fn publish_unsaved(&self, update: &AwarenessUpdate) -> Result<()> {
-        crate::validate::check_update(update, Storage::options(&self.layers).max_state_bytes)?;
-        self.layers.feed.publish_update(update);
-        Ok(())
+    /// Presence's moves, relayed at once and saved later (`presence/unsaved.rs`): publishes
+    /// `update` on the change feed without writing it, and says whether it did. It does not
+    /// for an update a write would refuse as invalid, nor for a state too large for a
+    /// notification (subscribers would re-read the table, which does not have it yet).
+    pub(crate) fn publish_unsaved(&self, update: &AwarenessUpdate) -> bool {
+        let feed = &self.layers.feed;
+        let max_state_bytes = Storage::options(&self.layers).max_state_bytes;
+        let publish = feed.is_publishing()
+            && crate::validate::check_update(update, max_state_bytes).is_ok()
+            && super::feed::carries_alone(feed.origin(), update);
+        if publish {
+            feed.publish_update(update);
+        }
+        publish
     }
 
     /// Writes updates [`publish_unsaved`](Self::publish_unsaved) already published, without

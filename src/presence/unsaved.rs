@@ -55,9 +55,9 @@ impl Session {
             self.principal.as_deref(),
             client,
         );
-        // Invalid (too large a state): written now, so the store refuses it as it would.
-        store.publish_unsaved(&update).ok()?;
-        Some(update)
+        // Invalid, or too large for a notification: written now (the store refuses the one,
+        // and the other instances re-read the other).
+        store.publish_unsaved(&update).then_some(update)
     }
 }
 

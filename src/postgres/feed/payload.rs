@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::types::{AwarenessChange, ChangeKind, ChangedState};
+use crate::entry::AwarenessUpdate;
 
 /// Longest payload sent, in bytes. PostgreSQL refuses payloads of 8000 bytes or more; the
 /// margin is for nothing in particular but costs nothing either.
@@ -200,6 +201,18 @@ impl Writer<'_> {
         self.body.clear();
         self.done.push(payload);
     }
+}
+
+/// Whether a set of `update` goes out with its state in a payload of its own (`false`: too
+/// large, only its key would be sent and subscribers would re-read it). Conservative by a few
+/// bytes (escapes in ids counted as if each id were quoted twice).
+pub(crate) fn carries_alone(origin: &str, update: &AwarenessUpdate) -> bool {
+    let state = state_json(Some(&ChangedState {
+        clock: update.clock,
+        state: update.state.clone(),
+    }));
+    let fixed = ENVELOPE_BYTES + 2 * (origin.len() + update.document_id.len() + update.client_id.len());
+    fixed + state.len() + 32 <= MAX_PAYLOAD_BYTES
 }
 
 fn json(text: &str) -> String {

@@ -5,10 +5,8 @@
 use super::super::options::PostgresOptions;
 
 /// Sends each payload of `$2` on channel `$1`, in order, in one statement (one transaction:
-/// `unnest` yields the array in order and `NOTIFY` keeps a transaction's order).
-pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
-
-/// [`NOTIFY`] as a statement prepared once per connection (a static query id). Through
+/// `unnest` yields the array in order and `NOTIFY` keeps a transaction's order), prepared once
+/// per connection (a static query id). Through
 /// `sql_query` it was parsed, planned and closed again for every notification: measured with
 /// `make bench-relay`, the publishers' backends then cost about four times what a prepared
 /// `pg_notify` costs in pgbench.
@@ -102,6 +100,20 @@ pub(crate) const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_sends_every_payload_in_order_in_one_statement() {
+        let payloads = vec!["a".to_owned(), "b".to_owned()];
+        let notify = Notify {
+            channel: "c",
+            payloads: &payloads,
+        };
+        let text = diesel::debug_query::<diesel::pg::Pg, _>(&notify).to_string();
+        assert!(
+            text.starts_with("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p -- binds: "),
+            "{text}"
+        );
+    }
 
     #[test]
     fn settings_are_per_session_or_per_transaction() {
