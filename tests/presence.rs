@@ -251,7 +251,10 @@ async fn moves_are_relayed_at_once_and_saved_within_the_persist_interval() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("moves saved {:?} after the last one (interval {every:?})", started.elapsed());
+    println!(
+        "moves saved {:?} after the last one (interval {every:?})",
+        started.elapsed()
+    );
     // A client joining on another instance reads it from there.
     let (_dave, mut dave_out) = b.join("doc", None).await.expect("join");
     expect(&mut dave_out, (1, 20, true), Duration::from_millis(1)).await;

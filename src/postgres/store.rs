@@ -252,7 +252,10 @@ impl PostgresAwarenessStore {
 
     /// Writes updates [`publish_unsaved`](Self::publish_unsaved) already published, without
     /// publishing them again: `set_many` below the change feed's layer.
-    pub(crate) async fn save_unsaved(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
+    pub(crate) async fn save_unsaved(
+        &self,
+        updates: &[AwarenessUpdate],
+    ) -> Result<Vec<SetOutcome>> {
         let span = crate::storage::span!("awareness.set_many", "postgres", updates = updates.len());
         crate::trace::traced(span, async {
             let max_state_bytes = Storage::options(&self.layers).max_state_bytes;

@@ -2,8 +2,8 @@
 // Side-by-side presence benchmark: synckit-relay (on PostgreSQL) vs Hocuspocus 4.x (alone and
 // scaled out over Redis) vs y-websocket 1.5.4's own server. See README.md beside this file.
 //
-//   node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x16]
-//                  [--sides relay2,relay1,hocuspocus2,hocuspocus1,ywebsocket1]
+//   node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x8,16x16]
+//                  [--sides relay2,relay4,relay1,hocuspocus2,hocuspocus4,hocuspocus1,ywebsocket1]
 //                  [--duration S] [--warmup S] [--memory | --with-memory | --no-memory]
 //
 // Env: RELAY_BIN (default <repo>/target/release/synckit-relay), RELAY_ARGS (extra relay flags,
@@ -30,10 +30,10 @@ const OUT_DIR = join(REPO, 'target', 'bench-relay')
 // ---------------------------------------------------------------------------------------------
 // Options
 
-const ALL_SIDES = ['relay2', 'relay1', 'hocuspocus2', 'hocuspocus1', 'ywebsocket1']
+const ALL_SIDES = ['relay2', 'relay4', 'relay1', 'hocuspocus2', 'hocuspocus4', 'hocuspocus1', 'ywebsocket1']
 const MEMORY_SIDES = ['relay1', 'hocuspocus1', 'ywebsocket1']
 
-const usage = `usage: node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x16]
+const usage = `usage: node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x8,16x16]
        [--sides ${ALL_SIDES.join(',')}] [--duration S] [--warmup S] [--drain S]
        [--memory] [--with-memory] [--no-memory] [--memory-connections N] [--memory-rooms N]
        [--documents] [--no-documents] [--doc-rooms N] [--doc-interval MS]
@@ -79,7 +79,7 @@ const parseArgs = (argv) => {
   const options = {
     quick,
     rounds: flags.rounds ?? (quick ? 1 : 3),
-    workloads: (flags.workloads ?? (quick ? '2x2' : '8x8,16x16')).split(',').map((w) => {
+    workloads: (flags.workloads ?? (quick ? '2x2' : '8x8,16x8,16x16')).split(',').map((w) => {
       const m = w.trim().match(/^(\d+)x(\d+)$/)
       if (!m || Number(m[1]) < 1 || Number(m[2]) < 2) throw new Error(`bad workload ${w}: ROOMSxCLIENTS, at least 2 clients a room`)
       return { rooms: Number(m[1]), clients: Number(m[2]), name: `${m[1]}x${m[2]}` }
@@ -314,8 +314,10 @@ const startProcess = async ({ label, command, args = [], env = {} }) => {
 
 const SIDES = {
   relay2: { kind: 'relay', instances: 2, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x2 (PostgreSQL)' },
+  relay4: { kind: 'relay', instances: 4, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x4 (PostgreSQL)' },
   relay1: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1 (PostgreSQL)' },
   hocuspocus2: { kind: 'hocuspocus', instances: 2, client: 'hocuspocus', store: 'Redis', label: 'Hocuspocus x2 (Redis)' },
+  hocuspocus4: { kind: 'hocuspocus', instances: 4, client: 'hocuspocus', store: 'Redis', label: 'Hocuspocus x4 (Redis)' },
   hocuspocus1: { kind: 'hocuspocus', instances: 1, client: 'hocuspocus', store: 'memory', label: 'Hocuspocus x1 (memory)' },
   ywebsocket1: { kind: 'ywebsocket', instances: 1, client: 'y-websocket', store: 'memory', label: 'y-websocket 1.5.4 server (memory)' }
 }
@@ -342,9 +344,9 @@ const startSide = async (name, instances = SIDES[name].instances, extraRelayArgs
       // One after the other: each runs the migrations on start.
       for (let i = 0; i < instances; i++) {
         servers.push(await startProcess({
-          label: `${name}/${'AB'[i]}`,
+          label: `${name}/${'ABCD'[i]}`,
           command: options.relayBin,
-          args: ['--port', '0', '--instance', `bench-${'ab'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...options.relayArgs, ...extraRelayArgs],
+          args: ['--port', '0', '--instance', `bench-${'abcd'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...options.relayArgs, ...extraRelayArgs],
           env: { DATABASE_URL: url, RUST_LOG: process.env.RELAY_LOG || 'warn' }
         }))
       }
@@ -359,10 +361,10 @@ const startSide = async (name, instances = SIDES[name].instances, extraRelayArgs
       }
       for (let i = 0; i < instances; i++) {
         servers.push(await startProcess({
-          label: `${name}/${'AB'[i]}`,
+          label: `${name}/${'ABCD'[i]}`,
           command: process.execPath,
           args: [join(HERE, 'servers', 'hocuspocus.mjs')],
-          env: { ...env, PORT: '0', NAME: `bench-${'ab'[i]}` }
+          env: { ...env, PORT: '0', NAME: `bench-${'abcd'[i]}` }
         }))
       }
     } else {
@@ -459,7 +461,7 @@ const runLatency = async (name, workload, roundIndex) => {
   try {
     for (let r = 0; r < workload.rooms; r++) {
       for (let c = 0; c < workload.clients; c++) {
-        // Half of each room's clients on instance A, half on B.
+        // A room's clients dealt round the instances: half on each of two, a quarter on each of four.
         const server = side.servers[c % side.servers.length]
         const name = `user-${r}-${c}`
         const client = makeClient(side.spec.client, server.url, `bench-room-${r}`, side.spec.kind === 'relay' ? relayToken(name) : null)
@@ -852,7 +854,7 @@ const preflight = () => {
     if (!existsSync(options.relayBin)) throw new Error(`relay binary ${options.relayBin} not found: set RELAY_BIN or leave relay sides out with --sides`)
     try { psql('SELECT 1') } catch (error) { throw new Error(`PostgreSQL at DATABASE_URL is not reachable: ${error.stderr ?? error.message}`) }
   }
-  if (options.latency && options.sides.includes('hocuspocus2')) {
+  if (options.latency && options.sides.some((s) => SIDES[s].store === 'Redis')) {
     try { redisCli('ping') } catch (error) { throw new Error(`Redis at REDIS_URL is not reachable: ${error.stderr ?? error.message}`) }
   }
 }

@@ -211,7 +211,8 @@ pub(crate) fn carries_alone(origin: &str, update: &AwarenessUpdate) -> bool {
         clock: update.clock,
         state: update.state.clone(),
     }));
-    let fixed = ENVELOPE_BYTES + 2 * (origin.len() + update.document_id.len() + update.client_id.len());
+    let fixed =
+        ENVELOPE_BYTES + 2 * (origin.len() + update.document_id.len() + update.client_id.len());
     fixed + state.len() + 32 <= MAX_PAYLOAD_BYTES
 }
 
