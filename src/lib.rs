@@ -37,8 +37,8 @@ pub use postgres::schema_check::{
 pub use postgres::secret::DatabaseUrl;
 pub use postgres::{
     build_pool, connection_manager, AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind,
-    ChangeStream, ChangedState, FeedEvent, InstanceOptions, PgPool, PostgresAwarenessStore,
-    PostgresOptions, DEFAULT_CHANNEL, DEFAULT_LEASE,
+    ChangeStream, ChangedState, ChannelEvent, ChannelStream, FeedEvent, InstanceOptions, PgPool,
+    PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL, DEFAULT_LEASE,
 };
 pub use postgres::{DocumentActivity, InspectedEntry, StoreStats};
 pub use pruner::Pruner;

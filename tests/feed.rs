@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use synckit_awareness::{
     AwarenessChange, AwarenessStore, AwarenessUpdate, ChangeFeedOptions, ChangeFilter, ChangeKind,
-    ChangeStream, FeedEvent, PostgresAwarenessStore,
+    ChangeStream, ChannelEvent, FeedEvent, PostgresAwarenessStore,
 };
 
 /// Guards against a hang only (a missing event fails the test instead of blocking it); no
@@ -24,6 +24,13 @@ async fn publisher(db: &TestDb, timeout: Duration) -> PostgresAwarenessStore {
 }
 
 async fn next(stream: &mut ChangeStream) -> FeedEvent {
+    tokio::time::timeout(HANG_GUARD, stream.next())
+        .await
+        .expect("no event arrived")
+        .expect("stream ended")
+}
+
+async fn next_event(stream: &mut synckit_awareness::ChannelStream) -> ChannelEvent {
     tokio::time::timeout(HANG_GUARD, stream.next())
         .await
         .expect("no event arrived")
@@ -245,6 +252,60 @@ async fn the_listener_survives_a_terminated_connection() {
     assert_eq!(next_change(&mut feed).await.client_ids, ["after"]);
 }
 
+/// Issue 27: an application's own channel rides on the feed's listening session (one session
+/// woken per `NOTIFY` instead of two), with a resync after a lost connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_channels_share_the_listening_session() {
+    let db = TestDb::migrated().await;
+    let a = publisher(&db, LONG).await;
+    let b = db
+        .store(options(LONG))
+        .await
+        .with_change_feed(
+            ChangeFeedOptions::default()
+                .with_also_listen("app_events")
+                .with_listener_name("feed-test-shared"),
+        )
+        .expect("feed options");
+    let refused = b.subscribe_channel("not_configured").await;
+    assert!(
+        matches!(refused, Err(synckit_awareness::Error::Config(_))),
+        "{:?}",
+        refused.err()
+    );
+    let mut feed = b.subscribe(ChangeFilter::all()).await.unwrap();
+    let mut events = b.subscribe_channel("app_events").await.unwrap();
+    let sessions = "SELECT count(*)::bigint AS n FROM pg_stat_activity \
+                    WHERE datname = current_database() AND application_name = 'feed-test-shared'";
+    assert_eq!(db.scalar(sessions).await, 1, "one listening session");
+
+    db.scalar("SELECT count(pg_notify('app_events', 'hello'))::bigint AS n")
+        .await;
+    a.set(&set("doc", "feed", 1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        ChannelEvent::Notification("hello".into())
+    );
+    assert_eq!(next_change(&mut feed).await.client_ids, ["feed"]);
+
+    let terminated = db
+        .scalar(
+            "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'feed-test-shared'",
+        )
+        .await;
+    assert_eq!(terminated, 1, "the listener's backend");
+    assert_eq!(next_event(&mut events).await, ChannelEvent::Resync);
+    assert_eq!(next(&mut feed).await, FeedEvent::Resync);
+    db.scalar("SELECT count(pg_notify('app_events', 'again'))::bigint AS n")
+        .await;
+    assert_eq!(
+        next_event(&mut events).await,
+        ChannelEvent::Notification("again".into())
+    );
+    assert_eq!(db.scalar(sessions).await, 1, "still one listening session");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn publishing_is_off_by_default_and_options_are_checked() {
     let db = TestDb::migrated().await;
@@ -262,6 +323,9 @@ async fn publishing_is_off_by_default_and_options_are_checked() {
         ChangeFeedOptions::default().with_channel("c".repeat(64)),
         ChangeFeedOptions::default().with_origin("o\0"),
         ChangeFeedOptions::default().with_capacity(0),
+        ChangeFeedOptions::default().with_also_listen(""),
+        ChangeFeedOptions::default().with_also_listen(synckit_awareness::DEFAULT_CHANNEL),
+        ChangeFeedOptions::default().with_listener_name("n".repeat(64)),
     ] {
         assert!(matches!(
             db.store(options(LONG)).await.with_change_feed(bad),

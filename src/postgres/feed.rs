@@ -18,7 +18,7 @@ mod types;
 
 pub use types::{
     AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, ChangedState,
-    FeedEvent, DEFAULT_CHANNEL,
+    ChannelEvent, ChannelStream, FeedEvent, DEFAULT_CHANNEL,
 };
 
 use std::sync::Arc;
@@ -175,6 +175,31 @@ impl Feed {
         filter: ChangeFilter,
     ) -> Result<ChangeStream> {
         let options = &self.inner.options;
+        let listener = self.listener(connections).await?;
+        Ok(listener.stream(filter, options.origin.clone()))
+    }
+
+    /// The notifications of `channel`, one of [`ChangeFeedOptions::also_listen`], received on
+    /// the listener's session (see
+    /// [`PostgresAwarenessStore::subscribe_channel`](crate::PostgresAwarenessStore::subscribe_channel)).
+    pub(crate) async fn subscribe_channel(
+        &self,
+        connections: &Connections,
+        channel: &str,
+    ) -> Result<ChannelStream> {
+        if !self.inner.options.also_listen.iter().any(|c| c == channel) {
+            return Err(Error::Config(format!(
+                "change feed: {channel:?} is not one of also_listen's channels \
+                 (ChangeFeedOptions::with_also_listen)"
+            )));
+        }
+        let listener = self.listener(connections).await?;
+        Ok(listener.channel_stream(channel.to_owned()))
+    }
+
+    /// The listener, started by the first subscriber.
+    async fn listener(&self, connections: &Connections) -> Result<&listener::Listener> {
+        let options = &self.inner.options;
         if options.listen_url.is_none() && connections.behind_pooler() {
             return Err(Error::Config(
                 "the change feed's listener needs a session of its own, which a \
@@ -187,12 +212,10 @@ impl Feed {
             Some(url) => listener::Source::Url(url.clone()),
             None => listener::Source::Pool(connections.clone()),
         };
-        let listener = self
-            .inner
+        self.inner
             .listener
             .get_or_try_init(|| listener::Listener::start(source, options))
-            .await?;
-        Ok(listener.stream(filter, options.origin.clone()))
+            .await
     }
 }
 

@@ -18,7 +18,7 @@ mod write;
 pub use connect::{build_pool, connection_manager};
 pub use feed::{
     AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind, ChangeStream, ChangedState,
-    FeedEvent, DEFAULT_CHANNEL,
+    ChannelEvent, ChannelStream, FeedEvent, DEFAULT_CHANNEL,
 };
 pub use inspect::{DocumentActivity, InspectedEntry, StoreStats};
 pub use instance::{InstanceOptions, DEFAULT_LEASE};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use diesel_migrations::EmbeddedMigrations;
 
 use super::feed::publishing::Publishing;
-use super::feed::{ChangeFeedOptions, ChangeFilter, ChangeStream, Feed};
+use super::feed::{ChangeFeedOptions, ChangeFilter, ChangeStream, ChannelStream, Feed};
 use super::inspect::{self, DocumentActivity, InspectedEntry, StoreStats};
 use super::instance::{InstanceOptions, Lease};
 use super::options::PostgresOptions;
@@ -232,6 +232,20 @@ impl PostgresAwarenessStore {
             .instance
             .get()
             .is_none_or(|lease| lease.is_valid())
+    }
+
+    /// Subscribes to `channel`, one of the change feed's
+    /// [`also_listen`](ChangeFeedOptions::also_listen) channels: its notifications' payloads,
+    /// received on the feed's listening session (the first subscriber opens it), and a
+    /// [`ChannelEvent::Resync`](super::feed::ChannelEvent::Resync) after each reconnection.
+    /// For an application's own notifications: PostgreSQL wakes every listening session of the
+    /// database for every `NOTIFY`, so sharing this one costs the database less than a session
+    /// of its own. `Error::Config` for a channel not in `also_listen`.
+    pub async fn subscribe_channel(&self, channel: &str) -> Result<ChannelStream> {
+        self.layers
+            .feed
+            .subscribe_channel(&self.layers.inner.connections, channel)
+            .await
     }
 
     /// Presence's moves, relayed at once and saved later (`presence/unsaved.rs`): publishes

@@ -148,6 +148,13 @@ impl Presence {
         &self.engine.store
     }
 
+    /// The PostgreSQL store under the engine, with its change feed (`None` on the memory
+    /// store): for [`subscribe_channel`](PostgresAwarenessStore::subscribe_channel) on the
+    /// engine's listening session, say.
+    pub fn postgres(&self) -> Option<&PostgresAwarenessStore> {
+        self.engine.postgres.as_ref()
+    }
+
     /// The instance id this engine's writes carry (PostgreSQL), or the connection-id prefix.
     pub fn instance_id(&self) -> &str {
         &self.engine.prefix

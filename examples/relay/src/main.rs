@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Authenticate, Open, SignedToken};
 use crate::connection::Limits;
-use synckit_relay::documents::{self, DocumentOptions, DocumentStore, Documents, ListenerOptions};
+use synckit_relay::documents::{self, DocumentOptions, DocumentStore, Documents};
 
 /// A y-websocket presence server on synckit-awareness.
 #[derive(Debug, Parser)]
@@ -132,10 +132,11 @@ struct Args {
     /// (0: never).
     #[arg(long, env = "SYNCKIT_RELAY_COMPACT_AFTER", default_value_t = 500)]
     compact_after: usize,
-    /// Wait before the documents' listener reconnects after losing its connection (it then
-    /// catches every open room up from the database).
-    #[arg(long, env = "SYNCKIT_RELAY_DOCUMENTS_RECONNECT_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
-    documents_reconnect_delay: Duration,
+    /// Wait before the listener (presence and documents share its session) first tries to
+    /// reconnect after losing its connection (then doubling up to 1 s); it then catches every
+    /// open room up from the database.
+    #[arg(long, alias = "documents-reconnect-delay", env = "SYNCKIT_RELAY_LISTENER_RECONNECT_DELAY", default_value = "50ms", value_parser = humantime::parse_duration)]
+    listener_reconnect_delay: Duration,
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "SYNCKIT_RELAY_POOL_SIZE", default_value_t = 8)]
     pool_size: u32,
@@ -311,28 +312,22 @@ async fn run(args: Args) -> Result<(), Failure> {
                     .with_transaction_pooler(args.transaction_pooler),
                 document_options,
             ));
-            // LISTEN needs a session: the direct URL when DATABASE_URL goes through a pooler.
-            let listen_url = args
-                .listen_url
-                .as_deref()
-                .filter(|u| !u.trim().is_empty())
-                .unwrap_or(url);
-            documents::listen(
-                documents.clone(),
-                ListenerOptions {
-                    url: listen_url.to_owned(),
-                    application_name: format!("synckit-relay-documents:{instance}"),
-                    reconnect_delay: args.documents_reconnect_delay,
-                    ping_every: Duration::from_secs(10),
-                },
-                shutdown.clone(),
-            )
-            .await?;
-            (
-                Presence::on_postgres(store, options).await?,
-                "postgres",
-                documents,
-            )
+            // One listening session per instance for presence and documents alike.
+            let change_feed = options
+                .change_feed
+                .clone()
+                .with_also_listen(documents::CHANNEL)
+                .with_listener_name(format!("synckit-relay-listener:{instance}"))
+                .with_reconnect_delay(args.listener_reconnect_delay);
+            let presence =
+                Presence::on_postgres(store, options.with_change_feed(change_feed)).await?;
+            let notifications = presence
+                .postgres()
+                .ok_or("the presence engine runs on PostgreSQL here")?
+                .subscribe_channel(documents::CHANNEL)
+                .await?;
+            documents::listen(documents.clone(), notifications, shutdown.clone());
+            (presence, "postgres", documents)
         }
         None => (
             Presence::in_memory(MemoryAwarenessStore::with_options(store_options), options)?,

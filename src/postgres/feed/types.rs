@@ -131,6 +131,21 @@ impl ChangeFilter {
 /// that created it is dropped.
 pub type ChangeStream = BoxStream<'static, FeedEvent>;
 
+/// An item of a [`ChannelStream`]: a notification on another channel the listener's session
+/// listens on ([`ChangeFeedOptions::also_listen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// A notification's payload, as `pg_notify` sent it.
+    Notification(String),
+    /// The listener's connection was lost and is listening again: notifications may have been
+    /// missed in between.
+    Resync,
+}
+
+/// Notifications of one channel ([`PostgresAwarenessStore::subscribe_channel`](crate::PostgresAwarenessStore::subscribe_channel)).
+pub type ChannelStream = BoxStream<'static, ChannelEvent>;
+
 /// Settings of the change feed: `ChangeFeedOptions::default().with_publish(true)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -163,7 +178,22 @@ pub struct ChangeFeedOptions {
     /// is required: a direct or session-mode URL of the same database. `NOTIFY` still goes
     /// through the pooled connections.
     pub listen_url: Option<DatabaseUrl>,
+    /// Other channels the listener's session listens on, for the application's own
+    /// notifications ([`PostgresAwarenessStore::subscribe_channel`](crate::PostgresAwarenessStore::subscribe_channel)).
+    /// PostgreSQL wakes *every* listening session of a database for each `NOTIFY`, whatever its
+    /// channel: one session for all of a process's channels is woken once, where a session per
+    /// channel is woken once each.
+    pub also_listen: Vec<String>,
+    /// The listener's `application_name` (default `synckit-awareness-listener`), to find its
+    /// session in `pg_stat_activity`.
+    pub listener_name: String,
+    /// How long the listener waits before its first attempt to reconnect (default 50 ms; then
+    /// doubling up to 1 s).
+    pub reconnect_delay: Duration,
 }
+
+/// The listener's default `application_name` ([`ChangeFeedOptions::listener_name`]).
+pub(crate) const LISTENER_APPLICATION_NAME: &str = "synckit-awareness-listener";
 
 /// Default `NOTIFY` channel.
 pub const DEFAULT_CHANNEL: &str = "synckit_awareness";
@@ -187,6 +217,9 @@ impl Default for ChangeFeedOptions {
             publish_pace: Duration::ZERO,
             capacity: 4096,
             listen_url: None,
+            also_listen: Vec::new(),
+            listener_name: LISTENER_APPLICATION_NAME.to_owned(),
+            reconnect_delay: Duration::from_millis(50),
         }
     }
 }
@@ -240,10 +273,38 @@ impl ChangeFeedOptions {
         self
     }
 
+    /// These options with the listener also listening on `channel` ([`also_listen`](Self::also_listen)).
+    pub fn with_also_listen(mut self, channel: impl Into<String>) -> Self {
+        self.also_listen.push(channel.into());
+        self
+    }
+
+    /// These options with another `application_name` for the listener ([`listener_name`](Self::listener_name)).
+    pub fn with_listener_name(mut self, name: impl Into<String>) -> Self {
+        self.listener_name = name.into();
+        self
+    }
+
+    /// These options with another first reconnection delay ([`reconnect_delay`](Self::reconnect_delay)).
+    pub fn with_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
     pub(super) fn check(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Config(format!("change feed: {what}")));
-        if self.channel.is_empty() || self.channel.len() > 63 || self.channel.contains('\0') {
+        let valid_channel = |c: &str| !c.is_empty() && c.len() <= 63 && !c.contains('\0');
+        if !valid_channel(&self.channel) {
             return bad("channel must be 1 to 63 bytes without NUL");
+        }
+        if !self.also_listen.iter().all(|c| valid_channel(c)) {
+            return bad("every also_listen channel must be 1 to 63 bytes without NUL");
+        }
+        if self.also_listen.contains(&self.channel) {
+            return bad("also_listen must not repeat the feed's own channel");
+        }
+        if self.listener_name.len() > 63 || self.listener_name.contains('\0') {
+            return bad("listener_name must be at most 63 bytes without NUL");
         }
         if self.origin.is_empty() || self.origin.len() > 256 || self.origin.contains('\0') {
             return bad("origin must be 1 to 256 bytes without NUL");

@@ -39,14 +39,17 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for Notify<'_> {
 }
 
 /// What the change feed's listener runs on its connection: names itself (easy to find in
-/// `pg_stat_activity`) and listens on `channel`, quoted (`pg_notify` takes the name verbatim,
-/// `LISTEN` would fold it to lower case).
-pub(crate) fn listen(application_name: &str, channel: &str) -> String {
-    format!(
-        "SET application_name = '{}'; LISTEN \"{}\"",
-        application_name.replace('\'', "''"),
-        channel.replace('"', "\"\"")
-    )
+/// `pg_stat_activity`) and listens on each of `channels`, quoted (`pg_notify` takes the name
+/// verbatim, `LISTEN` would fold it to lower case).
+pub(crate) fn listen(application_name: &str, channels: &[&str]) -> String {
+    let mut sql = format!(
+        "SET application_name = '{}'",
+        application_name.replace('\'', "''")
+    );
+    for channel in channels {
+        sql.push_str(&format!("; LISTEN \"{}\"", channel.replace('"', "\"\"")));
+    }
+    sql
 }
 
 /// The listener's check of a connection that has been quiet for a while.
@@ -133,12 +136,12 @@ mod tests {
     #[test]
     fn listen_quotes_the_channel_and_the_name() {
         assert_eq!(
-            listen("app", "Ch\"an"),
+            listen("app", &["Ch\"an"]),
             "SET application_name = 'app'; LISTEN \"Ch\"\"an\""
         );
         assert_eq!(
-            listen("it's", "c"),
-            "SET application_name = 'it''s'; LISTEN \"c\""
+            listen("it's", &["c", "d"]),
+            "SET application_name = 'it''s'; LISTEN \"c\"; LISTEN \"d\""
         );
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-pub use listener::{listen, ListenerOptions};
+pub use listener::listen;
 use room::lock;
 pub use room::Room;
 pub use store::{

@@ -44,7 +44,7 @@ const complete = (content, expected) => expected.every((t) => content.includes(t
 
 describe('documents shared by two relays in PostgreSQL (separate database)', () => {
   const relays = {}
-  const args = ['--compact-after', '200', '--documents-reconnect-delay', '1s']
+  const args = ['--compact-after', '200', '--listener-reconnect-delay', '1s']
   const start = (name, port = 0) => startRelay({ name, port, databaseUrl: env('RELAY_DB_URL_DOCS'), extra: args })
   const EDITS = 300
   let finalText
@@ -121,7 +121,7 @@ describe('documents shared by two relays in PostgreSQL (separate database)', () 
     alice.doc.getText('t').insert(0, 'before ')
     await waitFor(() => bob.doc.getText('t').toString() === 'before ', 5000, 'bob has the first edit')
     const reconnects = await metric(relays.B, 'relay_documents_listener_reconnects_total')
-    const killed = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'synckit-relay-documents:B'")
+    const killed = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'synckit-relay-listener:B'")
     assert.equal(killed, '1', 'B\'s listener backend was terminated')
     // B's listener waits 1 s before reconnecting: this edit's notification reaches no one on B.
     alice.doc.getText('t').insert(7, 'during')

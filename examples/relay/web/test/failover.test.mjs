@@ -60,7 +60,7 @@ describe('a PostgreSQL failover under two relays', () => {
     await Promise.all(relays.map((r) => r.stop('SIGKILL')))
   })
   const start = async (name, port = 0) => {
-    const relay = await startRelay({ name, port, databaseUrl: env('RELAY_DB_URL_FAILOVER'), extra: ['--documents-reconnect-delay', '200ms'] })
+    const relay = await startRelay({ name, port, databaseUrl: env('RELAY_DB_URL_FAILOVER'), extra: ['--listener-reconnect-delay', '200ms'] })
     relays.push(relay)
     return relay
   }
