@@ -306,6 +306,53 @@ async fn other_channels_share_the_listening_session() {
     assert_eq!(db.scalar(sessions).await, 1, "still one listening session");
 }
 
+/// Issue 27: a store that publishes and listens sends its `NOTIFY`s through its listening
+/// session (PostgreSQL then wakes one session fewer); while that session is away it publishes
+/// through the pool, and nothing is lost either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listening_publisher_notifies_through_its_listener() {
+    let db = TestDb::migrated().await;
+    let a = db
+        .store(options(LONG))
+        .await
+        .with_change_feed(
+            ChangeFeedOptions::default()
+                .with_publish(true)
+                .with_listener_name("feed-test-own")
+                .with_reconnect_delay(Duration::from_millis(500)),
+        )
+        .expect("feed options");
+    let b = db.store(options(LONG)).await;
+    let mut own = a.subscribe(ChangeFilter::all()).await.unwrap();
+    let mut other = b.subscribe(ChangeFilter::all()).await.unwrap();
+    a.set(&set("doc", "one", 1)).await.unwrap();
+    assert_eq!(next_change(&mut own).await.client_ids, ["one"]);
+    assert_eq!(next_change(&mut other).await.client_ids, ["one"]);
+    let through_listener = "SELECT count(*)::bigint AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'feed-test-own' \
+         AND query LIKE 'SELECT pg_notify(%'";
+    assert_eq!(
+        db.scalar(through_listener).await,
+        1,
+        "sent on the listener's session"
+    );
+
+    let terminated = db
+        .scalar(
+            "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'feed-test-own'",
+        )
+        .await;
+    assert_eq!(terminated, 1, "the listener's backend");
+    // Published while the listener is away (it waits 500 ms): through the pool.
+    a.set(&set("doc", "two", 1)).await.unwrap();
+    assert_eq!(next_change(&mut other).await.client_ids, ["two"]);
+    assert_eq!(next(&mut own).await, FeedEvent::Resync);
+    a.set(&set("doc", "three", 1)).await.unwrap();
+    assert_eq!(next_change(&mut other).await.client_ids, ["three"]);
+    assert_eq!(next_change(&mut own).await.client_ids, ["three"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn publishing_is_off_by_default_and_options_are_checked() {
     let db = TestDb::migrated().await;

@@ -41,6 +41,8 @@ struct FeedInner {
     options: ChangeFeedOptions,
     publisher: Option<mpsc::UnboundedSender<Queued>>,
     listener: tokio::sync::OnceCell<listener::Listener>,
+    /// The publisher sends through the listener's session once there is one.
+    slot: Arc<listener::PublishSlot>,
 }
 
 /// What the publisher task receives: changes, or a request to say when everything queued
@@ -130,12 +132,17 @@ impl Feed {
     /// the publisher task, so it must be called inside a Tokio runtime.
     pub(crate) fn start(connections: &Connections, options: ChangeFeedOptions) -> Result<Self> {
         options.check()?;
+        let slot = Arc::new(listener::PublishSlot::default());
         let publisher = if options.publish {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::Config("with_change_feed must be called inside a Tokio runtime".into())
             })?;
             let (inbox, outbox) = mpsc::unbounded_channel();
-            runtime.spawn(publish_loop(connections.clone(), options.clone(), outbox));
+            let sink = Sink {
+                connections: connections.clone(),
+                slot: slot.clone(),
+            };
+            runtime.spawn(publish_loop(sink, options.clone(), outbox));
             Some(inbox)
         } else {
             None
@@ -145,6 +152,7 @@ impl Feed {
                 options,
                 publisher,
                 listener: tokio::sync::OnceCell::new(),
+                slot,
             }),
         })
     }
@@ -214,7 +222,7 @@ impl Feed {
         };
         self.inner
             .listener
-            .get_or_try_init(|| listener::Listener::start(source, options))
+            .get_or_try_init(|| listener::Listener::start(source, options, self.inner.slot.clone()))
             .await
     }
 }
@@ -222,8 +230,14 @@ impl Feed {
 /// Below this many keys in one batch the publisher keeps collecting; above it, it sends.
 const MAX_BATCH_KEYS: usize = 10_000;
 
-async fn publish_loop(
+/// Where the publisher sends: the listener's session when it has one, else the pool.
+struct Sink {
     connections: Connections,
+    slot: Arc<listener::PublishSlot>,
+}
+
+async fn publish_loop(
+    sink: Sink,
     options: ChangeFeedOptions,
     mut inbox: mpsc::UnboundedReceiver<Queued>,
 ) {
@@ -262,7 +276,11 @@ async fn publish_loop(
                 break;
             }
             last_sent = Some(tokio::time::Instant::now());
-            match notify(&connections, &options.channel, &payloads).await {
+            let sent = match sink.slot.notify(&payloads).await {
+                Ok(()) => Ok(()),
+                Err(_) => notify(&sink.connections, &options.channel, &payloads).await,
+            };
+            match sent {
                 Ok(()) => {
                     ::metrics::counter!(crate::metrics::FEED_NOTIFICATIONS)
                         .increment(payloads.len() as u64);

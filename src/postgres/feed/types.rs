@@ -175,8 +175,10 @@ pub struct ChangeFeedOptions {
     /// Where the listener connects (`LISTEN` needs a session of its own): `None` for a
     /// dedicated connection of the store's pool. Behind a transaction-mode pooler
     /// ([`PostgresOptions::transaction_pooler`](crate::PostgresOptions::transaction_pooler)) it
-    /// is required: a direct or session-mode URL of the same database. `NOTIFY` still goes
-    /// through the pooled connections.
+    /// is required: a direct or session-mode URL of the same database. A store that both
+    /// publishes and listens sends its `NOTIFY`s through the listener's session (PostgreSQL
+    /// then wakes one session fewer per `NOTIFY`), and through the pool while that session is
+    /// reconnecting or when it does not listen.
     pub listen_url: Option<DatabaseUrl>,
     /// Other channels the listener's session listens on, for the application's own
     /// notifications ([`PostgresAwarenessStore::subscribe_channel`](crate::PostgresAwarenessStore::subscribe_channel)).
