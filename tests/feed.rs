@@ -54,6 +54,15 @@ async fn keys(stream: &mut ChangeStream, count: usize) -> Vec<(ChangeKind, Strin
     seen
 }
 
+/// Terminates the sessions of this database named `application_name`; returns how many.
+async fn terminate(db: &TestDb, application_name: &str) -> i64 {
+    db.scalar(&format!(
+        "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = '{application_name}'"
+    ))
+    .await
+}
+
 fn set(doc: &str, client: &str, clock: i64) -> AwarenessUpdate {
     AwarenessUpdate::new(doc, client, "conn-a", clock, Some(json!({"clock": clock})))
 }
@@ -238,14 +247,11 @@ async fn the_listener_survives_a_terminated_connection() {
     a.set(&set("doc", "before", 1)).await.unwrap();
     assert_eq!(next_change(&mut feed).await.client_ids, ["before"]);
 
-    let terminated = db
-        .scalar(
-            "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
-             WHERE datname = current_database() \
-             AND application_name = 'synckit-awareness-listener'",
-        )
-        .await;
-    assert_eq!(terminated, 1, "the listener's backend");
+    assert_eq!(
+        terminate(&db, "synckit-awareness-listener").await,
+        1,
+        "the listener's backend"
+    );
 
     assert_eq!(next(&mut feed).await, FeedEvent::Resync);
     a.set(&set("doc", "after", 1)).await.unwrap();
@@ -288,13 +294,11 @@ async fn other_channels_share_the_listening_session() {
     );
     assert_eq!(next_change(&mut feed).await.client_ids, ["feed"]);
 
-    let terminated = db
-        .scalar(
-            "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = 'feed-test-shared'",
-        )
-        .await;
-    assert_eq!(terminated, 1, "the listener's backend");
+    assert_eq!(
+        terminate(&db, "feed-test-shared").await,
+        1,
+        "the listener's backend"
+    );
     assert_eq!(next_event(&mut events).await, ChannelEvent::Resync);
     assert_eq!(next(&mut feed).await, FeedEvent::Resync);
     db.scalar("SELECT count(pg_notify('app_events', 'again'))::bigint AS n")
@@ -337,13 +341,11 @@ async fn a_listening_publisher_notifies_through_its_listener() {
         "sent on the listener's session"
     );
 
-    let terminated = db
-        .scalar(
-            "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = 'feed-test-own'",
-        )
-        .await;
-    assert_eq!(terminated, 1, "the listener's backend");
+    assert_eq!(
+        terminate(&db, "feed-test-own").await,
+        1,
+        "the listener's backend"
+    );
     // Published while the listener is away (it waits 500 ms): through the pool.
     a.set(&set("doc", "two", 1)).await.unwrap();
     assert_eq!(next_change(&mut other).await.client_ids, ["two"]);
