@@ -39,11 +39,13 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for Notify<'_> {
 }
 
 /// What the change feed's listener runs on its connection: names itself (easy to find in
-/// `pg_stat_activity`) and listens on each of `channels`, quoted (`pg_notify` takes the name
-/// verbatim, `LISTEN` would fold it to lower case).
+/// `pg_stat_activity`), commits without waiting for the WAL flush (its only transactions are
+/// the publisher's `NOTIFY`s, which are not durable anyway; a connection from `listen_url`
+/// has none of the pool's session settings) and listens on each of `channels`, quoted
+/// (`pg_notify` takes the name verbatim, `LISTEN` would fold it to lower case).
 pub(crate) fn listen(application_name: &str, channels: &[&str]) -> String {
     let mut sql = format!(
-        "SET application_name = '{}'",
+        "SET application_name = '{}'; SET synchronous_commit = off",
         application_name.replace('\'', "''")
     );
     for channel in channels {
@@ -137,11 +139,12 @@ mod tests {
     fn listen_quotes_the_channel_and_the_name() {
         assert_eq!(
             listen("app", &["Ch\"an"]),
-            "SET application_name = 'app'; LISTEN \"Ch\"\"an\""
+            "SET application_name = 'app'; SET synchronous_commit = off; LISTEN \"Ch\"\"an\""
         );
         assert_eq!(
             listen("it's", &["c", "d"]),
-            "SET application_name = 'it''s'; LISTEN \"c\"; LISTEN \"d\""
+            "SET application_name = 'it''s'; SET synchronous_commit = off; LISTEN \"c\"; \
+             LISTEN \"d\""
         );
     }
 }
