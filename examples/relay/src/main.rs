@@ -312,12 +312,17 @@ async fn run(args: Args) -> Result<(), Failure> {
                     .with_transaction_pooler(args.transaction_pooler),
                 document_options,
             ));
-            // One listening session per instance for presence and documents alike.
+            // One listening session per instance for presence and documents alike, named
+            // after the instance (cut to PostgreSQL's 63 bytes: a long --instance still starts).
+            let mut listener_name = format!("synckit-relay-listener:{instance}");
+            while listener_name.len() > 63 {
+                listener_name.pop();
+            }
             let change_feed = options
                 .change_feed
                 .clone()
                 .with_also_listen(documents::CHANNEL)
-                .with_listener_name(format!("synckit-relay-listener:{instance}"))
+                .with_listener_name(listener_name)
                 .with_reconnect_delay(args.listener_reconnect_delay);
             let presence =
                 Presence::on_postgres(store, options.with_change_feed(change_feed)).await?;
