@@ -264,24 +264,14 @@ impl PostgresAwarenessStore {
         publish
     }
 
-    /// Writes updates [`publish_unsaved`](Self::publish_unsaved) already published, without
-    /// publishing them again: `set_many` below the change feed's layer.
+    /// Writes updates [`publish_unsaved`](Self::publish_unsaved) already checked and
+    /// published, without publishing them again: `set_many` below the change feed's layer.
     pub(crate) async fn save_unsaved(
         &self,
         updates: &[AwarenessUpdate],
     ) -> Result<Vec<SetOutcome>> {
         let span = crate::storage::span!("awareness.set_many", "postgres", updates = updates.len());
-        crate::trace::traced(span, async {
-            let max_state_bytes = Storage::options(&self.layers).max_state_bytes;
-            for update in updates {
-                crate::validate::check_update(update, max_state_bytes)?;
-            }
-            if updates.is_empty() {
-                return Ok(Vec::new());
-            }
-            Storage::set_many(&self.layers.inner, updates).await
-        })
-        .await
+        crate::trace::traced(span, Storage::set_many(&self.layers.inner, updates)).await
     }
 
     /// A graceful stop of this store's instance: stops renewing, deletes its lease and every

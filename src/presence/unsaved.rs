@@ -83,15 +83,21 @@ impl Engine {
     pub(super) async fn save_unsaved(&self) {
         let Some(store) = &self.postgres else { return };
         let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
-        let mut taken: Vec<(Arc<Room>, Vec<AwarenessUpdate>)> = Vec::new();
+        // Moved out, not copied: `keys[i]` says whose `updates[i]` is, for putting it back.
+        let mut taken = Vec::new();
+        let mut keys: Vec<(usize, u64)> = Vec::new();
+        let mut updates: Vec<AwarenessUpdate> = Vec::new();
         for room in rooms {
             let unsaved = std::mem::take(&mut room.lock().unsaved);
-            if !unsaved.is_empty() {
-                taken.push((room, unsaved.into_values().collect()));
+            if unsaved.is_empty() {
+                continue;
             }
+            for (client, update) in unsaved {
+                keys.push((taken.len(), client));
+                updates.push(update);
+            }
+            taken.push(room);
         }
-        let updates: Vec<AwarenessUpdate> =
-            taken.iter().flat_map(|(_, u)| u.iter().cloned()).collect();
         let mut failed = false;
         for batch in updates.chunks(MAX_BATCH) {
             match store.save_unsaved(batch).await {
@@ -112,15 +118,10 @@ impl Engine {
         }
         if failed {
             // Kept whole (re-writing the saved ones is harmless: the same clocks are stale).
-            for (room, updates) in taken {
-                let mut state = room.lock();
-                for update in updates {
-                    if let Some(client) = crate::y_protocols::apply::y_client_id(&update.client_id)
-                    {
-                        if state.claims.contains_key(&client) {
-                            state.unsaved.entry(client).or_insert(update);
-                        }
-                    }
+            for ((room, client), update) in keys.into_iter().zip(updates) {
+                let mut state = taken[room].lock();
+                if state.claims.contains_key(&client) {
+                    state.unsaved.entry(client).or_insert(update);
                 }
             }
         }
