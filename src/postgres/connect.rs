@@ -1,7 +1,7 @@
 //! How the store opens connections: pool settings and per-session settings.
 
 use diesel::ConnectionResult;
-use diesel_async::pooled_connection::bb8::Pool;
+use bb8::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };
@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 
 use super::options::PostgresOptions;
 use super::pool::ConnectErrors;
+use super::unnamed::{UnnamedManager, UnnamedPool};
 use crate::error::{Error, Result};
 use crate::postgres::secret::redact;
 
@@ -70,7 +71,7 @@ pub fn connection_manager(
 /// (diesel-async's `is_broken`). What is left: a connection the server dropped an instant
 /// before its use, or one whose peer vanished without closing it (a host gone from the
 /// network: TCP notices later), fails its first call with a connection error.
-pub async fn build_pool(url: &str, options: &PostgresOptions) -> Result<Pool<AsyncPgConnection>> {
+pub async fn build_pool(url: &str, options: &PostgresOptions) -> Result<super::pool::PgPool> {
     Ok(build_pool_reporting(url, options).await?.0)
 }
 
@@ -79,7 +80,7 @@ pub async fn build_pool(url: &str, options: &PostgresOptions) -> Result<Pool<Asy
 pub(crate) async fn build_pool_reporting(
     url: &str,
     options: &PostgresOptions,
-) -> Result<(Pool<AsyncPgConnection>, ConnectErrors)> {
+) -> Result<(super::pool::PgPool, ConnectErrors)> {
     if options.pool_size == 0 {
         return Err(Error::Config("pool_size must be at least 1".into()));
     }
@@ -97,6 +98,24 @@ pub(crate) async fn build_pool_reporting(
         .await
         .map_err(|e| Error::Connection(redact(&e.to_string())))?;
     Ok((pool, errors))
+}
+
+/// Behind a transaction-mode pooler: the pool every operation runs on (see `unnamed/`), sized
+/// and timed as [`build_pool`]'s, its failures to connect reported to `errors`.
+pub(crate) async fn build_unnamed_pool(
+    url: &str,
+    options: &PostgresOptions,
+    errors: &ConnectErrors,
+) -> Result<UnnamedPool> {
+    Pool::builder()
+        .max_size(options.pool_size)
+        .connection_timeout(options.acquire_timeout)
+        .test_on_check_out(true)
+        .queue_strategy(bb8::QueueStrategy::Lifo)
+        .error_sink(Box::new(errors.clone()))
+        .build(UnnamedManager::new(url, options.statement_timeout))
+        .await
+        .map_err(|e| Error::Connection(redact(&e.to_string())))
 }
 
 async fn establish(

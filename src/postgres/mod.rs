@@ -13,6 +13,7 @@ pub(crate) mod sql;
 mod storage;
 mod store;
 pub(crate) mod tls;
+pub(crate) mod unnamed;
 mod write;
 
 pub use connect::{build_pool, connection_manager};

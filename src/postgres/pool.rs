@@ -11,10 +11,12 @@ use bb8::ErrorSink;
 use diesel::pg::data_types::PgInterval;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
 use diesel_async::pooled_connection::PoolError;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel::pg::Pg;
+use diesel_async::{AnsiTransactionManager, AsyncConnectionCore, AsyncPgConnection, TransactionManager};
 
 use crate::error::{Error, Result};
 use crate::postgres::secret::redact;
+use crate::postgres::unnamed::{UnnamedConnection, UnnamedPool};
 
 /// A bb8 pool of diesel-async PostgreSQL connections, as diesel-async builds it.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -27,8 +29,8 @@ pub(crate) type Pooled<'a> = PooledConnection<'a, AsyncPgConnection>;
 pub(crate) struct Connections {
     pool: PgPool,
     connect_errors: ConnectErrors,
-    /// Behind a transaction-mode pooler: what starts each operation's transaction.
-    pooled_begin: Option<Arc<str>>,
+    /// Behind a transaction-mode pooler: the connections every operation runs on.
+    unnamed: Option<UnnamedPool>,
     /// When the pool's gauges are next sampled (ms on [`clock_ms`]): `pool.state()` takes the
     /// pool's lock, which every checkout and return also takes, so it is read at most every
     /// [`GAUGE_EVERY_MS`], not at every checkout.
@@ -44,47 +46,59 @@ fn clock_ms() -> u64 {
     u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs `$body` (a `Result`) with `$conn: &mut AsyncPgConnection` checked out of
-/// `$connections` ([`Connections`]): behind a transaction-mode pooler inside one explicit
-/// transaction (committed when `$body` is `Ok`, rolled back otherwise), directly otherwise.
+/// Runs `$body` (a `Result`) with `$conn` checked out of `$connections` ([`Connections`]):
+/// `&mut AsyncPgConnection` directly, `&mut UnnamedConnection` behind a transaction-mode
+/// pooler (each statement one round trip and its own transaction: see `unnamed/`). `$body`
+/// is compiled for both, so what it calls takes any [`StoreConn`].
 macro_rules! with_conn {
     ($connections:expr, |$conn:ident| $body:expr) => {{
         let connections: &$crate::postgres::pool::Connections = &$connections;
-        let mut attempt = 1;
-        loop {
-            let mut pooled = connections.get().await?;
-            connections.begin(&mut pooled).await?;
-            let result = $crate::postgres::pool::typed(async {
-                let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
-                $body
-            })
-            .await;
-            let result = connections
-                .end(&mut pooled, result)
+        match connections.unnamed() {
+            Some(unnamed) => {
+                let mut pooled = connections.get_unnamed(unnamed).await?;
+                $crate::postgres::pool::typed(async {
+                    let $conn: &mut $crate::postgres::unnamed::UnnamedConnection = &mut pooled;
+                    $body
+                })
                 .await
-                .map_err($crate::error::Error::typed);
-            // Behind a transaction pooler the operation is one transaction, which a deadlock
-            // or serialization failure aborted: run it again (write/retry.rs).
-            match result {
-                Err(error)
-                    if connections.behind_pooler()
-                        && attempt < $crate::postgres::write::retry::ATTEMPTS =>
-                {
-                    match $crate::postgres::write::retry::store_conflict(&error) {
-                        Some(kind) => {
-                            drop(pooled);
-                            $crate::postgres::write::retry::before_retry(kind, attempt).await;
-                            attempt += 1;
-                        }
-                        None => break Err(error),
-                    }
-                }
-                other => break other,
+                .map_err($crate::error::Error::typed)
+            }
+            None => {
+                let mut pooled = connections.get().await?;
+                $crate::postgres::pool::typed(async {
+                    let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
+                    $body
+                })
+                .await
+                .map_err($crate::error::Error::typed)
             }
         }
     }};
 }
 pub(crate) use with_conn;
+
+/// What the store's statements run on: a diesel-async connection, or behind a
+/// transaction-mode pooler an [`UnnamedConnection`].
+pub(crate) trait StoreConn: AsyncConnectionCore<Backend = Pg> + Send {
+    /// True when a statement on it commits by itself (no transaction is open).
+    fn outside_transaction(&mut self) -> bool;
+}
+
+impl StoreConn for AsyncPgConnection {
+    fn outside_transaction(&mut self) -> bool {
+        matches!(
+            AnsiTransactionManager::transaction_manager_status_mut(self).transaction_depth(),
+            Ok(None)
+        )
+    }
+}
+
+impl StoreConn for UnnamedConnection {
+    fn outside_transaction(&mut self) -> bool {
+        // It never opens one: every statement is its own.
+        true
+    }
+}
 
 /// Pins an operation's output type (so `?` inside [`with_conn!`] bodies infers).
 pub(crate) fn typed<T, F: std::future::Future<Output = Result<T>>>(operation: F) -> F {
@@ -92,17 +106,17 @@ pub(crate) fn typed<T, F: std::future::Future<Output = Result<T>>>(operation: F)
 }
 
 impl Connections {
-    /// `pool` as the store's; `pooled_begin` set (see `sql::session::pooled_begin`) when the URL
-    /// leads to a transaction-mode pooler.
+    /// `pool` as the store's; `unnamed` set when the URL leads to a transaction-mode pooler
+    /// (then every operation runs on it, and `pool` serves only what asks for it by name).
     pub(crate) fn new(
         pool: PgPool,
         connect_errors: ConnectErrors,
-        pooled_begin: Option<String>,
+        unnamed: Option<UnnamedPool>,
     ) -> Self {
         Self {
             pool,
             connect_errors,
-            pooled_begin: pooled_begin.map(Arc::from),
+            unnamed,
             gauges_due: Arc::default(),
         }
     }
@@ -113,41 +127,27 @@ impl Connections {
 
     /// True when the URL leads to a transaction-mode pooler.
     pub(crate) fn behind_pooler(&self) -> bool {
-        self.pooled_begin.is_some()
+        self.unnamed.is_some()
     }
 
-    /// Starts an operation's transaction behind a transaction-mode pooler (else nothing).
-    /// Tracked by diesel-async: a connection dropped inside it is discarded, not reused.
-    pub(crate) async fn begin(&self, conn: &mut AsyncPgConnection) -> Result<()> {
-        if let Some(begin) = &self.pooled_begin {
-            AnsiTransactionManager::begin_transaction_sql(conn, begin).await?;
-        }
-        Ok(())
+    /// The pool operations run on behind a transaction-mode pooler.
+    pub(crate) fn unnamed(&self) -> Option<&UnnamedPool> {
+        self.unnamed.as_ref()
     }
 
-    /// Ends what [`begin`](Self::begin) started: commits after `Ok`, rolls back after `Err`.
-    pub(crate) async fn end<T>(
+    /// A connection of `unnamed` (this store's [`unnamed`](Self::unnamed)), or why there is
+    /// none.
+    pub(crate) async fn get_unnamed<'a>(
         &self,
-        conn: &mut AsyncPgConnection,
-        result: Result<T>,
-    ) -> Result<T> {
-        if self.pooled_begin.is_none() {
-            return result;
-        }
-        match result {
-            Ok(value) => {
-                <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
-                    .await?;
-                Ok(value)
-            }
-            Err(error) => {
-                // A failed rollback leaves the transaction open: the pool discards the
-                // connection (diesel-async tracks it); the operation's error is what matters.
-                let _ = <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(conn)
-                    .await;
-                Err(error)
-            }
-        }
+        unnamed: &'a UnnamedPool,
+    ) -> Result<bb8::PooledConnection<'a, crate::postgres::unnamed::UnnamedManager>> {
+        let started = Instant::now();
+        let conn = unnamed.get().await.map_err(|e| match e {
+            RunError::User(e) => pool_error(e).typed(),
+            RunError::TimedOut => self.timed_out(unnamed.state().connections, started),
+        });
+        self.record(started, || unnamed.state());
+        conn
     }
 
     /// A pooled connection, or why there is none.
@@ -157,8 +157,11 @@ impl Connections {
             .pool
             .get()
             .await
-            .map_err(|e| self.run_error(e, started).typed());
-        self.record(started);
+            .map_err(|e| match e {
+                RunError::User(e) => pool_error(e).typed(),
+                RunError::TimedOut => self.timed_out(self.pool.state().connections, started),
+            });
+        self.record(started, || self.pool.state());
         conn
     }
 
@@ -171,7 +174,8 @@ impl Connections {
             .map_err(|e| pool_error(e).typed())
     }
 
-    fn record(&self, started: Instant) {
+    /// Records the wait that began at `started`, and now and then the pool's gauges (`state`).
+    fn record(&self, started: Instant, state: impl FnOnce() -> bb8::State) {
         crate::metrics::pool_wait(started);
         let now = clock_ms();
         let due = self.gauges_due.load(Ordering::Relaxed);
@@ -186,26 +190,19 @@ impl Connections {
                 )
                 .is_ok();
         if sample {
-            let state = self.pool.state();
+            let state = state();
             crate::metrics::pool_gauges(state.connections, state.idle_connections);
         }
     }
 
-    fn run_error(&self, error: RunError, started: Instant) -> Error {
-        match error {
-            RunError::User(e) => pool_error(e),
-            RunError::TimedOut => self.timed_out(started),
-        }
-    }
-
     /// Why waiting for a pooled connection ended without one: the pool was busy, or it could
-    /// not open connections (then never blame the pool size).
-    fn timed_out(&self, started: Instant) -> Error {
+    /// not open connections (then never blame the pool size). `open`: the connections the
+    /// pool waited on holds (both pools have the same size and timeout).
+    fn timed_out(&self, open: u32, started: Instant) -> Error {
         let waited = self.pool.config().connection_timeout;
         if let Some(reason) = self.connect_errors.since(started) {
             return Error::Connection(reason);
         }
-        let open = self.pool.state().connections;
         let max = self.pool.config().max_size;
         if open < max {
             // Room for more connections, yet none was handed out: opening them fails.

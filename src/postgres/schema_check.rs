@@ -5,7 +5,7 @@ use diesel::pg::{Pg, PgMetadataLookup, PgTypeMetadata};
 use diesel::prelude::*;
 use diesel::sql_types::{is_nullable, HasSqlType, SqlType};
 use diesel::{Column, Table};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnectionCore, RunQueryDsl};
 
 use crate::error::Result;
 use crate::schema::{awareness_entries, awareness_instances};
@@ -144,7 +144,12 @@ struct IndexDef {
 
 /// Reads the live schema (the connection's `current_schema()`) and compares it with the
 /// expected one: `awareness_entries`, then `awareness_instances`.
-pub async fn validate_schema(conn: &mut AsyncPgConnection) -> Result<SchemaReport> {
+///
+/// Any diesel-async PostgreSQL connection will do (an `AsyncPgConnection`, a pooled one).
+pub async fn validate_schema<C>(conn: &mut C) -> Result<SchemaReport>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     let mut differences = Vec::new();
     check_table(
         conn,
@@ -177,8 +182,8 @@ pub async fn validate_schema(conn: &mut AsyncPgConnection) -> Result<SchemaRepor
 }
 
 /// Compares one table with what the crate expects of it, adding each difference.
-async fn check_table(
-    conn: &mut AsyncPgConnection,
+async fn check_table<C: AsyncConnectionCore<Backend = Pg> + Send>(
+    conn: &mut C,
     table: &str,
     expected: &[ExpectedColumn],
     expected_pk: &[&'static str],
@@ -263,7 +268,10 @@ async fn check_table(
     Ok(())
 }
 
-async fn type_name(conn: &mut AsyncPgConnection, oid: u32) -> Result<String> {
+async fn type_name<C: AsyncConnectionCore<Backend = Pg> + Send>(
+    conn: &mut C,
+    oid: u32,
+) -> Result<String> {
     Ok(diesel::sql_query(crate::postgres::sql::raw::TYPE_NAME)
         .bind::<diesel::sql_types::Oid, _>(oid)
         .get_result::<Named>(conn)

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use diesel::pg::data_types::PgInterval;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::instance::Lease;
-use super::pool::{with_conn, Connections};
+use super::pool::{with_conn, Connections, StoreConn};
 use super::sql;
 use super::sql::write::WriteContext;
 use super::write::coalesce::{Coalescer, Turn};
@@ -81,9 +81,9 @@ impl PgStorage {
     }
 
     /// `set_many` on a connection of its own.
-    async fn set_many_pooled(
+    async fn set_many_pooled<C: StoreConn>(
         &self,
-        conn: &mut AsyncPgConnection,
+        conn: &mut C,
         updates: &[AwarenessUpdate],
     ) -> Result<Vec<SetOutcome>> {
         let context = self.write_context()?;

@@ -13,7 +13,6 @@ use super::inspect::{self, DocumentActivity, InspectedEntry, StoreStats};
 use super::instance::{InstanceOptions, Lease};
 use super::options::PostgresOptions;
 use super::pool::{interval, with_conn, ConnectErrors, Connections, PgPool};
-use super::sql;
 use super::storage::PgStorage;
 use super::write::coalesce::Coalescer;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
@@ -112,14 +111,16 @@ impl PostgresAwarenessStore {
     pub async fn connect(database_url: &str, options: PostgresOptions) -> Result<Self> {
         let (pool, connect_errors) =
             super::connect::build_pool_reporting(database_url, &options).await?;
+        let unnamed = if options.transaction_pooler {
+            Some(
+                super::connect::build_unnamed_pool(database_url, &options, &connect_errors)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let store = Self::with_storage(PgStorage {
-            connections: Connections::new(
-                pool,
-                connect_errors,
-                options
-                    .transaction_pooler
-                    .then(|| sql::session::pooled_begin(&options)),
-            ),
+            connections: Connections::new(pool, connect_errors, unnamed),
             options: options.store,
             timeout: interval(options.store.timeout),
             coalescer: options

@@ -183,6 +183,15 @@ impl TlsTarget {
 
 /// Opens one connection to `url`, honouring its `sslmode` and `sslrootcert`.
 pub(crate) async fn connect(url: &str) -> ConnectionResult<AsyncPgConnection> {
+    let (config, tls) = client_config(url)?;
+    match tls {
+        Canceller::Plain => finish(config.connect(tokio_postgres::NoTls).await).await,
+        Canceller::Tls(tls) => finish(config.connect(tls).await).await,
+    }
+}
+
+/// `url` as tokio-postgres' configuration, and the TLS its connections use.
+fn client_config(url: &str) -> ConnectionResult<(tokio_postgres::Config, Canceller)> {
     let target = TlsTarget::parse(url).map_err(ConnectionError::InvalidConnectionUrl)?;
     let mut config: tokio_postgres::Config = target
         .rest
@@ -190,14 +199,57 @@ pub(crate) async fn connect(url: &str) -> ConnectionResult<AsyncPgConnection> {
         .map_err(|e: tokio_postgres::Error| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
     config.ssl_mode(target.mode.wire());
     if target.mode == SslMode::Disable {
-        return finish(config.connect(tokio_postgres::NoTls).await).await;
+        return Ok((config, Canceller::Plain));
     }
     let tls = MakeRustlsConnect::new(
         target
             .client_config()
             .map_err(ConnectionError::BadConnection)?,
     );
-    finish(config.connect(tls).await).await
+    Ok((config, Canceller::Tls(tls)))
+}
+
+/// How a cancel request for a client of [`connect_client`] reaches the server: with the TLS
+/// its connection uses (a cancel request opens a connection of its own).
+#[derive(Clone)]
+pub(crate) enum Canceller {
+    Plain,
+    Tls(MakeRustlsConnect),
+}
+
+impl Canceller {
+    /// Asks the server (or the pooler in front of it) to cancel what `token`'s session runs.
+    pub(crate) async fn cancel(
+        &self,
+        token: &tokio_postgres::CancelToken,
+    ) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Canceller::Plain => token.cancel_query(tokio_postgres::NoTls).await,
+            Canceller::Tls(tls) => token.cancel_query(tls.clone()).await,
+        }
+    }
+}
+
+/// Opens one tokio-postgres client to `url` (TLS as [`connect`]), its connection driven by a
+/// task of its own, which ends when the socket closes (then `Client::is_closed`).
+pub(crate) async fn connect_client(
+    url: &str,
+) -> ConnectionResult<(tokio_postgres::Client, Canceller)> {
+    let (config, tls) = client_config(url)?;
+    let bad = |e: tokio_postgres::Error| ConnectionError::BadConnection(with_sources(&e));
+    let client = match &tls {
+        Canceller::Plain => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(bad)?;
+            tokio::spawn(connection);
+            client
+        }
+        Canceller::Tls(maker) => {
+            let (client, connection) = config.connect(maker.clone()).await.map_err(bad)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    Ok((client, tls))
 }
 
 async fn finish<S>(

@@ -77,12 +77,6 @@ pub(crate) fn session_settings(options: &PostgresOptions) -> String {
     settings(options, "SET")
 }
 
-/// What every operation runs first behind a transaction-mode pooler: `BEGIN`, then the session
-/// settings as `SET LOCAL`, which end with the transaction. One round trip.
-pub(crate) fn pooled_begin(options: &PostgresOptions) -> String {
-    format!("BEGIN;{}", settings(options, "SET LOCAL"))
-}
-
 fn settings(options: &PostgresOptions, set: &str) -> String {
     let mut sql = String::new();
     if let Some(timeout) = options.statement_timeout {
@@ -129,10 +123,6 @@ mod tests {
         );
         let pooled = direct.with_transaction_pooler(true);
         assert_eq!(session_settings(&pooled), "");
-        assert_eq!(
-            pooled_begin(&pooled),
-            "BEGIN;SET LOCAL statement_timeout = 10000;SET LOCAL synchronous_commit = off;"
-        );
     }
 
     #[test]

@@ -8,17 +8,15 @@
 //! cannot apply an update twice: every write is conditional on the clock, and the failed
 //! statement wrote nothing.
 //!
-//! Where: each statement on its own connection ([`retry_statement!`]), since the statements of
-//! one operation commit one by one (a second attempt of the whole operation would find the
-//! first statement's rows written and report them stale); behind a transaction pooler an
-//! operation is one transaction, which the failure aborts, so the whole operation is run again
-//! (`pool::with_conn!`).
+//! Where: each statement on its own ([`retry_statement!`]), since the statements of one
+//! operation commit one by one (a second attempt of the whole operation would find the first
+//! statement's rows written and report them stale). Behind a transaction pooler too: there
+//! every statement is its own transaction (`unnamed/`).
 
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::error::Error;
 
 /// Attempts in all, the first included.
 pub(crate) const ATTEMPTS: u32 = 5;
@@ -37,14 +35,6 @@ pub(crate) fn conflict(error: &DieselError) -> Option<&'static str> {
         {
             Some("deadlock")
         }
-        _ => None,
-    }
-}
-
-/// [`conflict`] for the crate's error.
-pub(crate) fn store_conflict(error: &Error) -> Option<&'static str> {
-    match error {
-        Error::Database(error) => conflict(error),
         _ => None,
     }
 }
@@ -89,11 +79,6 @@ macro_rules! retry_statement {
 pub(crate) use retry_statement;
 
 /// True when `conn` is not inside a transaction (a statement on it commits by itself).
-pub(crate) fn outside_transaction(conn: &mut diesel_async::AsyncPgConnection) -> bool {
-    use diesel_async::TransactionManager;
-    matches!(
-        diesel_async::AnsiTransactionManager::transaction_manager_status_mut(conn)
-            .transaction_depth(),
-        Ok(None)
-    )
+pub(crate) fn outside_transaction<C: crate::postgres::pool::StoreConn>(conn: &mut C) -> bool {
+    conn.outside_transaction()
 }

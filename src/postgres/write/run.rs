@@ -2,20 +2,21 @@
 //! `plan.rs`), each statement sent again after a deadlock or serialization failure
 //! (`retry.rs`) and every outcome recorded in [`KnownKeys`].
 
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::known::KnownKeys;
 use super::plan::{columns, WritePlan};
 use super::retry::retry_statement;
 use crate::entry::{AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
+use crate::postgres::pool::StoreConn;
 use crate::postgres::sql;
 use crate::postgres::sql::write::WriteContext;
 
 /// `set` on `conn`: the fast path, then, when it changed nothing, the full statement (see
 /// `sql/write.rs`).
-pub(crate) async fn set_on(
-    conn: &mut AsyncPgConnection,
+pub(crate) async fn set_on<C: StoreConn>(
+    conn: &mut C,
     update: &AwarenessUpdate,
     context: WriteContext<'_>,
     known: &KnownKeys,
@@ -50,8 +51,8 @@ fn unexpected(what: &str, code: i16) -> Error {
 
 /// `set_many` on `conn`, in rounds of distinct keys (`plan.rs`): one round when no key
 /// repeats.
-pub(crate) async fn set_many_on(
-    conn: &mut AsyncPgConnection,
+pub(crate) async fn set_many_on<C: StoreConn>(
+    conn: &mut C,
     updates: &[AwarenessUpdate],
     context: WriteContext<'_>,
     known: &KnownKeys,
@@ -72,8 +73,8 @@ pub(crate) async fn set_many_on(
 /// The updates at `positions` (distinct keys, in key order) as one statement: when they all
 /// look like heartbeats (`known.rs`), the batch fast path first (`sql::write::set_many_fast`),
 /// and whatever it did not apply through the full batch statement.
-async fn set_distinct(
-    conn: &mut AsyncPgConnection,
+async fn set_distinct<C: StoreConn>(
+    conn: &mut C,
     updates: &[AwarenessUpdate],
     positions: &[usize],
     context: WriteContext<'_>,
@@ -130,8 +131,8 @@ async fn set_distinct(
 }
 
 /// The updates at `positions` (distinct keys, in key order) as one full batch statement.
-async fn set_distinct_full(
-    conn: &mut AsyncPgConnection,
+async fn set_distinct_full<C: StoreConn>(
+    conn: &mut C,
     updates: &[AwarenessUpdate],
     positions: &[usize],
     context: WriteContext<'_>,

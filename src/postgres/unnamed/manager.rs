@@ -1,0 +1,61 @@
+//! The bb8 pool of [`UnnamedConnection`]s the store uses behind a transaction-mode pooler:
+//! connections opened as the store's others are (TLS from the URL, a read-only server
+//! refused), with no session setting (it would stay on a server connection other clients
+//! share) and no statement cache.
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::PoolError;
+use diesel_async::SimpleAsyncConnection;
+
+use super::connection::UnnamedConnection;
+use crate::postgres::sql::session::REFUSE_READ_ONLY;
+
+/// A pool of [`UnnamedConnection`]s.
+pub(crate) type UnnamedPool = bb8::Pool<UnnamedManager>;
+
+/// Opens [`UnnamedConnection`]s to one URL.
+pub(crate) struct UnnamedManager {
+    url: String,
+    statement_timeout: Option<Duration>,
+}
+
+impl UnnamedManager {
+    pub(crate) fn new(url: &str, statement_timeout: Option<Duration>) -> Self {
+        Self {
+            url: url.to_owned(),
+            statement_timeout,
+        }
+    }
+}
+
+impl bb8::ManageConnection for UnnamedManager {
+    type Connection = UnnamedConnection;
+    type Error = PoolError;
+
+    async fn connect(&self) -> Result<UnnamedConnection, PoolError> {
+        let (client, canceller) = crate::postgres::tls::connect_client(&self.url)
+            .await
+            .map_err(PoolError::ConnectionError)?;
+        let mut conn = UnnamedConnection::new(client, canceller, self.statement_timeout);
+        conn.batch_execute(REFUSE_READ_ONLY)
+            .await
+            .map_err(|e| PoolError::ConnectionError(diesel::ConnectionError::BadConnection(e.to_string())))?;
+        Ok(conn)
+    }
+
+    /// No round trip (it would add one to every operation): a closed socket is known locally.
+    async fn is_valid(&self, conn: &mut UnnamedConnection) -> Result<(), PoolError> {
+        if conn.is_broken() {
+            Err(PoolError::QueryError(
+                diesel::result::Error::BrokenTransactionManager,
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn has_broken(&self, conn: &mut UnnamedConnection) -> bool {
+        conn.is_broken()
+    }
+}

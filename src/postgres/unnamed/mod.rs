@@ -1,0 +1,12 @@
+//! Behind a transaction-mode pooler (PgBouncer `pool_mode = transaction`, Supavisor, RDS
+//! Proxy, Neon's pooler): connections that send each statement unnamed, in one round trip
+//! ([`connection`]), their rows and binds as diesel reads and writes them ([`row`]), their
+//! errors as diesel's ([`error`]), and the pool of them ([`manager`]).
+
+mod connection;
+mod error;
+mod manager;
+mod row;
+
+pub(crate) use connection::UnnamedConnection;
+pub(crate) use manager::{UnnamedManager, UnnamedPool};
