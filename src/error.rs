@@ -128,6 +128,17 @@ pub enum Error {
          follows the primary"
     )]
     ReadOnly(String),
+    /// A prepared statement was missing or already there (SQLSTATE 26000, 42P05): the
+    /// statements of one connection reached different server connections, which is what a
+    /// transaction-mode pooler (PgBouncer `pool_mode = transaction`, Supavisor, RDS Proxy)
+    /// does to a store not told about it. Nothing was written by the failed statement. Not a
+    /// connection error: retrying does not help, the setting does.
+    #[error(
+        "a prepared statement went missing or collided ({0}): a transaction-mode pooler is \
+         probably between the store and PostgreSQL; set `PostgresOptions::transaction_pooler` \
+         (SYNCKIT__AWARENESS__POSTGRES__TRANSACTION_POOLER=true, relay `--transaction-pooler`)"
+    )]
+    PreparedStatement(String),
     /// PostgreSQL answered with an error.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
@@ -169,6 +180,9 @@ impl fmt::Debug for Error {
             Error::PoolTimeout(waited) => f.debug_tuple("PoolTimeout").field(waited).finish(),
             Error::Connection(reason) => f.debug_tuple("Connection").field(reason).finish(),
             Error::ReadOnly(reason) => f.debug_tuple("ReadOnly").field(reason).finish(),
+            Error::PreparedStatement(reason) => {
+                f.debug_tuple("PreparedStatement").field(reason).finish()
+            }
             Error::Database(e) => f.debug_tuple("Database").field(e).finish(),
             Error::Migration(reason) => f.debug_tuple("Migration").field(reason).finish(),
             Error::Config(reason) => f.debug_tuple("Config").field(reason).finish(),
@@ -185,6 +199,14 @@ impl fmt::Debug for Error {
     }
 }
 
+/// The server's messages for SQLSTATE 26000 and 42P05 on prepared statements (diesel-async
+/// passes them on without their code): `prepared statement "s12" does not exist`,
+/// `… already exists`, `unnamed prepared statement does not exist`.
+fn is_prepared_statement_error(message: &str) -> bool {
+    message.contains("prepared statement")
+        && (message.ends_with("does not exist") || message.ends_with("already exists"))
+}
+
 /// [`Error::LeaseLost`]'s reason after a shutdown (every other reason passes by itself:
 /// [`Error::passes_by_itself`]).
 pub(crate) const LEASE_SHUT_DOWN: &str = "shut down";
@@ -199,7 +221,8 @@ impl Error {
     }
 
     /// A write refused because the server is read-only (SQLSTATE 25006, or the connection
-    /// check's message) becomes [`Error::ReadOnly`]; anything else stays as it is.
+    /// check's message) becomes [`Error::ReadOnly`], a lost or colliding prepared statement
+    /// [`Error::PreparedStatement`]; anything else stays as it is.
     pub(crate) fn typed(self) -> Self {
         use diesel::result::{DatabaseErrorKind, Error as DieselError};
         match self {
@@ -209,6 +232,11 @@ impl Error {
             )) => Error::ReadOnly(info.message().to_owned()),
             Error::Connection(reason) if reason.contains(READ_ONLY_SERVER) => {
                 Error::ReadOnly(reason)
+            }
+            Error::Database(DieselError::DatabaseError(_, info))
+                if is_prepared_statement_error(info.message()) =>
+            {
+                Error::PreparedStatement(info.message().to_owned())
             }
             other => other,
         }

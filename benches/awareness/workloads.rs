@@ -413,8 +413,9 @@ pub async fn set_workloads(
 /// The variables of the parameters of `set`'s fast path in pgbench scripts, `$1` first: the
 /// order of `FAST_BINDS` in `src/postgres/sql/write.rs` (the statement binds a value at each
 /// place it uses it). The bench's updates carry no owner and the store runs no instance
-/// (NULL). `script` fails when the statement has more parameters.
-const SET_VARS: [&str; 13] = [
+/// (NULL), and a direct connection sets no `synchronous_commit` per statement (the last two,
+/// NULL). `script` fails when the statement has more parameters.
+const SET_VARS: [&str; 15] = [
     "conn",
     "state",
     "clock",
@@ -428,10 +429,13 @@ const SET_VARS: [&str; 13] = [
     "clock",
     "clock",
     "state",
+    "=NULL",
+    "=NULL",
 ];
 
-/// The variables of `set`'s full statement (`FULL_BINDS`), with the default limits.
-const SET_FULL_VARS: [&str; 10] = [
+/// The variables of `set`'s full statement (`FULL_BINDS`), with the default limits and no
+/// `synchronous_commit` of its own (direct).
+const SET_FULL_VARS: [&str; 12] = [
     "doc",
     "k",
     "conn",
@@ -442,6 +446,8 @@ const SET_FULL_VARS: [&str; 10] = [
     "=NULL",
     "=1000",
     "=64",
+    "=NULL",
+    "=NULL",
 ];
 
 /// The `set` statement before ownership, instances and limits (issue 11's, as the store sent

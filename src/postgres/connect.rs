@@ -1,7 +1,7 @@
 //! How the store opens connections: pool settings and per-session settings.
 
-use diesel::ConnectionResult;
 use bb8::Pool;
+use diesel::ConnectionResult;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };

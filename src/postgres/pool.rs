@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use bb8::ErrorSink;
 use diesel::pg::data_types::PgInterval;
+use diesel::pg::Pg;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
 use diesel_async::pooled_connection::PoolError;
-use diesel::pg::Pg;
-use diesel_async::{AnsiTransactionManager, AsyncConnectionCore, AsyncPgConnection, TransactionManager};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnectionCore, AsyncPgConnection, TransactionManager,
+};
 
 use crate::error::{Error, Result};
 use crate::postgres::secret::redact;
@@ -31,6 +33,9 @@ pub(crate) struct Connections {
     connect_errors: ConnectErrors,
     /// Behind a transaction-mode pooler: the connections every operation runs on.
     unnamed: Option<UnnamedPool>,
+    /// Behind a transaction-mode pooler: the `synchronous_commit` each write statement sets
+    /// for its own transaction (`"on"`/`"off"`, from the options).
+    synchronous_commit: Option<&'static str>,
     /// When the pool's gauges are next sampled (ms on [`clock_ms`]): `pool.state()` takes the
     /// pool's lock, which every checkout and return also takes, so it is read at most every
     /// [`GAUGE_EVERY_MS`], not at every checkout.
@@ -107,18 +112,30 @@ pub(crate) fn typed<T, F: std::future::Future<Output = Result<T>>>(operation: F)
 
 impl Connections {
     /// `pool` as the store's; `unnamed` set when the URL leads to a transaction-mode pooler
-    /// (then every operation runs on it, and `pool` serves only what asks for it by name).
+    /// (then every operation runs on it, and `pool` serves only what asks for it by name),
+    /// with the `synchronous_commit` (on: true) its writes set for themselves.
     pub(crate) fn new(
         pool: PgPool,
         connect_errors: ConnectErrors,
-        unnamed: Option<UnnamedPool>,
+        unnamed: Option<(UnnamedPool, bool)>,
     ) -> Self {
+        let synchronous_commit = unnamed
+            .as_ref()
+            .map(|&(_, on)| if on { "on" } else { "off" });
         Self {
             pool,
             connect_errors,
-            unnamed,
+            unnamed: unnamed.map(|(pool, _)| pool),
+            synchronous_commit,
             gauges_due: Arc::default(),
         }
+    }
+
+    /// What each write statement sets `synchronous_commit` to for its own transaction (see
+    /// `sql::write::WriteContext`): behind a transaction-mode pooler the options' value,
+    /// directly nothing (the session settings say it).
+    pub(crate) fn synchronous_commit(&self) -> Option<&'static str> {
+        self.synchronous_commit
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -153,14 +170,10 @@ impl Connections {
     /// A pooled connection, or why there is none.
     pub(crate) async fn get(&self) -> Result<Pooled<'_>> {
         let started = Instant::now();
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| match e {
-                RunError::User(e) => pool_error(e).typed(),
-                RunError::TimedOut => self.timed_out(self.pool.state().connections, started),
-            });
+        let conn = self.pool.get().await.map_err(|e| match e {
+            RunError::User(e) => pool_error(e).typed(),
+            RunError::TimedOut => self.timed_out(self.pool.state().connections, started),
+        });
         self.record(started, || self.pool.state());
         conn
     }

@@ -65,7 +65,12 @@ impl PgStorage {
             Some(lease) => Some(lease.check()?),
             None => None,
         };
-        Ok(WriteContext::new(self.timeout, instance_id, &self.options))
+        Ok(WriteContext::new(
+            self.timeout,
+            instance_id,
+            &self.options,
+            self.connections.synchronous_commit(),
+        ))
     }
 
     /// `set` alone: the one statement on a connection of its own.

@@ -112,10 +112,10 @@ impl PostgresAwarenessStore {
         let (pool, connect_errors) =
             super::connect::build_pool_reporting(database_url, &options).await?;
         let unnamed = if options.transaction_pooler {
-            Some(
-                super::connect::build_unnamed_pool(database_url, &options, &connect_errors)
-                    .await?,
-            )
+            Some((
+                super::connect::build_unnamed_pool(database_url, &options, &connect_errors).await?,
+                options.synchronous_commit,
+            ))
         } else {
             None
         };

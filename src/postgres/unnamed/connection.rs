@@ -159,7 +159,10 @@ impl PgMetadataLookup for NoLookups {
 
 impl SimpleAsyncConnection for UnnamedConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        self.client.batch_execute(query).await.map_err(from_postgres)
+        self.client
+            .batch_execute(query)
+            .await
+            .map_err(from_postgres)
     }
 }
 

@@ -38,9 +38,9 @@ impl bb8::ManageConnection for UnnamedManager {
             .await
             .map_err(PoolError::ConnectionError)?;
         let mut conn = UnnamedConnection::new(client, canceller, self.statement_timeout);
-        conn.batch_execute(REFUSE_READ_ONLY)
-            .await
-            .map_err(|e| PoolError::ConnectionError(diesel::ConnectionError::BadConnection(e.to_string())))?;
+        conn.batch_execute(REFUSE_READ_ONLY).await.map_err(|e| {
+            PoolError::ConnectionError(diesel::ConnectionError::BadConnection(e.to_string()))
+        })?;
         Ok(conn)
     }
 

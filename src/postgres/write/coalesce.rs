@@ -195,6 +195,7 @@ fn replicate(error: &Error) -> Error {
         ),
         Error::Connection(reason) => Error::Connection(reason.clone()),
         Error::ReadOnly(reason) => Error::ReadOnly(reason.clone()),
+        Error::PreparedStatement(reason) => Error::PreparedStatement(reason.clone()),
         Error::PoolTimeout(waited) => Error::PoolTimeout(*waited),
         other => Error::Database(DieselError::QueryBuilderError(other.to_string().into())),
     }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-
 /// Attempts in all, the first included.
 pub(crate) const ATTEMPTS: u32 = 5;
 

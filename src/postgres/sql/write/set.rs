@@ -24,17 +24,23 @@ enum Bind {
     Instance,
     MaxDocument,
     MaxConnection,
+    /// [`WriteContext::synchronous_commit`] (`upsert::COMMIT_SETTING`).
+    Commit,
 }
 
 /// `set`'s full statement (see the module docs): rules 1-3, the write and the outcome code in
 /// one statement, for every case the fast path ([`FAST_SQL`]) leaves. Binds: `$1` document, `$2` client, `$3`
 /// connection, `$4` state, `$5` clock, `$6` timeout, `$7` owner, `$8` instance, `$9` and `$10`
-/// the limits per document and per connection (NULL: none).
+/// the limits per document and per connection (NULL: none), `$11` and `$12` the
+/// `synchronous_commit` of its transaction (NULL: the session's).
 const FULL_SQL: &str = concat!(
     "WITH p AS (SELECT $1::text COLLATE \"C\" AS document_id, $2::text COLLATE \"C\" AS client_id, \
      $3::text COLLATE \"C\" AS connection_id, $4::jsonb AS state, $5::bigint AS clock_value, \
      $6::interval AS timeout, $7::text COLLATE \"C\" AS owner, $8::text COLLATE \"C\" AS instance_id, \
-     $9::bigint AS max_document, $10::bigint AS max_connection), ",
+     $9::bigint AS max_document, $10::bigint AS max_connection, ",
+    // upsert::COMMIT_SETTING
+    "($11::text IS NULL OR set_config('synchronous_commit', $12::text, true) IS NOT NULL) \
+     AS commit_setting), ",
     // The key's fresh row, read once: whether the update joins, and why it was refused.
     "f AS MATERIALIZED (SELECT f.document_id, f.owner, f.clock_value, f.state \
      FROM awareness_entries f, p WHERE f.document_id = p.document_id \
@@ -77,7 +83,7 @@ static FULL_TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The value of each placeholder of [`FULL_TEXT`], `$1` first.
-const FULL_BINDS: [Bind; 10] = {
+const FULL_BINDS: [Bind; 12] = {
     use Bind::*;
     [
         Document,
@@ -90,6 +96,8 @@ const FULL_BINDS: [Bind; 10] = {
         Instance,
         MaxDocument,
         MaxConnection,
+        Commit,
+        Commit,
     ]
 };
 
@@ -101,22 +109,25 @@ static FULL_PIECES: std::sync::LazyLock<Vec<String>> =
 /// update a fresh tombstone), applied when its owner is the writer's (or nobody) and it loses
 /// on clocks — rules 1 and 2. Limits never refuse such an update (it adds no participant), so
 /// none is counted. Returns the row count: 1 applied; 0 means the full statement decides
-/// ([`FULL_SQL`]: an insert, a join, an expired row, or a refusal and its reason).
+/// ([`FULL_SQL`]: an insert, a join, an expired row, or a refusal and its reason). `$14` and
+/// `$15`: the `synchronous_commit` of its transaction (NULL: the session's; see
+/// `upsert::COMMIT_SETTING`), set as the row is updated.
 const FAST_SQL: &str = concat!(
     "UPDATE awareness_entries SET connection_id = $1, state = $2, \
      clock_value = $3, last_seen = CURRENT_TIMESTAMP, owner = $4, instance_id = $5 \
      WHERE document_id = $6 AND client_id = $7 AND ",
     fresh_sql!("", "$8::interval"),
     " AND (state IS NOT NULL OR $9::jsonb IS NULL) AND (owner IS NULL OR owner = $10) \
-     AND (clock_value < $11 OR (clock_value = $12 AND $13::jsonb IS NULL AND state IS NOT NULL))"
+     AND (clock_value < $11 OR (clock_value = $12 AND $13::jsonb IS NULL AND state IS NOT NULL)) \
+     AND ($14::text IS NULL OR set_config('synchronous_commit', $15::text, true) IS NOT NULL)"
 );
 
 /// The value of each placeholder of [`FAST_SQL`], `$1` first.
-const FAST_BINDS: [Bind; 13] = {
+const FAST_BINDS: [Bind; 15] = {
     use Bind::*;
     [
         Connection, State, Clock, Owner, Instance, Document, Client, Timeout, State, Owner, Clock,
-        Clock, State,
+        Clock, State, Commit, Commit,
     ]
 };
 
@@ -169,6 +180,7 @@ impl Statement<'_> {
                 Bind::MaxConnection => {
                     out.push_bind_param::<Nullable<BigInt>, _>(&c.max_connection)?
                 }
+                Bind::Commit => out.push_bind_param::<Nullable<Text>, _>(&c.synchronous_commit)?,
             }
         }
         out.push_sql(last);
@@ -243,6 +255,9 @@ mod tests {
         // The same upsert as the batch statement's (set_many.rs).
         assert!(FULL_TEXT.contains(UPSERT));
         assert!(FULL_TEXT.contains(INSERT_COLUMNS));
+        // The batch statements' commit setting, said here with numbered placeholders.
+        let [open, middle, close] = super::super::upsert::COMMIT_SETTING;
+        assert!(FULL_TEXT.contains(&format!("{open}$11{middle}$12{close}")));
         assert!(cut_at_binds("a $1 b $2", 3).is_empty());
         assert!(cut_at_binds("a $10", 1).is_empty());
         let update = AwarenessUpdate::new("doc", "client", "conn", 3, None);

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Interval, Jsonb, Nullable, SmallInt, Text};
 
-use super::upsert::{WriteContext, INSERT_COLUMNS, UPSERT};
+use super::upsert::{walk_commit_setting, WriteContext, INSERT_COLUMNS, UPSERT};
 use crate::postgres::sql::{fresh_sql, live_sql};
 
 /// Column arrays of a batch: one element per distinct key, sorted by key.
@@ -92,8 +92,10 @@ impl QueryFragment<Pg> for SetMany<'_> {
         out.push_bind_param::<Nullable<BigInt>, _>(&x.max_document)?;
         out.push_sql("::bigint AS max_document, ");
         out.push_bind_param::<Nullable<BigInt>, _>(&x.max_connection)?;
+        out.push_sql("::bigint AS max_connection, ");
+        walk_commit_setting(x, &mut out)?;
         out.push_sql(concat!(
-            "::bigint AS max_connection), ",
+            "), ",
             // Rule 3: which rows join, and how many live participants their documents and
             // connections hold (one count per document and per connection).
             "joining AS (SELECT input.*, input.state IS NOT NULL \
@@ -199,8 +201,10 @@ impl QueryFragment<Pg> for SetManyFast<'_> {
         c.walk_unnest(&mut out)?;
         out.push_sql("), p AS (SELECT ");
         out.push_bind_param::<Interval, _>(&x.timeout)?;
+        out.push_sql("::interval AS timeout, ");
+        walk_commit_setting(x, &mut out)?;
         out.push_sql(concat!(
-            "::interval AS timeout), \
+            "), \
              l AS MATERIALIZED (SELECT e.document_id, e.client_id, i.ord \
              FROM awareness_entries e JOIN i ON e.document_id = i.document_id COLLATE \"C\" \
              AND e.client_id = i.client_id COLLATE \"C\" CROSS JOIN p WHERE ",

@@ -36,14 +36,42 @@ pub(super) const UPSERT: &str = concat!(
      AND awareness_entries.state IS NOT NULL)))"
 );
 
-/// What a write needs besides its updates: the expiry timeout, the writing instance and
-/// the limits.
+/// What a write needs besides its updates: the expiry timeout, the writing instance, the
+/// limits, and the `synchronous_commit` the write's transaction takes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteContext<'a> {
     pub(crate) timeout: PgInterval,
     pub(crate) instance_id: Option<&'a str>,
     pub(crate) max_document: Option<i64>,
     pub(crate) max_connection: Option<i64>,
+    /// `Some("off")` / `Some("on")`: set for the statement's own transaction (behind a
+    /// transaction-mode pooler, where no session setting can say it); `None`: the session's.
+    pub(crate) synchronous_commit: Option<&'static str>,
+}
+
+/// The column every write statement's parameter row (`p`) carries so that its transaction
+/// commits as the store's options say: `set_config(…, true)` lasts until the commit, which is
+/// when PostgreSQL reads `synchronous_commit`. `$1` and `$2` both bind
+/// [`WriteContext::synchronous_commit`] (NULL: nothing is set). A volatile function in a
+/// `WITH` query keeps it from being inlined, so it is evaluated when `p` is read.
+pub(super) const COMMIT_SETTING: [&str; 3] = [
+    "(",
+    "::text IS NULL OR set_config('synchronous_commit', ",
+    "::text, true) IS NOT NULL) AS commit_setting",
+];
+
+/// Writes [`COMMIT_SETTING`] with `context`'s binds.
+pub(super) fn walk_commit_setting<'b>(
+    context: &'b WriteContext<'_>,
+    out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+) -> diesel::QueryResult<()> {
+    use diesel::sql_types::{Nullable, Text};
+    out.push_sql(COMMIT_SETTING[0]);
+    out.push_bind_param::<Nullable<Text>, _>(&context.synchronous_commit)?;
+    out.push_sql(COMMIT_SETTING[1]);
+    out.push_bind_param::<Nullable<Text>, _>(&context.synchronous_commit)?;
+    out.push_sql(COMMIT_SETTING[2]);
+    Ok(())
 }
 
 impl<'a> WriteContext<'a> {
@@ -51,12 +79,14 @@ impl<'a> WriteContext<'a> {
         timeout: PgInterval,
         instance_id: Option<&'a str>,
         options: &StoreOptions,
+        synchronous_commit: Option<&'static str>,
     ) -> Self {
         Self {
             timeout,
             instance_id,
             max_document: options.max_clients_per_document.map(i64::from),
             max_connection: options.max_clients_per_connection.map(i64::from),
+            synchronous_commit,
         }
     }
 }
@@ -68,5 +98,6 @@ pub(super) fn test_context() -> WriteContext<'static> {
         crate::postgres::sql::thirty_seconds(),
         Some("instance"),
         &StoreOptions::default(),
+        Some("off"),
     )
 }
