@@ -240,3 +240,54 @@ async fn a_store_not_told_about_the_pooler_gets_a_prepared_statement_error_not_a
         assert!(error.to_string().contains("transaction_pooler"), "{error}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_past_its_timeout_through_the_pooler_is_cancelled() {
+    let db = TestDb::migrated().await;
+    let pooled = common::pooled_url(&db).await;
+    let store = PostgresAwarenessStore::connect(
+        &pooled,
+        pooled_options().with_statement_timeout(Some(Duration::from_millis(300))),
+    )
+    .await
+    .expect("store");
+    store.set(&update(0, 0, 1)).await.expect("first set");
+    // A direct session holds the row's lock, so the next write of it waits.
+    let mut holder = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("direct connection");
+    diesel::sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    diesel::sql_query("SELECT 1 FROM awareness_entries FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    let started = Instant::now();
+    let error = store
+        .set(&update(0, 0, 2))
+        .await
+        .expect_err("a write blocked past its statement_timeout");
+    let waited = started.elapsed();
+    assert!(
+        error.to_string().contains("statement timeout"),
+        "{error:?} after {waited:?}"
+    );
+    assert!(!error.is_connection_error(), "{error:?}");
+    diesel::sql_query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("rollback");
+    // The connection is usable again, and nothing of the cancelled write landed.
+    store
+        .set(&update(0, 0, 3))
+        .await
+        .expect("set after the cancel");
+    let entry = store
+        .get("doc-0", "t0-c0")
+        .await
+        .expect("get")
+        .expect("entry");
+    assert_eq!(entry.clock, 3);
+}

@@ -183,15 +183,17 @@ impl TlsTarget {
 
 /// Opens one connection to `url`, honouring its `sslmode` and `sslrootcert`.
 pub(crate) async fn connect(url: &str) -> ConnectionResult<AsyncPgConnection> {
-    let (config, tls) = client_config(url)?;
-    match tls {
-        Canceller::Plain => finish(config.connect(tokio_postgres::NoTls).await).await,
-        Canceller::Tls(tls) => finish(config.connect(tls).await).await,
+    match client_config(url)? {
+        (config, None) => finish(config.connect(tokio_postgres::NoTls).await).await,
+        (config, Some(tls)) => finish(config.connect(tls).await).await,
     }
 }
 
-/// `url` as tokio-postgres' configuration, and the TLS its connections use.
-fn client_config(url: &str) -> ConnectionResult<(tokio_postgres::Config, Canceller)> {
+/// `url` as tokio-postgres' configuration, and the TLS its connections use (none for
+/// `sslmode=disable`).
+pub(crate) fn client_config(
+    url: &str,
+) -> ConnectionResult<(tokio_postgres::Config, Option<MakeRustlsConnect>)> {
     let target = TlsTarget::parse(url).map_err(ConnectionError::InvalidConnectionUrl)?;
     let mut config: tokio_postgres::Config = target
         .rest
@@ -199,57 +201,14 @@ fn client_config(url: &str) -> ConnectionResult<(tokio_postgres::Config, Cancell
         .map_err(|e: tokio_postgres::Error| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
     config.ssl_mode(target.mode.wire());
     if target.mode == SslMode::Disable {
-        return Ok((config, Canceller::Plain));
+        return Ok((config, None));
     }
     let tls = MakeRustlsConnect::new(
         target
             .client_config()
             .map_err(ConnectionError::BadConnection)?,
     );
-    Ok((config, Canceller::Tls(tls)))
-}
-
-/// How a cancel request for a client of [`connect_client`] reaches the server: with the TLS
-/// its connection uses (a cancel request opens a connection of its own).
-#[derive(Clone)]
-pub(crate) enum Canceller {
-    Plain,
-    Tls(MakeRustlsConnect),
-}
-
-impl Canceller {
-    /// Asks the server (or the pooler in front of it) to cancel what `token`'s session runs.
-    pub(crate) async fn cancel(
-        &self,
-        token: &tokio_postgres::CancelToken,
-    ) -> Result<(), tokio_postgres::Error> {
-        match self {
-            Canceller::Plain => token.cancel_query(tokio_postgres::NoTls).await,
-            Canceller::Tls(tls) => token.cancel_query(tls.clone()).await,
-        }
-    }
-}
-
-/// Opens one tokio-postgres client to `url` (TLS as [`connect`]), its connection driven by a
-/// task of its own, which ends when the socket closes (then `Client::is_closed`).
-pub(crate) async fn connect_client(
-    url: &str,
-) -> ConnectionResult<(tokio_postgres::Client, Canceller)> {
-    let (config, tls) = client_config(url)?;
-    let bad = |e: tokio_postgres::Error| ConnectionError::BadConnection(with_sources(&e));
-    let client = match &tls {
-        Canceller::Plain => {
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(bad)?;
-            tokio::spawn(connection);
-            client
-        }
-        Canceller::Tls(maker) => {
-            let (client, connection) = config.connect(maker.clone()).await.map_err(bad)?;
-            tokio::spawn(connection);
-            client
-        }
-    };
-    Ok((client, tls))
+    Ok((config, Some(tls)))
 }
 
 async fn finish<S>(
@@ -271,7 +230,7 @@ where
 
 /// tokio-postgres puts the useful part ("invalid peer certificate: UnknownIssuer") in the
 /// error's source; keep the whole chain.
-fn with_sources(error: &dyn std::error::Error) -> String {
+pub(crate) fn with_sources(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -406,41 +365,5 @@ fn percent_decode(value: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sslmode_and_rootcert_are_taken_out() {
-        let t = TlsTarget::parse(
-            "postgres://u:p@db:5432/x?sslmode=verify-full&application_name=a&sslrootcert=%2Ftmp%2Fca.pem",
-        )
-        .unwrap();
-        assert_eq!(t.rest, "postgres://u:p@db:5432/x?application_name=a");
-        assert_eq!(t.mode, SslMode::VerifyFull);
-        assert_eq!(t.root_cert.as_deref(), Some("/tmp/ca.pem"));
-
-        let t = TlsTarget::parse("postgres://db/x").unwrap();
-        assert_eq!(
-            (t.rest.as_str(), t.mode),
-            ("postgres://db/x", SslMode::Prefer)
-        );
-
-        let t = TlsTarget::parse("host=db sslmode=require dbname=x").unwrap();
-        assert_eq!(
-            (t.rest.as_str(), t.mode),
-            ("host=db dbname=x", SslMode::Require)
-        );
-
-        let err = TlsTarget::parse("postgres://db/x?sslmode=maybe").unwrap_err();
-        assert!(err.contains("verify-full"), "{err}");
-    }
-
-    #[test]
-    fn missing_root_file_is_a_clear_error() {
-        let t =
-            TlsTarget::parse("postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent.pem")
-                .unwrap();
-        let err = t.client_config().unwrap_err();
-        assert!(err.contains("/nonexistent.pem"), "{err}");
-    }
-}
+#[path = "tls_tests.rs"]
+mod tests;

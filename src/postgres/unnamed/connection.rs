@@ -8,7 +8,7 @@
 //! It implements diesel-async's `AsyncConnectionCore`, so every statement of the store runs on
 //! it unchanged (`RunQueryDsl`). What a session setting would do on a direct connection
 //! travels with the operation instead: `statement_timeout` is measured here and enforced with
-//! a cancel request (`tls::Canceller`); `synchronous_commit` is in the write statements
+//! a cancel request ([`cancel`](super::cancel)); `synchronous_commit` is in the write statements
 //! (`set_config(…, true)`, see `sql/write.rs`).
 
 use std::time::Duration;
@@ -24,9 +24,9 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio_postgres::types::Type;
 
+use super::cancel::Canceller;
 use super::error::{from_postgres, timed_out};
 use super::row::{Bytes, UnnamedRow};
-use crate::postgres::tls::Canceller;
 
 /// How long a statement past its timeout may take to fail once the cancel request is sent,
 /// before the connection is given up.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use diesel_async::pooled_connection::PoolError;
 use diesel_async::SimpleAsyncConnection;
 
+use super::cancel::Canceller;
 use super::connection::UnnamedConnection;
 use crate::postgres::sql::session::REFUSE_READ_ONLY;
 
@@ -29,12 +30,34 @@ impl UnnamedManager {
     }
 }
 
+/// One tokio-postgres client to `url` (TLS as the store's other connections), its connection
+/// driven by a task of its own that ends when the socket closes (then `Client::is_closed`),
+/// and how to cancel its statements.
+async fn connect(url: &str) -> diesel::ConnectionResult<(tokio_postgres::Client, Canceller)> {
+    use crate::postgres::tls::{client_config, with_sources};
+    let (config, tls) = client_config(url)?;
+    let bad = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(with_sources(&e));
+    let client = match &tls {
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(bad)?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(maker) => {
+            let (client, connection) = config.connect(maker.clone()).await.map_err(bad)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    Ok((client, Canceller::new(&config, tls)))
+}
+
 impl bb8::ManageConnection for UnnamedManager {
     type Connection = UnnamedConnection;
     type Error = PoolError;
 
     async fn connect(&self) -> Result<UnnamedConnection, PoolError> {
-        let (client, canceller) = crate::postgres::tls::connect_client(&self.url)
+        let (client, canceller) = connect(&self.url)
             .await
             .map_err(PoolError::ConnectionError)?;
         let mut conn = UnnamedConnection::new(client, canceller, self.statement_timeout);

@@ -1,8 +1,10 @@
 //! Behind a transaction-mode pooler (PgBouncer `pool_mode = transaction`, Supavisor, RDS
 //! Proxy, Neon's pooler): connections that send each statement unnamed, in one round trip
 //! ([`connection`]), their rows and binds as diesel reads and writes them ([`row`]), their
-//! errors as diesel's ([`error`]), and the pool of them ([`manager`]).
+//! errors as diesel's ([`error`]), how they cancel a statement past its timeout
+//! ([`cancel`]), and the pool of them ([`manager`]).
 
+mod cancel;
 mod connection;
 mod error;
 mod manager;
