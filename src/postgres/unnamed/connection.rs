@@ -25,6 +25,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio_postgres::types::Type;
 
 use super::cancel::Canceller;
+use super::driver::Driver;
 use super::error::{from_postgres, timed_out};
 use super::row::{Bytes, UnnamedRow};
 
@@ -35,6 +36,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// A client that sends every statement unnamed, in one round trip (see the module docs).
 pub(crate) struct UnnamedConnection {
     client: tokio_postgres::Client,
+    driver: Driver,
     canceller: Canceller,
     statement_timeout: Option<Duration>,
     /// A statement got no answer, not even to its cancel: the connection is not reused.
@@ -50,11 +52,13 @@ struct Sendable {
 impl UnnamedConnection {
     pub(crate) fn new(
         client: tokio_postgres::Client,
+        driver: Driver,
         canceller: Canceller,
         statement_timeout: Option<Duration>,
     ) -> Self {
         Self {
             client,
+            driver,
             canceller,
             statement_timeout,
             stuck: false,
@@ -63,8 +67,8 @@ impl UnnamedConnection {
 
     /// True when the connection can no longer be used (its socket closed, or a statement
     /// never answered).
-    pub(crate) fn is_broken(&self) -> bool {
-        self.stuck || self.client.is_closed()
+    pub(crate) fn is_broken(&mut self) -> bool {
+        self.stuck || self.driver.is_closed() || self.client.is_closed()
     }
 
     /// Sends `statement` and reads its whole answer: the rows and the row count.
@@ -83,11 +87,12 @@ impl UnnamedConnection {
                 count: stream.rows_affected(),
             })
         };
+        let driver = &mut self.driver;
         let Some(limit) = self.statement_timeout else {
-            return query.await.map_err(from_postgres);
+            return driver.drive(query).await.map_err(from_postgres);
         };
         let mut query = std::pin::pin!(query);
-        if let Ok(answer) = tokio::time::timeout(limit, query.as_mut()).await {
+        if let Ok(answer) = tokio::time::timeout(limit, driver.drive(query.as_mut())).await {
             return answer.map_err(from_postgres);
         }
         let token = self.client.cancel_token();
@@ -97,7 +102,7 @@ impl UnnamedConnection {
                 tracing::warn!(%error, "the cancel request of a statement past its timeout failed");
             }
         });
-        match tokio::time::timeout(CANCEL_GRACE, query).await {
+        match tokio::time::timeout(CANCEL_GRACE, driver.drive(query)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(timed_out(limit, Some(from_postgres(error)))),
             Err(_) => {
@@ -159,8 +164,8 @@ impl PgMetadataLookup for NoLookups {
 
 impl SimpleAsyncConnection for UnnamedConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        self.client
-            .batch_execute(query)
+        self.driver
+            .drive(self.client.batch_execute(query))
             .await
             .map_err(from_postgres)
     }

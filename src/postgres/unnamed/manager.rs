@@ -10,6 +10,7 @@ use diesel_async::SimpleAsyncConnection;
 
 use super::cancel::Canceller;
 use super::connection::UnnamedConnection;
+use super::driver::Driver;
 use crate::postgres::sql::session::REFUSE_READ_ONLY;
 
 /// A pool of [`UnnamedConnection`]s.
@@ -30,26 +31,25 @@ impl UnnamedManager {
     }
 }
 
-/// One tokio-postgres client to `url` (TLS as the store's other connections), its connection
-/// driven by a task of its own that ends when the socket closes (then `Client::is_closed`),
-/// and how to cancel its statements.
-async fn connect(url: &str) -> diesel::ConnectionResult<(tokio_postgres::Client, Canceller)> {
+/// One tokio-postgres client to `url` (TLS as the store's other connections), its socket
+/// (driven by whoever runs a statement: `driver.rs`), and how to cancel its statements.
+async fn connect(
+    url: &str,
+) -> diesel::ConnectionResult<(tokio_postgres::Client, Driver, Canceller)> {
     use crate::postgres::tls::{client_config, with_sources};
     let (config, tls) = client_config(url)?;
     let bad = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(with_sources(&e));
-    let client = match &tls {
+    let (client, driver) = match &tls {
         None => {
             let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(bad)?;
-            tokio::spawn(connection);
-            client
+            (client, Driver::new(connection))
         }
         Some(maker) => {
             let (client, connection) = config.connect(maker.clone()).await.map_err(bad)?;
-            tokio::spawn(connection);
-            client
+            (client, Driver::new(connection))
         }
     };
-    Ok((client, Canceller::new(&config, tls)))
+    Ok((client, driver, Canceller::new(&config, tls)))
 }
 
 impl bb8::ManageConnection for UnnamedManager {
@@ -57,10 +57,10 @@ impl bb8::ManageConnection for UnnamedManager {
     type Error = PoolError;
 
     async fn connect(&self) -> Result<UnnamedConnection, PoolError> {
-        let (client, canceller) = connect(&self.url)
+        let (client, driver, canceller) = connect(&self.url)
             .await
             .map_err(PoolError::ConnectionError)?;
-        let mut conn = UnnamedConnection::new(client, canceller, self.statement_timeout);
+        let mut conn = UnnamedConnection::new(client, driver, canceller, self.statement_timeout);
         conn.batch_execute(REFUSE_READ_ONLY).await.map_err(|e| {
             PoolError::ConnectionError(diesel::ConnectionError::BadConnection(e.to_string()))
         })?;
