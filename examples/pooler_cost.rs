@@ -40,7 +40,7 @@ enum Side {
     Pgbench {
         url: String,
         script: std::path::PathBuf,
-        sync_off: bool,
+        direct: bool,
     },
 }
 
@@ -104,7 +104,7 @@ async fn run_store(
 fn run_pgbench(
     url: &str,
     script: &std::path::Path,
-    sync_off: bool,
+    direct: bool,
     base: i64,
     tasks: usize,
     seconds: u64,
@@ -127,7 +127,7 @@ fn run_pgbench(
         ])
         .arg(script)
         .arg(url);
-    if sync_off {
+    if direct {
         command.env("PGOPTIONS", "-c synchronous_commit=off");
     }
     let out = command
@@ -273,7 +273,7 @@ async fn main() -> Res<()> {
             side: Side::Pgbench {
                 url: pooler_url.clone(),
                 script: script(&dir, "pooler", &statement, "'off'")?,
-                sync_off: false,
+                direct: false,
             },
             clock: Arc::default(),
         },
@@ -287,7 +287,7 @@ async fn main() -> Res<()> {
             side: Side::Pgbench {
                 url: direct_url.clone(),
                 script: script(&dir, "direct", &statement, "NULL")?,
-                sync_off: true,
+                direct: true,
             },
             clock: Arc::default(),
         },
@@ -310,8 +310,15 @@ async fn main() -> Res<()> {
                     Side::Pgbench {
                         url,
                         script,
-                        sync_off,
-                    } => run_pgbench(url, script, *sync_off, base, tasks, seconds),
+                        direct,
+                    } => {
+                        if *direct && tasks > 16 {
+                            // Directly, 64 clients need the pooler's idle server connections
+                            // gone (`make bench-pooler` closes them after 1 s).
+                            tokio::time::sleep(Duration::from_millis(2500)).await;
+                        }
+                        run_pgbench(url, script, *direct, base, tasks, seconds)
+                    }
                 };
                 rates[index].push(rate);
                 errors[index] += failed;
