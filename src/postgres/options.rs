@@ -54,14 +54,15 @@ pub struct PostgresOptions {
     pub coalesce_writes: bool,
     /// The URL leads to a transaction-mode connection pooler (PgBouncer `pool_mode =
     /// transaction`, Supavisor's transaction port, RDS Proxy, Neon's pooler), where each
-    /// transaction may run on another server connection. Then every operation runs in one
-    /// explicit transaction that starts with the session settings as `SET LOCAL` (nothing
-    /// outlives it on the server connection), no prepared statement is cached past it, the
+    /// transaction may run on another server connection. Then every statement is sent unnamed
+    /// in one round trip (Parse/Bind/Describe/Execute/Sync) and is its own transaction, on
+    /// connections of a pool of the store's own; nothing outlives it on the server connection
+    /// (no prepared statement, no session setting); `synchronous_commit` travels in the write
+    /// statements and `statement_timeout` is enforced by the store with a cancel request; the
     /// change feed's listener needs its own direct URL
     /// ([`ChangeFeedOptions::listen_url`](crate::ChangeFeedOptions::listen_url)), and
     /// [`migrate`](crate::PostgresAwarenessStore::migrate) refuses (run migrations on a
-    /// direct URL). Costs two round trips per operation (`BEGIN`, `COMMIT`) and a prepare per
-    /// statement. Default `false`.
+    /// direct URL). Default `false`.
     pub transaction_pooler: bool,
 }
 

@@ -101,7 +101,7 @@ const parseArgs = (argv) => {
     databaseUrl: process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable',
     redisUrl: process.env.REDIS_URL || 'redis://127.0.0.1:6379'
   }
-  for (const side of options.sides) if (!ALL_SIDES.includes(side)) throw new Error(`unknown side ${side} (known: ${ALL_SIDES.join(', ')})`)
+  for (const side of options.sides) if (![...ALL_SIDES, 'relay2pooler'].includes(side)) throw new Error(`unknown side ${side} (known: ${ALL_SIDES.join(', ')}, relay2pooler)`)
   if (!(options.rounds >= 1)) throw new Error('--rounds must be at least 1')
   if (!(options.duration > options.warmup && options.warmup >= 0)) throw new Error('--duration must exceed --warmup')
   return options
@@ -316,6 +316,10 @@ const SIDES = {
   relay2: { kind: 'relay', instances: 2, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x2 (PostgreSQL)' },
   relay4: { kind: 'relay', instances: 4, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x4 (PostgreSQL)' },
   relay1: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1 (PostgreSQL)' },
+  // Through a transaction-mode PgBouncer on 127.0.0.1:BENCH_POOLER_PORT in front of the same
+  // server (`--transaction-pooler`, the listener on the direct URL); its CPU counts with the
+  // database's. Not in the default sides (it needs the PgBouncer: benches/pooler.sh's settings).
+  relay2pooler: { kind: 'relay', instances: 2, pooler: true, client: 'y-websocket', store: 'PostgreSQL via PgBouncer', label: 'synckit-relay x2 (PostgreSQL through PgBouncer)' },
   hocuspocus2: { kind: 'hocuspocus', instances: 2, client: 'hocuspocus', store: 'Redis', label: 'Hocuspocus x2 (Redis)' },
   hocuspocus4: { kind: 'hocuspocus', instances: 4, client: 'hocuspocus', store: 'Redis', label: 'Hocuspocus x4 (Redis)' },
   hocuspocus1: { kind: 'hocuspocus', instances: 1, client: 'hocuspocus', store: 'memory', label: 'Hocuspocus x1 (memory)' },
@@ -341,13 +345,25 @@ const startSide = async (name, instances = SIDES[name].instances, extraRelayArgs
       side.databaseUrl = url
       side.cleanup.push(() => dropDatabase(db))
       side.dbComm = ['postgres']
+      let relayUrl = url
+      const poolerArgs = []
+      if (spec.pooler) {
+        const port = process.env.BENCH_POOLER_PORT
+        if (!port) throw new Error(`${name} needs BENCH_POOLER_PORT: a PgBouncer (pool_mode = transaction) on 127.0.0.1 in front of DATABASE_URL's server`)
+        const pooled = new URL(url)
+        pooled.hostname = '127.0.0.1'
+        pooled.port = port
+        relayUrl = pooled.toString()
+        poolerArgs.push('--transaction-pooler', '--listen-url', url)
+        side.dbComm = ['postgres', 'pgbouncer']
+      }
       // One after the other: each runs the migrations on start.
       for (let i = 0; i < instances; i++) {
         servers.push(await startProcess({
           label: `${name}/${'ABCD'[i]}`,
           command: options.relayBin,
-          args: ['--port', '0', '--instance', `bench-${'abcd'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...options.relayArgs, ...extraRelayArgs],
-          env: { DATABASE_URL: url, RUST_LOG: process.env.RELAY_LOG || 'warn' }
+          args: ['--port', '0', '--instance', `bench-${'abcd'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...poolerArgs, ...options.relayArgs, ...extraRelayArgs],
+          env: { DATABASE_URL: relayUrl, RUST_LOG: process.env.RELAY_LOG || 'warn' }
         }))
       }
     } else if (spec.kind === 'hocuspocus') {
@@ -565,7 +581,7 @@ const runLatency = async (name, workload, roundIndex) => {
 // ---------------------------------------------------------------------------------------------
 // Documents: cross-instance Y.Text edits (a writer on instance A, a reader on B, per room)
 
-const DOC_SIDES = ['relay2', 'hocuspocus2']
+const DOC_SIDES = ['relay2', 'relay2pooler', 'hocuspocus2']
 
 /** Rows and bytes in the relay's document tables (its side's database). */
 const documentTables = (side) => {
