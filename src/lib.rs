@@ -38,7 +38,8 @@ pub use postgres::secret::DatabaseUrl;
 pub use postgres::{
     build_pool, connection_manager, AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeKind,
     ChangeStream, ChangedState, ChannelEvent, ChannelStream, FeedEvent, InstanceOptions, PgPool,
-    PostgresAwarenessStore, PostgresOptions, DEFAULT_CHANNEL, DEFAULT_LEASE,
+    PostgresAwarenessStore, PostgresOptions, UnnamedConnection, UnnamedManager, UnnamedPool,
+    DEFAULT_CHANNEL, DEFAULT_LEASE,
 };
 pub use postgres::{DocumentActivity, InspectedEntry, StoreStats};
 pub use pruner::Pruner;

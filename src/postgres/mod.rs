@@ -26,3 +26,4 @@ pub use instance::{InstanceOptions, DEFAULT_LEASE};
 pub use options::PostgresOptions;
 pub use pool::PgPool;
 pub use store::PostgresAwarenessStore;
+pub use unnamed::{UnnamedConnection, UnnamedManager, UnnamedPool};

@@ -14,6 +14,7 @@ use super::instance::{InstanceOptions, Lease};
 use super::options::PostgresOptions;
 use super::pool::{interval, with_conn, ConnectErrors, Connections, PgPool};
 use super::storage::PgStorage;
+use super::unnamed::UnnamedPool;
 use super::write::coalesce::Coalescer;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
@@ -136,9 +137,20 @@ impl PostgresAwarenessStore {
         Ok(store)
     }
 
-    /// The pool this store uses.
+    /// The pool this store uses directly (behind a transaction-mode pooler: a diesel-async
+    /// pool on the same URL, opened lazily, whose statements are prepared under names — run
+    /// them inside a transaction there; see [`statement_pool`](Self::statement_pool)).
     pub fn pool(&self) -> &PgPool {
         self.layers.inner.connections.pool()
+    }
+
+    /// Behind a transaction-mode pooler
+    /// ([`PostgresOptions::transaction_pooler`]): the pool of connections the store runs its
+    /// statements on, each statement unnamed, in one round trip, its own transaction. An
+    /// application's own one-statement queries (diesel's DSL or `sql_query` with
+    /// `diesel_async::RunQueryDsl`) run there at the pooler's speed. `None` directly.
+    pub fn statement_pool(&self) -> Option<&UnnamedPool> {
+        self.layers.inner.connections.unnamed()
     }
 
     /// Applies this crate's pending migrations, then `extra` (the host application's), under

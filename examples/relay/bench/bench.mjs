@@ -568,6 +568,10 @@ const runLatency = async (name, workload, roundIndex) => {
       clientCpuPct: round((100 * cpu.clientMs) / cpu.wallMs, 0),
       // The histogram's samples include the timer's own interval: report the lag past it.
       clientLoopDelayP99Ms: round(Math.max(0, loop.percentile(99) / 1e6 - LOOP_RESOLUTION_MS), 1),
+      // What the servers logged at WARN or ERROR during the run (a connection closed by a
+      // store error is logged there): a count, and the first such line.
+      serverWarnings: warnings(side).length,
+      firstServerWarning: warnings(side)[0] ?? null,
       seconds: round((Date.now() - started) / 1000, 1)
     }
   } finally {
@@ -577,6 +581,14 @@ const runLatency = async (name, workload, roundIndex) => {
     await side.stop()
   }
 }
+
+/**
+ * The servers' log lines at WARN or ERROR so far (the relay logs at `RELAY_LOG`, default warn),
+ * without colours and without the start-up notice that the relay runs open (no auth secret).
+ */
+const warnings = (side) => side.servers.flatMap((s) => (s.logs ?? []).join('').split('\n'))
+  .map((line) => line.replace(/\x1b\[[0-9;]*m/g, ''))
+  .filter((line) => /\b(WARN|ERROR)\b/.test(line) && !line.includes('SYNCKIT_RELAY_AUTH_SECRET'))
 
 // ---------------------------------------------------------------------------------------------
 // Documents: cross-instance Y.Text edits (a writer on instance A, a reader on B, per room)
@@ -925,7 +937,7 @@ const main = async () => {
           try {
             const result = await runLatency(side, workload, r)
             report.runs.push(result)
-            console.log(`p50 ${fmt(result.p50)} ms, p99 ${fmt(result.p99)} ms, ${result.deliveries} deliveries, ${result.missing} missing, CPU ${fmt(result.cpuPerK)} ms/1k (server ${fmt(result.cpuServerPerK)}, db ${fmt(result.cpuDbPerK)}), client CPU ${result.clientCpuPct}%`)
+            console.log(`p50 ${fmt(result.p50)} ms, p99 ${fmt(result.p99)} ms, ${result.deliveries} deliveries, ${result.missing} missing, CPU ${fmt(result.cpuPerK)} ms/1k (server ${fmt(result.cpuServerPerK)}, db ${fmt(result.cpuDbPerK)}), client CPU ${result.clientCpuPct}%, server warnings ${result.serverWarnings}${result.firstServerWarning ? ` (first: ${result.firstServerWarning})` : ''}`)
           } catch (error) {
             console.log(`FAILED: ${error.message}`)
             report.runs.push({ side, workload: workload.name, round: r + 1, error: error.message })

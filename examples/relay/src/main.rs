@@ -309,7 +309,8 @@ async fn run(args: Args) -> Result<(), Failure> {
             store.ensure_schema().await?;
             let documents = Arc::new(Documents::on_postgres(
                 DocumentStore::new(store.pool().clone())
-                    .with_transaction_pooler(args.transaction_pooler),
+                    .with_transaction_pooler(args.transaction_pooler)
+                    .with_statement_pool(store.statement_pool().cloned()),
                 document_options,
             ));
             // One listening session per instance for presence and documents alike, named

@@ -33,8 +33,13 @@ use super::row::{Bytes, UnnamedRow};
 /// before the connection is given up.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
-/// A client that sends every statement unnamed, in one round trip (see the module docs).
-pub(crate) struct UnnamedConnection {
+/// Behind a transaction-mode pooler: a PostgreSQL connection that sends every statement
+/// unnamed, in one round trip (Parse/Bind/Describe/Execute/Sync), each statement its own
+/// transaction. It runs diesel queries through diesel-async's `RunQueryDsl` (`execute`,
+/// `load`, `get_result`…); it opens no transaction (no `AsyncConnection::transaction`): use it
+/// for one-statement operations. Get one from
+/// [`PostgresAwarenessStore::statement_pool`](crate::PostgresAwarenessStore::statement_pool).
+pub struct UnnamedConnection {
     client: tokio_postgres::Client,
     driver: Driver,
     canceller: Canceller,

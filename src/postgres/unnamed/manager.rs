@@ -13,11 +13,12 @@ use super::connection::UnnamedConnection;
 use super::driver::Driver;
 use crate::postgres::sql::session::REFUSE_READ_ONLY;
 
-/// A pool of [`UnnamedConnection`]s.
-pub(crate) type UnnamedPool = bb8::Pool<UnnamedManager>;
+/// A bb8 pool of [`UnnamedConnection`]s
+/// ([`PostgresAwarenessStore::statement_pool`](crate::PostgresAwarenessStore::statement_pool)).
+pub type UnnamedPool = bb8::Pool<UnnamedManager>;
 
-/// Opens [`UnnamedConnection`]s to one URL.
-pub(crate) struct UnnamedManager {
+/// Opens [`UnnamedConnection`]s to one URL (TLS from the URL, a read-only server refused).
+pub struct UnnamedManager {
     url: String,
     statement_timeout: Option<Duration>,
 }

@@ -11,5 +11,5 @@ mod error;
 mod manager;
 mod row;
 
-pub(crate) use connection::UnnamedConnection;
-pub(crate) use manager::{UnnamedManager, UnnamedPool};
+pub use connection::UnnamedConnection;
+pub use manager::{UnnamedManager, UnnamedPool};

@@ -11,8 +11,9 @@ use diesel::row::{Field, PartialRow, RowIndex, RowSealed};
 use tokio_postgres::types::private::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 
-/// One row of a statement's result.
-pub(crate) struct UnnamedRow(pub(super) tokio_postgres::Row);
+/// One row of a statement's result on an [`UnnamedConnection`](super::UnnamedConnection), as
+/// diesel reads it.
+pub struct UnnamedRow(pub(super) tokio_postgres::Row);
 
 impl RowSealed for UnnamedRow {}
 
@@ -60,7 +61,7 @@ impl<'a> RowIndex<&'a str> for UnnamedRow {
 }
 
 /// One column of an [`UnnamedRow`].
-pub(crate) struct UnnamedField<'a> {
+pub struct UnnamedField<'a> {
     row: &'a tokio_postgres::Row,
     idx: usize,
     oid: NonZeroU32,

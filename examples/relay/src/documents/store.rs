@@ -1,10 +1,13 @@
 //! The documents' rows in PostgreSQL: every statement the relay sends about documents, in one
 //! place (`relay_documents`, `relay_document_updates`; migrations-documents/).
 
+use diesel::pg::Pg;
 use diesel::sql_types::{BigInt, Bool, Bytea, Text};
 use diesel::QueryableByName;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
-use synckit_awareness::PgPool;
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnectionCore, AsyncPgConnection, RunQueryDsl, TransactionManager,
+};
+use synckit_awareness::{PgPool, UnnamedPool};
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Transact, Update};
 
@@ -131,6 +134,10 @@ pub struct Compacted {
 #[derive(Clone)]
 pub struct DocumentStore {
     pool: PgPool,
+    /// Behind a transaction-mode pooler: the presence store's unnamed connections
+    /// (`PostgresAwarenessStore::statement_pool`), where every one-statement operation runs in
+    /// one round trip with no explicit transaction.
+    statements: Option<UnnamedPool>,
     /// Behind a transaction-mode pooler: every operation is one explicit transaction, so the
     /// statements diesel-async prepares (and closes) stay on one server connection.
     pooled: bool,
@@ -151,6 +158,7 @@ impl DocumentStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
+            statements: None,
             pooled: false,
         }
     }
@@ -159,6 +167,16 @@ impl DocumentStore {
     /// operation then runs in one explicit transaction, as the library's store does.
     pub fn with_transaction_pooler(mut self, pooled: bool) -> Self {
         self.pooled = pooled;
+        self
+    }
+
+    /// Behind a transaction-mode pooler, `statements` (the presence store's
+    /// `statement_pool()`) runs the one-statement operations — [`append`](Self::append),
+    /// [`read_after`](Self::read_after), [`stats`](Self::stats),
+    /// [`documents_with_rows`](Self::documents_with_rows) — one round trip each; compaction's
+    /// write (two statements in one transaction) stays on `pool`.
+    pub fn with_statement_pool(mut self, statements: Option<UnnamedPool>) -> Self {
+        self.statements = statements;
         self
     }
 
@@ -201,20 +219,20 @@ impl DocumentStore {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        self.begin(&mut conn).await?;
-        let result = diesel::sql_query(APPEND)
-            .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
-            .bind::<Text, _>(document)
-            .bind::<diesel::sql_types::Array<Bytea>, _>(updates)
-            .bind::<Text, _>(CHANNEL)
-            // `load`, not `get_result`: diesel-async's `get_result` returns at the first row,
-            // before the server's ReadyForQuery — before the implicit commit when no pooler
-            // transaction is open — so the updates would be relayed before they are durable
-            // (the library's faults test caught the same trap for `set`; docs/NOTES.md).
-            .load::<Ids>(&mut conn)
-            .await;
-        let rows = self.finish(&mut conn, result).await?;
+        let rows = match &self.statements {
+            Some(statements) => {
+                let mut conn = statements.get().await.map_err(database)?;
+                append(&mut *conn, document, updates)
+                    .await
+                    .map_err(database)?
+            }
+            None => {
+                let mut conn = self.conn().await?;
+                self.begin(&mut conn).await?;
+                let result = append(&mut *conn, document, updates).await;
+                self.finish(&mut conn, result).await?
+            }
+        };
         let ids = rows
             .into_iter()
             .next()
@@ -237,9 +255,15 @@ impl DocumentStore {
         document: &str,
         after: i64,
     ) -> Result<Vec<StoredUpdate>, DocumentError> {
+        if let Some(statements) = &self.statements {
+            let mut conn = statements.get().await.map_err(database)?;
+            return read_after(&mut *conn, document, after)
+                .await
+                .map_err(database);
+        }
         let mut conn = self.conn().await?;
         self.begin(&mut conn).await?;
-        let result = read_after(&mut conn, document, after).await;
+        let result = read_after(&mut *conn, document, after).await;
         self.finish(&mut conn, result).await
     }
 
@@ -252,7 +276,7 @@ impl DocumentStore {
     pub async fn compact(&self, document: &str) -> Result<Option<Compacted>, DocumentError> {
         let mut conn = self.conn().await?;
         self.begin(&mut conn).await?;
-        let result = read_after(&mut conn, document, 0).await;
+        let result = read_after(&mut *conn, document, 0).await;
         let stored = self.finish(&mut conn, result).await?;
         let previous = stored.iter().find(|u| u.snapshot).map_or(0, |u| u.id);
         let rows: Vec<&StoredUpdate> = stored.iter().filter(|u| !u.snapshot).collect();
@@ -274,6 +298,14 @@ impl DocumentStore {
 
     /// Every document with rows not yet compacted.
     pub async fn documents_with_rows(&self) -> Result<Vec<String>, DocumentError> {
+        if let Some(statements) = &self.statements {
+            let mut conn = statements.get().await.map_err(database)?;
+            let rows = diesel::sql_query(DOCUMENTS_WITH_ROWS)
+                .load::<DocumentId>(&mut *conn)
+                .await
+                .map_err(database)?;
+            return Ok(rows.into_iter().map(|r| r.document_id).collect());
+        }
         let mut conn = self.conn().await?;
         self.begin(&mut conn).await?;
         let result = diesel::sql_query(DOCUMENTS_WITH_ROWS)
@@ -285,6 +317,14 @@ impl DocumentStore {
 
     /// Rows and bytes `document` holds.
     pub async fn stats(&self, document: &str) -> Result<DocumentStats, DocumentError> {
+        if let Some(statements) = &self.statements {
+            let mut conn = statements.get().await.map_err(database)?;
+            return diesel::sql_query(STATS)
+                .bind::<Text, _>(document)
+                .get_result(&mut *conn)
+                .await
+                .map_err(database);
+        }
         let mut conn = self.conn().await?;
         self.begin(&mut conn).await?;
         let result = diesel::sql_query(STATS)
@@ -350,8 +390,28 @@ async fn write_snapshot(
     Ok(written == 1)
 }
 
-async fn read_after(
-    conn: &mut AsyncPgConnection,
+/// `updates` appended to `document` and announced (see [`DocumentStore::append`]): the rows'
+/// ids, in one row.
+async fn append<C: AsyncConnectionCore<Backend = Pg> + Send>(
+    conn: &mut C,
+    document: &str,
+    updates: &[&[u8]],
+) -> Result<Vec<Ids>, diesel::result::Error> {
+    diesel::sql_query(APPEND)
+        .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
+        .bind::<Text, _>(document)
+        .bind::<diesel::sql_types::Array<Bytea>, _>(updates)
+        .bind::<Text, _>(CHANNEL)
+        // `load`, not `get_result`: diesel-async's `get_result` returns at the first row,
+        // before the server's ReadyForQuery — before the implicit commit when no pooler
+        // transaction is open — so the updates would be relayed before they are durable
+        // (the library's faults test caught the same trap for `set`; docs/NOTES.md).
+        .load::<Ids>(conn)
+        .await
+}
+
+async fn read_after<C: AsyncConnectionCore<Backend = Pg> + Send>(
+    conn: &mut C,
     document: &str,
     after: i64,
 ) -> Result<Vec<StoredUpdate>, diesel::result::Error> {
