@@ -161,7 +161,7 @@ impl Connections {
         let started = Instant::now();
         let conn = unnamed.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error(e).typed(),
-            RunError::TimedOut => self.timed_out(unnamed.state().connections, started),
+            RunError::TimedOut => self.timed_out(unnamed.state().connections, started).typed(),
         });
         self.record(started, || unnamed.state());
         conn
@@ -172,7 +172,9 @@ impl Connections {
         let started = Instant::now();
         let conn = self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => pool_error(e).typed(),
-            RunError::TimedOut => self.timed_out(self.pool.state().connections, started),
+            RunError::TimedOut => self
+                .timed_out(self.pool.state().connections, started)
+                .typed(),
         });
         self.record(started, || self.pool.state());
         conn
