@@ -21,6 +21,10 @@ use synckit_awareness::{
 use common::TestDb;
 
 const TASKS: usize = 64;
+
+/// The server's WAL counters are shared by every database on it: the load test and the
+/// counting test take turns (tests in one binary run in parallel).
+static WAL_QUIET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CLIENTS_PER_TASK: i64 = 4;
 
 /// How long the load runs: `POOLER_LOAD_SECS`, else 10 s (the 60 s run is
@@ -52,6 +56,7 @@ fn update(task: usize, client: i64, clock: i64) -> AwarenessUpdate {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sixty_four_tasks_through_the_pooler_and_no_call_fails() {
+    let _quiet = WAL_QUIET.lock().await;
     let db = TestDb::migrated().await;
     let pooled = common::pooled_url(&db).await;
     let store = Arc::new(
@@ -128,16 +133,17 @@ async fn sixty_four_tasks_through_the_pooler_and_no_call_fails() {
 }
 
 #[derive(QueryableByName)]
-struct Syncs {
+struct Writes {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    wal_sync: i64,
+    wal_write: i64,
 }
 
-/// The server's count of WAL flushes to disk, once the backends behind `store` reported
-/// theirs: a backend reports at the end of a statement at most once a second, and the
+/// The server's count of WAL writes (a synchronous commit writes its WAL before it returns;
+/// `wal_sync` would read 0 on a server with `fsync=off`, as the harness' container runs), once
+/// the backends behind `store` reported theirs: a backend reports at the end of a statement at most once a second, and the
 /// pooler's server connections stay open, so the store's next statements a second apart make
 /// them report.
-async fn wal_syncs(url: &str, store: &PostgresAwarenessStore) -> i64 {
+async fn wal_writes(url: &str, store: &PostgresAwarenessStore) -> i64 {
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         store.get("nudge", "nudge").await.expect("get");
@@ -145,16 +151,17 @@ async fn wal_syncs(url: &str, store: &PostgresAwarenessStore) -> i64 {
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .expect("direct connection");
-    let rows: Vec<Syncs> = diesel::sql_query("SELECT wal_sync FROM pg_stat_wal")
+    let rows: Vec<Writes> = diesel::sql_query("SELECT wal_write FROM pg_stat_wal")
         .load(&mut conn)
         .await
         .expect("pg_stat_wal");
-    rows[0].wal_sync
+    rows[0].wal_write
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_through_the_pooler_set_their_own_synchronous_commit() {
     const SETS: i64 = 200;
+    let _quiet = WAL_QUIET.lock().await;
     let db = TestDb::migrated().await;
     let pooled = common::pooled_url(&db).await;
     // The server commits synchronously by default; each store says what its writes want.
@@ -168,7 +175,7 @@ async fn writes_through_the_pooler_set_their_own_synchronous_commit() {
         )
         .await
         .expect("store");
-        let before = wal_syncs(&db.url, &store).await;
+        let before = wal_writes(&db.url, &store).await;
         for clock in 1..=SETS {
             // New clients (the full statement) and heartbeats (the fast path) alike.
             let client = if clock % 2 == 0 { clock - 1 } else { clock };
@@ -181,16 +188,17 @@ async fn writes_through_the_pooler_set_their_own_synchronous_commit() {
             );
             store.set(&up).await.expect("set");
         }
-        flushes.push(wal_syncs(&db.url, &store).await - before);
+        flushes.push(wal_writes(&db.url, &store).await - before);
     }
     let (on, off) = (flushes[0], flushes[1]);
+    eprintln!("WAL writes for {SETS} sets: synchronous {on}, asynchronous {off}");
     assert!(
-        on >= SETS / 2,
-        "synchronous writes flushed the WAL {on} times"
+        on >= SETS / 4,
+        "synchronous writes wrote the WAL {on} times"
     );
     assert!(
         off * 4 < on,
-        "asynchronous writes flushed {off} times, synchronous {on}"
+        "asynchronous writes wrote the WAL {off} times, synchronous {on}"
     );
 }
 
