@@ -12,6 +12,7 @@
 //!   takes them out of the counts (each entry once), and pruning walks the prefix only.
 
 mod entries;
+mod rooms;
 mod slab;
 
 use slab::{index, Entries, Slot, NIL};
@@ -25,6 +26,7 @@ use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, LiveState, SetO
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::store::StoreOptions;
+use crate::who::RoomCount;
 
 /// An [`AwarenessStore`](crate::AwarenessStore) in process memory. Cheap to clone: clones share
 /// the same entries.
@@ -133,6 +135,16 @@ impl Storage for MemoryAwarenessStore {
                 .filter_map(|s| Some(LiveState::new(s.client(), s.clock, s.state_text()?)))
                 .collect()
         }))
+    }
+
+    async fn count(&self, document_id: &str) -> Result<u64> {
+        let cutoff = self.expiry_cutoff();
+        Ok(self.read(|e| e.live_count(document_id, cutoff)))
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: u32) -> Result<Vec<RoomCount>> {
+        let cutoff = self.expiry_cutoff();
+        Ok(self.read(|e| e.rooms(after, limit, cutoff)))
     }
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, LiveState, SetOutcome};
 use crate::error::Result;
 use crate::store::StoreOptions;
+use crate::who::RoomCount;
 
 /// A store's storage work. Every method has the meaning of the
 /// [`AwarenessStore`](crate::AwarenessStore) method of the same name; inputs are valid.
@@ -19,6 +20,8 @@ pub(crate) trait Storage: Send + Sync {
     async fn get(&self, document_id: &str, client_id: &str) -> Result<Option<AwarenessEntry>>;
     async fn get_all(&self, document_id: &str) -> Result<Vec<AwarenessEntry>>;
     async fn get_all_states(&self, document_id: &str) -> Result<Vec<LiveState>>;
+    async fn count(&self, document_id: &str) -> Result<u64>;
+    async fn rooms(&self, after: Option<&str>, limit: u32) -> Result<Vec<RoomCount>>;
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome>;
     /// As one `set` after another, unless the storage can do better.
     async fn set_many(&self, updates: &[AwarenessUpdate]) -> Result<Vec<SetOutcome>> {
@@ -91,6 +94,32 @@ macro_rules! awareness_store {
                 $crate::trace::traced(span, async {
                     $crate::validate::check_id($crate::error::Field::DocumentId, document_id)?;
                     $crate::storage::Storage::get_all_states($storage, document_id).await
+                })
+                .await
+            }
+
+            async fn count(&self, document_id: &str) -> $crate::error::Result<u64> {
+                let $this = self;
+                let span = $crate::storage::span!("awareness.count", $name, document_id);
+                $crate::trace::traced(span, async {
+                    $crate::validate::check_id($crate::error::Field::DocumentId, document_id)?;
+                    $crate::storage::Storage::count($storage, document_id).await
+                })
+                .await
+            }
+
+            async fn rooms(
+                &self,
+                after: Option<&str>,
+                limit: u32,
+            ) -> $crate::error::Result<Vec<$crate::who::RoomCount>> {
+                let $this = self;
+                let span = $crate::storage::span!("awareness.rooms", $name, limit);
+                $crate::trace::traced(span, async {
+                    if let Some(after) = after {
+                        $crate::validate::check_id($crate::error::Field::DocumentId, after)?;
+                    }
+                    $crate::storage::Storage::rooms($storage, after, limit).await
                 })
                 .await
             }

@@ -133,6 +133,20 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
             .collect()
     }
 
+    /// How many live participants a document has (what [`get_all`](Self::get_all) would
+    /// return, counted): on PostgreSQL one primary-key range count, across every instance.
+    async fn count(&self, document_id: &str) -> Result<u64> {
+        Ok(u64::try_from(self.get_all(document_id).await?.len()).unwrap_or(u64::MAX))
+    }
+
+    /// The documents with at least one live participant and how many, in byte order of their
+    /// ids, starting after `after` (`None`: from the first), at most `limit` (a page of a
+    /// room list: pass the last id of one page as `after` for the next). On PostgreSQL each
+    /// room costs two primary-key probes (a skip scan from one document id to the next, and
+    /// its count), whatever the table holds; documents holding only tombstones and expired
+    /// entries are stepped over (until pruned).
+    async fn rooms(&self, after: Option<&str>, limit: u32) -> Result<Vec<crate::who::RoomCount>>;
+
     /// Applies `update` when no live entry exists, when its clock is higher, or when the clocks
     /// are equal and the update is a leave over a live state; otherwise returns
     /// [`SetOutcome::Stale`] and changes nothing. An update over a fresh entry owned by another

@@ -43,6 +43,12 @@ impl Outcome for Vec<AwarenessEntry> {
     }
 }
 
+impl Outcome for Vec<crate::who::RoomCount> {
+    fn outcome(&self) -> (&'static str, Option<usize>) {
+        ("ok", Some(self.len()))
+    }
+}
+
 impl Outcome for Vec<crate::entry::LiveState> {
     fn outcome(&self) -> (&'static str, Option<usize>) {
         ("ok", Some(self.len()))

@@ -620,6 +620,84 @@ async fn racing_sets_end_at_the_highest_clock(s: Stores) {
     assert_eq!(e.state, Some(json!({ "clock": TASKS * PER_TASK - 1 })));
 }
 
+/// Who is here (issue 26): a document's count and the room list agree with `get_all`, in
+/// byte order, paged, without tombstones or expired entries, and refuse bad ids.
+async fn counts_and_room_lists_agree_with_get_all(s: Stores) {
+    let st = &s.long;
+    for (doc, client) in [
+        ("b", "1"),
+        ("b", "2"),
+        ("a", "1"),
+        ("c", "1"),
+        ("e", "1"),
+        ("é", "1"),
+    ] {
+        set(st, up(doc, client, "k", 1, json!({ "doc": doc }))).await;
+    }
+    // A room with only a tombstone has nobody in it.
+    set(st, leave("c", "1", "k", 1)).await;
+    let count = |doc: &'static str| async move { st.count(doc).await.expect("count") };
+    assert_eq!(
+        (
+            count("a").await,
+            count("b").await,
+            count("c").await,
+            count("z").await
+        ),
+        (1, 2, 0, 0)
+    );
+    let rooms = |after: Option<&'static str>, limit: u32| async move {
+        st.rooms(after, limit)
+            .await
+            .expect("rooms")
+            .into_iter()
+            .map(|r| (r.document_id, r.participants))
+            .collect::<Vec<_>>()
+    };
+    let all = rooms(None, 100).await;
+    assert_eq!(
+        all,
+        [
+            ("a".into(), 1),
+            ("b".into(), 2),
+            ("e".into(), 1),
+            ("é".into(), 1)
+        ]
+    );
+    for (doc, participants) in &all {
+        let live = st.get_all(doc).await.expect("get_all").len();
+        assert_eq!(usize::try_from(*participants).unwrap(), live, "{doc}");
+    }
+    assert_eq!(rooms(None, 1).await, [("a".into(), 1)]);
+    assert_eq!(
+        rooms(Some("a"), 2).await,
+        [("b".into(), 2), ("e".into(), 1)]
+    );
+    assert_eq!(rooms(Some("e"), 10).await, [("é".into(), 1)]);
+    assert_eq!(rooms(Some("é"), 10).await, []);
+    assert_eq!(rooms(None, 0).await, []);
+    // Expired entries count nowhere.
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(s.short.count("b").await.expect("count"), 0);
+    assert!(s.short.rooms(None, 100).await.expect("rooms").is_empty());
+    // Bad ids are refused.
+    for result in [
+        st.count("").await.map(|_| ()),
+        st.rooms(Some(""), 10).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(
+                result,
+                Err(Error::InvalidInput {
+                    field: Field::DocumentId,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+}
+
 // Memory, PostgreSQL (write coalescing on and off), and through PgBouncer in transaction mode.
 common::both_stores!(
     and_pooler;
@@ -644,4 +722,5 @@ common::both_stores!(
     odd_but_valid_ids_round_trip,
     set_many_applies_in_order,
     racing_sets_end_at_the_highest_clock,
+    counts_and_room_lists_agree_with_get_all,
 );

@@ -14,6 +14,7 @@ mod storage;
 mod store;
 pub(crate) mod tls;
 pub(crate) mod unnamed;
+mod who_events;
 mod write;
 
 pub use connect::{build_pool, connection_manager};
@@ -27,3 +28,4 @@ pub use options::PostgresOptions;
 pub use pool::PgPool;
 pub use store::PostgresAwarenessStore;
 pub use unnamed::{UnnamedConnection, UnnamedManager, UnnamedPool};
+pub use who_events::PresenceStream;

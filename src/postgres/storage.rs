@@ -22,6 +22,7 @@ use crate::entry::{sort_by_key, AwarenessEntry, AwarenessUpdate, Departed, SetOu
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::store::StoreOptions;
+use crate::who::RoomCount;
 
 /// The storage work on the `awareness_entries` table: one statement per operation.
 #[derive(Clone)]
@@ -167,6 +168,28 @@ impl Storage for PgStorage {
                 .await?)
         )?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn count(&self, document: &str) -> Result<u64> {
+        let live: i64 = with_conn!(self.connections, |conn| Ok(sql::read::count(
+            document,
+            self.timeout
+        )
+        .get_result(conn)
+        .await?))?;
+        Ok(u64::try_from(live).unwrap_or(0))
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: u32) -> Result<Vec<RoomCount>> {
+        use diesel::sql_types::{BigInt, Interval, Text};
+        with_conn!(self.connections, |conn| Ok(diesel::sql_query(
+            sql::raw::ROOMS
+        )
+        .bind::<Interval, _>(self.timeout)
+        .bind::<Text, _>(after.unwrap_or(""))
+        .bind::<BigInt, _>(i64::from(limit))
+        .load(conn)
+        .await?))
     }
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {

@@ -15,6 +15,7 @@ use super::options::PostgresOptions;
 use super::pool::{interval, with_conn, ConnectErrors, Connections, PgPool};
 use super::storage::PgStorage;
 use super::unnamed::UnnamedPool;
+use super::who_events::PresenceStream;
 use super::write::coalesce::Coalescer;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
@@ -23,6 +24,7 @@ use crate::postgres::schema_check::validate_schema;
 use crate::schema_report::SchemaReport;
 use crate::storage::Storage;
 use crate::store::StoreOptions;
+use crate::who::PresenceFilter;
 
 /// An [`AwarenessStore`](crate::AwarenessStore) on PostgreSQL: entries survive restarts, can be
 /// inspected with SQL and are shared by every server using the same database.
@@ -329,6 +331,20 @@ impl PostgresAwarenessStore {
             .feed
             .subscribe(&self.layers.inner.connections, filter)
             .await
+    }
+
+    /// Presence events of one room or every room, from every instance on this database
+    /// ([`PresenceFilter`]): [`PresenceEvent::Joined`](crate::PresenceEvent::Joined) and
+    /// [`Left`](crate::PresenceEvent::Left) with the principal, each once per subscription
+    /// whatever removed the participant (a leave, a closed connection, expiry, a crashed
+    /// instance's lapsed lease), and with [`PresenceFilter::with_updates`] every state change.
+    /// Built on the change feed ([`subscribe`](Self::subscribe)): only the changes of stores
+    /// that publish (every [`Presence`](crate::presence::Presence) engine does) are seen, a
+    /// few milliseconds after they commit, and a subscriber that falls behind or whose
+    /// listener reconnects gets [`PresenceEvent::Resync`](crate::PresenceEvent::Resync)
+    /// followed by the joins and leaves that bring it up to date.
+    pub async fn presence_events(&self, filter: PresenceFilter) -> Result<PresenceStream> {
+        super::who_events::subscribe(self.clone(), filter).await
     }
 
     /// The entries of `document_id`, ordered by `client_id`, each with whether it is expired

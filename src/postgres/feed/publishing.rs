@@ -12,6 +12,7 @@ use crate::entry::{AwarenessEntry, AwarenessUpdate, Departed, SetOutcome};
 use crate::error::Result;
 use crate::storage::Storage;
 use crate::store::StoreOptions;
+use crate::who::RoomCount;
 
 /// `inner`, publishing what it applies to `feed`.
 #[derive(Clone)]
@@ -42,6 +43,14 @@ impl<S: Storage> Storage for Publishing<S> {
 
     async fn get_all_states(&self, document_id: &str) -> Result<Vec<crate::entry::LiveState>> {
         self.inner.get_all_states(document_id).await
+    }
+
+    async fn count(&self, document_id: &str) -> Result<u64> {
+        self.inner.count(document_id).await
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: u32) -> Result<Vec<RoomCount>> {
+        self.inner.rooms(after, limit).await
     }
 
     async fn set(&self, update: &AwarenessUpdate) -> Result<SetOutcome> {

@@ -35,6 +35,32 @@ pub(crate) const BUSIEST_DOCUMENTS: &str = concat!(
      ORDER BY live DESC, total DESC, document_id LIMIT $2"
 );
 
+/// `rooms`: the documents after `$2` with live entries and how many, by id, at most `$3`;
+/// `$1`: the timeout. A skip scan: from each document id the next one is one primary-key probe
+/// (`ORDER BY document_id LIMIT 1`), and each is counted by a primary-key range scan, so a
+/// page costs what its rooms hold, not what the table holds. The walk stops once `$3` rooms
+/// with participants were found (`found`); rooms without any are stepped over.
+pub(crate) const ROOMS: &str = concat!(
+    "WITH RECURSIVE walk(document_id, participants, found) AS (\
+     SELECT n.document_id, c.participants, (c.participants > 0)::int \
+     FROM (SELECT document_id FROM awareness_entries WHERE document_id > $2 \
+           ORDER BY document_id LIMIT 1) n \
+     CROSS JOIN LATERAL (SELECT count(*) AS participants FROM awareness_entries e \
+           WHERE e.document_id = n.document_id AND ",
+    live_sql!("e.", "$1"),
+    ") c \
+     UNION ALL \
+     SELECT n.document_id, c.participants, w.found + (c.participants > 0)::int FROM walk w \
+     CROSS JOIN LATERAL (SELECT document_id FROM awareness_entries \
+           WHERE document_id > w.document_id ORDER BY document_id LIMIT 1) n \
+     CROSS JOIN LATERAL (SELECT count(*) AS participants FROM awareness_entries e \
+           WHERE e.document_id = n.document_id AND ",
+    live_sql!("e.", "$1"),
+    ") c \
+     WHERE w.found < $3) \
+     SELECT document_id, participants FROM walk WHERE participants > 0 AND $3 > 0"
+);
+
 /// The table's columns as the validator compares them: name, type name and OID, nullability,
 /// collation, in column order. `$1`: the table.
 pub(crate) const TABLE_COLUMNS: &str = "SELECT c.column_name::text AS column_name, \

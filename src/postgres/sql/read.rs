@@ -37,6 +37,16 @@ pub(crate) fn get_all<'a>(document: &'a str, timeout: PgInterval) -> _ {
         .select(entry)
 }
 
+/// `count`: how many live entries a document has; a primary-key range scan.
+#[dsl::auto_type(no_type_alias)]
+pub(crate) fn count<'a>(document: &'a str, timeout: PgInterval) -> _ {
+    let live: Live = live(timeout);
+    awareness_entries
+        .filter(document_id.eq(document))
+        .filter(live)
+        .count()
+}
+
 /// `get_all_states`: `get_all`'s rows as (client, clock, state) with the state's `jsonb` read
 /// as text (see [`LiveState`](crate::LiveState)); the same range scan.
 #[dsl::auto_type(no_type_alias)]
@@ -47,6 +57,18 @@ pub(crate) fn get_all_states<'a>(document: &'a str, timeout: PgInterval) -> _ {
         .filter(live)
         .order(client_id.asc())
         .select((client_id, clock_value, state.assume_not_null()))
+}
+
+/// Every live entry, by (document, client): what a presence subscription of every room starts
+/// from. A sequential scan, as [`get_expired`] is.
+#[dsl::auto_type(no_type_alias)]
+pub(crate) fn live_everywhere(timeout: PgInterval) -> _ {
+    let live: Live = live(timeout);
+    let entry: AsSelect<AwarenessEntry, Pg> = AwarenessEntry::as_select();
+    awareness_entries
+        .filter(live)
+        .order((document_id.asc(), client_id.asc()))
+        .select(entry)
 }
 
 /// `get_expired`: every expired entry by (document, client). A deliberate sequential scan: an
@@ -114,6 +136,16 @@ mod tests {
                  AND ((\"awareness_entries\".\"state\" IS NOT NULL) AND (\"awareness_entries\".\"last_seen\" > \
                  (now() - $2)))) ORDER BY \"awareness_entries\".\"client_id\" ASC"
             )
+        );
+    }
+
+    #[test]
+    fn count_counts_a_documents_live_entries() {
+        assert_eq!(
+            text(&count("d", thirty_seconds())),
+            "SELECT COUNT(*) FROM \"awareness_entries\" WHERE ((\"awareness_entries\".\"document_id\" = $1) \
+             AND ((\"awareness_entries\".\"state\" IS NOT NULL) AND (\"awareness_entries\".\"last_seen\" > \
+             (now() - $2))))"
         );
     }
 
