@@ -7,12 +7,14 @@
 //! live in memory while their room is open.
 //!
 //! `ws://HOST:PORT/<room>[?token=…]` (the room is the document_id), `GET /` and `GET /<room>`
-//! the page, `GET /healthz` health as JSON, `GET /metrics` Prometheus metrics. See README
-//! "Run a presence server".
+//! the page, `GET /healthz` health as JSON, `GET /metrics` Prometheus metrics, `GET /rooms`
+//! and `GET /rooms/<room>/presence[/events]` who is here (`who.rs`). See README "Run a
+//! presence server".
 #![forbid(unsafe_code)]
 
 mod auth;
 mod connection;
+mod who;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -375,6 +377,9 @@ async fn run(args: Args) -> Result<(), Failure> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/page.js", get(script))
+        .route("/rooms", get(who::rooms))
+        .route("/rooms/{room}/presence", get(who::presence))
+        .route("/rooms/{room}/presence/events", get(who::events))
         .route("/{room}", get(room))
         .with_state(app);
 

@@ -4,7 +4,8 @@
 //! This test provides what they need: migrated databases from the shared harness (one for
 //! the instance pair with the default 30 s timeout, one for the pair whose instance is killed,
 //! with a 3 s timeout, one for the deployable pair, one for the documents' tests in
-//! `web/test/documents.test.mjs`), the binary's path, and where to put the reports and the
+//! `web/test/documents.test.mjs`, one for who is here in `web/test/who.test.mjs`), the
+//! binary's path, and where to put the reports and the
 //! screenshot. The documents' tests also need `psql` (they kill a listener's backend).
 //! The Node side starts the relays itself because it kills one with SIGKILL and restarts it on
 //! the same port while its clients are connected. Needs Node.js, `npm ci` in `web/` and the
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use node::target_dir;
 
-const DEADLINE: Duration = Duration::from_secs(300);
+const DEADLINE: Duration = Duration::from_secs(420);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_real_clients_real_browser() {
@@ -41,17 +42,30 @@ async fn two_instances_real_clients_real_browser() {
     let short = common::TestDb::migrated().await;
     let deploy = common::TestDb::migrated().await;
     let docs = common::TestDb::migrated().await;
+    let who = common::TestDb::migrated().await;
     let report = target_dir().join("relay-e2e/report.json");
     let screenshot = target_dir().join("relay-e2e/relay-screenshot.png");
     let _ = std::fs::remove_file(&report);
 
     node::run(
-        &["test/relay.test.mjs", "test/documents.test.mjs"],
+        &[
+            "test/relay.test.mjs",
+            "test/documents.test.mjs",
+            "test/who.test.mjs",
+        ],
         &[
             ("RELAY_DB_URL", db.url.clone()),
             ("RELAY_DB_URL_SHORT", short.url.clone()),
             ("RELAY_DB_URL_DEPLOY", deploy.url.clone()),
             ("RELAY_DB_URL_DOCS", docs.url.clone()),
+            ("RELAY_DB_URL_WHO", who.url.clone()),
+            (
+                "RELAY_WHO_SCREENSHOT",
+                target_dir()
+                    .join("relay-e2e/relay-who-screenshot.png")
+                    .display()
+                    .to_string(),
+            ),
             (
                 "RELAY_DOCS_REPORT",
                 target_dir()

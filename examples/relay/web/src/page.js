@@ -15,7 +15,9 @@ const user = { name: params.get('name') || `${pick(names)} ${Math.floor(Math.ran
 const health = await fetch('/healthz').then((r) => r.json()).catch(() => ({ instance: '?' }))
 const doc = new Y.Doc()
 const scheme = location.protocol === 'https:' ? 'wss' : 'ws'
-const provider = new WebsocketProvider(`${scheme}://${location.host}`, room, doc, { disableBc: true })
+// Under signed tokens (SYNCKIT_RELAY_AUTH_SECRET), open the page as /<room>?token=…
+const token = params.get('token')
+const provider = new WebsocketProvider(`${scheme}://${location.host}`, room, doc, { disableBc: true, params: token ? { token } : {} })
 const awareness = provider.awareness
 awareness.setLocalState({ user, instance: health.instance, pointer: null })
 
@@ -70,6 +72,27 @@ const render = () => {
 }
 awareness.on('change', render)
 render()
+
+// The other rooms and how many are in each, on every instance (GET /rooms), every 2 s.
+const showRooms = async () => {
+  const query = token ? `?token=${encodeURIComponent(token)}` : ''
+  const answer = await fetch(`/rooms${query}`).then((r) => (r.ok ? r.json() : null)).catch(() => null)
+  if (!answer) return
+  const others = answer.rooms.filter((r) => r.document_id !== room)
+  $('rooms').replaceChildren(...others.map((r) => {
+    const li = document.createElement('li')
+    li.dataset.room = text(r.document_id)
+    li.dataset.count = r.participants
+    const link = document.createElement('a')
+    link.href = `/${encodeURIComponent(r.document_id)}${location.search}`
+    link.textContent = text(r.document_id)
+    li.append(link, ` (${r.participants})`)
+    return li
+  }))
+  $('rooms-none').hidden = others.length > 0
+}
+showRooms()
+setInterval(showRooms, 2000)
 
 // For the end-to-end test (and the curious, in the console).
 window.relayPage = { doc, provider, awareness, user, instance: health.instance }
