@@ -44,13 +44,13 @@ fn authorize(
     room: &str,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Result<(), (StatusCode, String)> {
     app.auth
         .authenticate(room, token(query, headers))
         .map(|_| ())
         .map_err(|reason| {
             tracing::info!(%room, %reason, "presence read refused: not authenticated");
-            (StatusCode::UNAUTHORIZED, reason).into_response()
+            (StatusCode::UNAUTHORIZED, reason)
         })
 }
 
@@ -72,7 +72,7 @@ pub(crate) async fn rooms(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = authorize(&app, "", &query, &headers) {
-        return refused;
+        return refused.into_response();
     }
     let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
         None => DEFAULT_PAGE,
@@ -104,7 +104,7 @@ pub(crate) async fn presence(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = authorize(&app, &room, &query, &headers) {
-        return refused;
+        return refused.into_response();
     }
     match app.presence.store().get_all(&room).await {
         Ok(entries) => {
@@ -132,7 +132,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = authorize(&app, &room, &query, &headers) {
-        return refused;
+        return refused.into_response();
     }
     let Some(store) = app.presence.postgres() else {
         let reason = "presence events need the PostgreSQL store (DATABASE_URL)";
