@@ -14,6 +14,7 @@ mod pg;
 mod pruning;
 mod redis;
 mod stats;
+mod who;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -473,6 +474,9 @@ async fn main() {
     }
     if cfg.runs_part("pruning") {
         pruning::pruning(&cfg, &mut report, &url).await;
+    }
+    if cfg.runs_part("who") {
+        who::who(&cfg, &mut report, &cfg.admin_url).await;
     }
 
     redis_conn.call(&[b"FLUSHDB"]).await.expect("redis FLUSHDB");
