@@ -5,42 +5,15 @@
 
 mod common;
 
+use common::seq_scans;
+
 use std::time::{Duration, Instant};
 
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
 use serde_json::json;
 use synckit_awareness::{
     AwarenessStore, AwarenessUpdate, InstanceOptions, PostgresAwarenessStore, PostgresOptions,
     StoreOptions,
 };
-
-#[derive(QueryableByName)]
-struct Scans {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    seq_scan: i64,
-}
-
-/// Sequential scans of `awareness_entries` so far, as the server counts them, after the
-/// store's one connection has flushed its own counters.
-async fn seq_scans(store: &PostgresAwarenessStore) -> i64 {
-    let mut conn = store.pool().get().await.expect("a connection");
-    diesel::sql_query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .expect("pg_stat_force_next_flush (PostgreSQL 15 or later)");
-    diesel::sql_query("SELECT 1")
-        .execute(&mut *conn)
-        .await
-        .expect("flush");
-    diesel::sql_query(
-        "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'awareness_entries'",
-    )
-    .get_result::<Scans>(&mut *conn)
-    .await
-    .expect("pg_stat_user_tables")
-    .seq_scan
-}
 
 async fn store(url: &str, timeout: Duration) -> PostgresAwarenessStore {
     PostgresAwarenessStore::connect(

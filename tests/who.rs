@@ -8,9 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{options, TestDb, LONG};
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
+use common::{options, seq_scans, TestDb, LONG};
 use futures_util::StreamExt;
 use serde_json::json;
 use synckit_awareness::{
@@ -20,33 +18,6 @@ use synckit_awareness::{
 
 /// Guards against a hang only; no assertion depends on how fast events arrive.
 const HANG_GUARD: Duration = Duration::from_secs(60);
-
-#[derive(QueryableByName)]
-struct Scans {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    seq_scan: i64,
-}
-
-/// Sequential scans of `awareness_entries` so far, after the store's connection flushed its
-/// counters (as in tests/pruning.rs).
-async fn seq_scans(store: &PostgresAwarenessStore) -> i64 {
-    let mut conn = store.pool().get().await.expect("a connection");
-    diesel::sql_query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .expect("pg_stat_force_next_flush (PostgreSQL 15 or later)");
-    diesel::sql_query("SELECT 1")
-        .execute(&mut *conn)
-        .await
-        .expect("flush");
-    diesel::sql_query(
-        "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'awareness_entries'",
-    )
-    .get_result::<Scans>(&mut *conn)
-    .await
-    .expect("pg_stat_user_tables")
-    .seq_scan
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counts_and_room_lists_read_no_table_page_sequentially_at_a_million_entries() {

@@ -473,3 +473,30 @@ macro_rules! both_stores {
     };
 }
 pub(crate) use both_stores;
+
+#[derive(diesel::QueryableByName)]
+pub struct Scans {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub seq_scan: i64,
+}
+
+/// Sequential scans of `awareness_entries` so far, as the server counts them, after the
+/// store's connection has flushed its own counters (tests/pruning.rs, tests/who.rs).
+pub async fn seq_scans(store: &PostgresAwarenessStore) -> i64 {
+    let mut conn = store.pool().get().await.expect("a connection");
+    diesel::sql_query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .expect("pg_stat_force_next_flush (PostgreSQL 15 or later)");
+    diesel::sql_query("SELECT 1")
+        .execute(&mut *conn)
+        .await
+        .expect("flush");
+    diesel::sql_query(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'awareness_entries'",
+    )
+    .get_result::<Scans>(&mut *conn)
+    .await
+    .expect("pg_stat_user_tables")
+    .seq_scan
+}
