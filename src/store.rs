@@ -141,10 +141,10 @@ pub trait AwarenessStore: Debug + Send + Sync + 'static {
 
     /// The documents with at least one live participant and how many, in byte order of their
     /// ids, starting after `after` (`None`: from the first), at most `limit` (a page of a
-    /// room list: pass the last id of one page as `after` for the next). On PostgreSQL each
-    /// room costs two primary-key probes (a skip scan from one document id to the next, and
-    /// its count), whatever the table holds; documents holding only tombstones and expired
-    /// entries are stepped over (until pruned).
+    /// room list: pass the last id of one page as `after` for the next). On PostgreSQL one
+    /// walk of the primary key from `after`, grouped as it goes and stopped after `limit`
+    /// rooms: a page costs what its rooms hold, whatever the table holds; documents holding
+    /// only tombstones and expired entries are stepped over (until pruned).
     async fn rooms(&self, after: Option<&str>, limit: u32) -> Result<Vec<crate::who::RoomCount>>;
 
     /// Applies `update` when no live entry exists, when its clock is higher, or when the clocks

@@ -15,7 +15,7 @@ use super::options::PostgresOptions;
 use super::pool::{interval, with_conn, ConnectErrors, Connections, PgPool};
 use super::storage::PgStorage;
 use super::unnamed::UnnamedPool;
-use super::who_events::PresenceStream;
+use super::who_events::{self, PresenceStream};
 use super::write::coalesce::Coalescer;
 use crate::entry::{AwarenessEntry, AwarenessUpdate, SetOutcome};
 use crate::error::{Error, Result};
@@ -344,7 +344,14 @@ impl PostgresAwarenessStore {
     /// listener reconnects gets [`PresenceEvent::Resync`](crate::PresenceEvent::Resync)
     /// followed by the joins and leaves that bring it up to date.
     pub async fn presence_events(&self, filter: PresenceFilter) -> Result<PresenceStream> {
-        super::who_events::subscribe(self.clone(), filter).await
+        let changes = self.subscribe(who_events::feed_filter(&filter)?).await?;
+        let storage = &self.layers.inner;
+        let source = who_events::Source {
+            store: Arc::new(self.clone()),
+            connections: storage.connections.clone(),
+            timeout: storage.timeout,
+        };
+        who_events::subscribe(source, changes, filter).await
     }
 
     /// The entries of `document_id`, ordered by `client_id`, each with whether it is expired

@@ -11,22 +11,24 @@
 //! read again on every [`FeedEvent::Resync`], the differences going out as joins and leaves.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
+
+use diesel::pg::data_types::PgInterval;
 
 use diesel_async::RunQueryDsl;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::feed::{AwarenessChange, ChangeFilter, ChangeKind, ChangeStream, FeedEvent};
-use super::pool::with_conn;
+use super::pool::{with_conn, Connections};
 use super::sql;
-use super::PostgresAwarenessStore;
 use crate::entry::AwarenessEntry;
 use crate::error::{Field, Result};
 use crate::store::AwarenessStore;
 use crate::who::{Participant, PresenceEvent, PresenceFilter};
 
-/// The events of a presence subscription; it ends when every clone of the store that created
-/// it is dropped.
+/// The events of a presence subscription. It holds a clone of the store (it reads through
+/// it): drop the stream to unsubscribe.
 pub type PresenceStream = BoxStream<'static, PresenceEvent>;
 
 /// How long a subscription waits before reading again after the database failed it.
@@ -40,34 +42,49 @@ struct Known {
     instance: Option<String>,
 }
 
+/// Where a subscription reads who is present: the store, and for every room at once its
+/// connections and timeout.
+#[derive(Clone)]
+pub(super) struct Source {
+    pub(super) store: Arc<dyn AwarenessStore>,
+    pub(super) connections: Connections,
+    pub(super) timeout: PgInterval,
+}
+
 struct Subscription {
-    store: PostgresAwarenessStore,
+    source: Source,
     changes: ChangeStream,
     filter: PresenceFilter,
     known: HashMap<Key, Known>,
     ready: VecDeque<PresenceEvent>,
 }
 
-pub(super) async fn subscribe(
-    store: PostgresAwarenessStore,
-    filter: PresenceFilter,
-) -> Result<PresenceStream> {
-    let feed_filter = match &filter.room {
+/// The change-feed filter a presence subscription needs; bad input is refused here.
+pub(super) fn feed_filter(filter: &PresenceFilter) -> Result<ChangeFilter> {
+    match &filter.room {
         Some(room) => {
             crate::validate::check_id(Field::DocumentId, room)?;
-            ChangeFilter::document(room.clone())
+            Ok(ChangeFilter::document(room.clone()))
         }
-        None => ChangeFilter::all(),
-    };
-    let changes = store.subscribe(feed_filter).await?;
+        None => Ok(ChangeFilter::all()),
+    }
+}
+
+/// A presence subscription on `changes` (subscribed with [`feed_filter`] before this is
+/// called, so nothing between the subscription and the first read is missed).
+pub(super) async fn subscribe(
+    source: Source,
+    changes: ChangeStream,
+    filter: PresenceFilter,
+) -> Result<PresenceStream> {
     let mut subscription = Subscription {
-        store,
+        source,
         changes,
         filter,
         known: HashMap::new(),
         ready: VecDeque::new(),
     };
-    for entry in present(&subscription.store, &subscription.filter).await? {
+    for entry in present(&subscription.source, &subscription.filter).await? {
         subscription.remember(&entry);
     }
     Ok(stream::unfold(subscription, |mut subscription| async move {
@@ -83,20 +100,14 @@ pub(super) async fn subscribe(
 }
 
 /// Who is present now, in the filter's room or everywhere.
-async fn present(
-    store: &PostgresAwarenessStore,
-    filter: &PresenceFilter,
-) -> Result<Vec<AwarenessEntry>> {
+async fn present(source: &Source, filter: &PresenceFilter) -> Result<Vec<AwarenessEntry>> {
     match &filter.room {
-        Some(room) => store.get_all(room).await,
-        None => {
-            let storage = &store.layers.inner;
-            with_conn!(storage.connections, |conn| Ok(sql::read::live_everywhere(
-                storage.timeout
-            )
-            .load(conn)
-            .await?))
-        }
+        Some(room) => source.store.get_all(room).await,
+        None => with_conn!(source.connections, |conn| Ok(sql::read::live_everywhere(
+            source.timeout
+        )
+        .load(conn)
+        .await?)),
     }
 }
 
@@ -145,6 +156,7 @@ impl Subscription {
                         Some(participant) => Some(participant),
                         // Too large for the notification: read it.
                         None => self
+                            .source
                             .store
                             .get(document, client)
                             .await?
@@ -153,7 +165,7 @@ impl Subscription {
                     self.ready.extend(participant.map(PresenceEvent::Updated));
                 }
                 (ChangeKind::Set, None) => {
-                    let entry = self.store.get(document, client).await?;
+                    let entry = self.source.store.get(document, client).await?;
                     // Gone already: its leave follows, and is not told either.
                     if let Some(entry) = entry.filter(|e| !e.is_tombstone()) {
                         self.remember(&entry);
@@ -162,7 +174,7 @@ impl Subscription {
                     }
                 }
                 (_, Some(_)) => {
-                    let back = self.store.get(document, client).await?;
+                    let back = self.source.store.get(document, client).await?;
                     if back.is_some_and(|e| !e.is_tombstone()) {
                         continue;
                     }
@@ -184,7 +196,7 @@ impl Subscription {
     /// difference with the view as joins and leaves, after a [`PresenceEvent::Resync`].
     async fn resync(&mut self) {
         let present = loop {
-            match present(&self.store, &self.filter).await {
+            match present(&self.source, &self.filter).await {
                 Ok(present) => break present,
                 Err(error) => {
                     tracing::warn!(%error, "presence events: cannot read who is present; retrying");
