@@ -59,7 +59,7 @@ impl Participant {
 /// subscription, whichever instance it was connected to and whatever removed it (its client's
 /// leave, its connection closing, expiry, its instance's lapsed lease).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(tag = "event", rename_all = "snake_case")] // the names `name()` gives
 #[non_exhaustive]
 pub enum PresenceEvent {
     /// A participant arrived (or was found present after a [`PresenceEvent::Resync`]).
@@ -83,6 +83,17 @@ pub enum PresenceEvent {
 }
 
 impl PresenceEvent {
+    /// The event's name, as in its JSON's `event` field: `joined`, `updated`, `left`, `resync`
+    /// (a Server-Sent Event's `event:` line, say).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PresenceEvent::Joined(_) => "joined",
+            PresenceEvent::Updated(_) => "updated",
+            PresenceEvent::Left { .. } => "left",
+            PresenceEvent::Resync => "resync",
+        }
+    }
+
     /// The event's room; `None` for [`PresenceEvent::Resync`].
     pub fn document_id(&self) -> Option<&str> {
         match self {
@@ -122,5 +133,37 @@ impl PresenceFilter {
     pub fn with_updates(mut self) -> Self {
         self.updates = true;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `name()` says what the JSON's `event` field says.
+    #[test]
+    fn names_agree_with_the_json_tag() {
+        let participant = Participant {
+            document_id: "d".into(),
+            client_id: "1".into(),
+            principal: None,
+            instance: None,
+            clock: 1,
+            state: serde_json::json!({}),
+        };
+        let left = PresenceEvent::Left {
+            document_id: "d".into(),
+            client_id: "1".into(),
+            principal: None,
+        };
+        for event in [
+            PresenceEvent::Joined(participant.clone()),
+            PresenceEvent::Updated(participant),
+            left,
+            PresenceEvent::Resync,
+        ] {
+            let json = serde_json::to_value(&event).expect("serialise");
+            assert_eq!(json["event"], event.name());
+        }
     }
 }

@@ -79,8 +79,8 @@ async fn next(events: &mut PresenceStream) -> PresenceEvent {
         .expect("stream ended")
 }
 
-/// Fails when an event arrives within `wait` (used after the last expected event, with a
-/// marker written after it so that "nothing" is checked up to a known point).
+/// The next event, which must satisfy `expected` (a marker written last makes "nothing else
+/// came" checkable up to a known point).
 async fn next_is(events: &mut PresenceStream, expected: impl Fn(&PresenceEvent) -> bool) {
     let event = next(events).await;
     assert!(expected(&event), "unexpected event {event:?}");

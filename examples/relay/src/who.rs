@@ -20,7 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use synckit_awareness::{Error, Participant, PresenceEvent, PresenceFilter};
+use synckit_awareness::{Error, Participant, PresenceFilter};
 
 use crate::App;
 
@@ -153,15 +153,9 @@ pub(crate) async fn events(
     let stopping = async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
-    let stream = events.take_until(stopping).map(|event| {
-        let name = match &event {
-            PresenceEvent::Joined(_) => "joined",
-            PresenceEvent::Updated(_) => "updated",
-            PresenceEvent::Left { .. } => "left",
-            _ => "resync",
-        };
-        Event::default().event(name).json_data(&event)
-    });
+    let stream = events
+        .take_until(stopping)
+        .map(|event| Event::default().event(event.name()).json_data(&event));
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
