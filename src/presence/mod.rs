@@ -35,6 +35,7 @@
 
 mod engine;
 mod feed;
+mod identity;
 mod leaving;
 mod options;
 mod outbox;
@@ -56,6 +57,7 @@ use crate::pruner::Pruner;
 use crate::store::AwarenessStore;
 use engine::{lock, Engine};
 use feed::route_feed;
+pub use identity::{Identity, USER_FIELD};
 pub use options::{
     close_code, Disconnect, PresenceOptions, DEFAULT_PERSIST_INTERVAL, DEFAULT_QUEUE_BYTES,
 };
@@ -172,6 +174,15 @@ impl Presence {
     /// hand it what arrives) and its outbox (what to send it). The room's full awareness
     /// state is already queued in the outbox.
     pub async fn join(&self, room: &str, principal: Option<String>) -> Result<(Session, Outbox)> {
+        self.join_as(room, Identity::from_principal(principal))
+            .await
+    }
+
+    /// [`join`](Self::join) with the whole [`Identity`]: with [`Identity::with_user`], every
+    /// state the connection sends is stored and relayed with that `user` field, whatever the
+    /// client put there.
+    pub async fn join_as(&self, room: &str, identity: Identity) -> Result<(Session, Outbox)> {
+        let Identity { principal, user } = identity;
         if self.engine.stopping.load(Ordering::SeqCst) {
             return Err(Error::Config("the presence engine is shutting down".into()));
         }
@@ -209,7 +220,7 @@ impl Presence {
             room,
             number,
             connection_id: format!("{}-{number}", self.engine.prefix),
-            principal,
+            identity: Identity { principal, user },
             sender,
             closed: false,
             refused: Mutex::new(HashMap::new()),

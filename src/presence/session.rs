@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::engine::{lock, Engine};
+use super::identity::Identity;
 use super::leaving::{release, write_leaves};
 use super::options::{close_code, Disconnect};
 use super::outbox::Sender;
@@ -44,7 +45,7 @@ pub struct Session {
     pub(super) room: Arc<Room>,
     pub(super) number: u64,
     pub(super) connection_id: String,
-    pub(super) principal: Option<String>,
+    pub(super) identity: Identity,
     pub(super) sender: Sender,
     pub(super) closed: bool,
     /// Refusals the client was told of: (clientID, outcome).
@@ -73,7 +74,12 @@ impl Session {
 
     /// The principal it writes as.
     pub fn principal(&self) -> Option<&str> {
-        self.principal.as_deref()
+        self.identity.principal.as_deref()
+    }
+
+    /// The identity it was joined as (what others see as its `state.user`).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Queues a message of the server's own (a document sync message, say) for this
@@ -146,11 +152,11 @@ impl Session {
                 // Held by another local connection: a newer update from the same
                 // (authenticated) principal is that client reconnecting before its old
                 // connection was noticed dead; anything else is dropped.
-                let same_principal = self.principal.is_some()
+                let same_principal = self.identity.principal.is_some()
                     && state
                         .members
                         .get(&claim.connection)
-                        .is_none_or(|m| m.principal == self.principal);
+                        .is_none_or(|m| m.principal == self.identity.principal);
                 if !echo && same_principal {
                     Route::Write
                 } else {
@@ -175,13 +181,15 @@ impl Session {
         &self,
         payload: &[u8],
     ) -> std::result::Result<Received, Disconnect> {
-        let clients = decode_awareness_update(payload, &self.engine.options.decode_limits)
+        let mut clients = decode_awareness_update(payload, &self.engine.options.decode_limits)
             .map_err(|e| {
                 Disconnect::new(
                     close_code::INVALID_DATA,
                     format!("malformed awareness update: {e}"),
                 )
             })?;
+        // Before anything is routed, stored or relayed: others see the server's identity.
+        self.identity.stamp(&mut clients);
         let mut received = Received::default();
         let mut writes = Vec::with_capacity(clients.len());
         let mut remedies = Vec::new();
@@ -233,7 +241,7 @@ impl Session {
             &*self.engine.store,
             &self.room.name,
             &self.connection_id,
-            self.principal.as_deref(),
+            self.identity.principal.as_deref(),
             &writes,
         )
         .await
@@ -370,7 +378,7 @@ impl Session {
             &self.engine,
             &self.room,
             &self.connection_id,
-            self.principal.as_deref(),
+            self.identity.principal.as_deref(),
             leaves,
         )
         .await;
@@ -388,7 +396,8 @@ impl Drop for Session {
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (engine, room) = (self.engine.clone(), self.room.clone());
-            let (connection_id, principal) = (self.connection_id.clone(), self.principal.clone());
+            let (connection_id, principal) =
+                (self.connection_id.clone(), self.identity.principal.clone());
             runtime.spawn(async move {
                 write_leaves(&engine, &room, &connection_id, principal.as_deref(), leaves).await;
             });

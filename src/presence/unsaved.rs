@@ -52,7 +52,7 @@ impl Session {
         let update = as_update(
             &self.room.name,
             &self.connection_id,
-            self.principal.as_deref(),
+            self.identity.principal.as_deref(),
             client,
         );
         // Invalid, or too large for a notification: written now (the store refuses the one,
