@@ -6,13 +6,17 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use synckit_awareness::presence::{close_code, Disconnect, Outbox, Outgoing, Presence, Session};
+use synckit_awareness::presence::{
+    close_code, Disconnect, Identity, Outbox, Outgoing, Presence, Session,
+};
 use synckit_awareness::y_protocols::{
     encode_permission_denied, MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS,
     MESSAGE_SYNC,
 };
 use synckit_relay::documents::{DocumentError, Documents, Room};
 use tokio::sync::{broadcast, watch};
+
+use crate::auth::Access;
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 
@@ -32,18 +36,39 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
-/// Serves one connection to `room` until it closes, the engine ends it, or the server stops.
+/// Who is connecting, as its token says.
+#[derive(Debug)]
+pub struct Caller {
+    /// Its principal and the `user` others see.
+    pub identity: Identity,
+    /// Read-only or read-write in this room.
+    pub access: Access,
+    /// How long until its token expires (`None`: never).
+    pub expires_in: Option<Duration>,
+}
+
+/// Close code for a connection whose token expired: reconnect with a fresh one (Hocuspocus
+/// uses 4401 for "unauthorized" too).
+pub const TOKEN_EXPIRED: u16 = 4401;
+
+/// Serves one connection to `room` until it closes, the engine ends it, its token expires, or
+/// the server stops.
 pub async fn serve(
     presence: Presence,
     documents: Arc<Documents>,
     limits: Limits,
     socket: WebSocket,
     room: String,
-    principal: Option<String>,
+    caller: Caller,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (session, outbox) = match presence.join(&room, principal).await {
+    let Caller {
+        identity,
+        access,
+        expires_in,
+    } = caller;
+    let (session, outbox) = match presence.join_as(&room, identity).await {
         Ok(joined) => joined,
         Err(error) => {
             tracing::warn!(%error, %room, "cannot join the room");
@@ -77,6 +102,14 @@ pub async fn serve(
     session.send(doc.sync_step1());
 
     let mut writer = tokio::spawn(write(sink, outbox, limits));
+    // A token's lifetime is all a connection gets: revoking access takes at most that long.
+    let expiry = async move {
+        match expires_in {
+            Some(remaining) => tokio::time::sleep(remaining).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let mut deadline = tokio::time::Instant::now() + limits.pong_timeout;
     let mut stopping = false;
     let mut writer_done = false;
@@ -91,6 +124,10 @@ pub async fn serve(
                 stopping = true;
                 session.disconnect(Disconnect::new(close_code::GOING_AWAY, "server shutting down"));
                 continue;
+            }
+            () = &mut expiry => {
+                session.disconnect(Disconnect::new(TOKEN_EXPIRED, "token expired: reconnect with a fresh token"));
+                break;
             }
             () = tokio::time::sleep_until(deadline) => {
                 session.disconnect(Disconnect::new(close_code::GOING_AWAY, "no pong within the timeout"));
@@ -135,7 +172,7 @@ pub async fn serve(
                 break;
             }
         };
-        if let Err(reason) = handle(&session, &doc, origin, &frame, &limits).await {
+        if let Err(reason) = handle(&session, &doc, origin, access, &frame, &limits).await {
             tracing::info!(connection = session.connection_id(), code = reason.code, reason = %reason.reason, "closing the connection");
             session.disconnect(reason);
             break;
@@ -196,6 +233,7 @@ async fn handle(
     session: &Session,
     doc: &Arc<Room>,
     origin: u64,
+    access: Access,
     frame: &[u8],
     limits: &Limits,
 ) -> Result<(), Disconnect> {
@@ -212,7 +250,7 @@ async fn handle(
     // Message types are varUints; every known one fits in the first byte.
     match frame.first().map(|b| u64::from(*b)) {
         None => Err(Disconnect::new(close_code::INVALID_DATA, "empty message")),
-        Some(MESSAGE_SYNC) => sync(session, doc, origin, frame).await,
+        Some(MESSAGE_SYNC) => sync(session, doc, origin, access, frame).await,
         Some(MESSAGE_AWARENESS | MESSAGE_QUERY_AWARENESS) => {
             let received = session.receive(frame).await?;
             if !received.refused.is_empty() {
@@ -233,11 +271,14 @@ async fn handle(
 
 /// Type 0: answered from the room's document; updates are stored (with a database) before
 /// they are relayed. A refused update (a limit) is answered with a permission-denied message
-/// carrying the reason, and the connection stays open.
+/// carrying the reason, and the connection stays open; so is every update of a read-only
+/// connection (its answer to sync step 1 is dropped quietly when it brings nothing new: that
+/// is every read-only client's first message).
 async fn sync(
     session: &Session,
     doc: &Arc<Room>,
     origin: u64,
+    access: Access,
     frame: &[u8],
 ) -> Result<(), Disconnect> {
     let malformed = |e: &dyn std::fmt::Display| {
@@ -258,6 +299,21 @@ async fn sync(
     };
     match message {
         SyncMessage::SyncStep1(state_vector) => session.send(doc.sync_step2(&state_vector)),
+        SyncMessage::SyncStep2(bytes) if access == Access::Read && !doc.adds_to(&bytes) => {}
+        SyncMessage::SyncStep2(_) | SyncMessage::Update(_) if access == Access::Read => {
+            let reason = format!(
+                "read-only access to room {:?}: document updates are refused",
+                doc.name()
+            );
+            tracing::debug!(
+                connection = session.connection_id(),
+                room = doc.name(),
+                "read-only: update refused"
+            );
+            ::metrics::counter!("synckit_relay_refusals_total", "reason" => "read_only")
+                .increment(1);
+            session.send(encode_permission_denied(&reason));
+        }
         SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
             match doc.apply_local(origin, bytes) {
                 Ok(()) => {}

@@ -10,48 +10,51 @@
 //!
 //! On PostgreSQL every answer covers every instance on the database. Each is under the same
 //! authentication as a WebSocket connection: the token (`?token=…` or `Authorization: Bearer
-//! …`) must be one that may read the room (for the room list, any valid token).
+//! …`) must be one that may read the room (403 otherwise); the room list holds only the rooms
+//! the token may read; an event stream counts against its principal's streams (429 past the
+//! limit) and ends when the token expires.
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use synckit_awareness::{Error, Participant, PresenceFilter};
 
+use crate::auth::{request_token, Grant, Kind};
+use crate::rooms::readable_rooms;
 use crate::App;
 
 /// Rooms per page of `GET /rooms` unless `limit` says otherwise, and the most it may say.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;
 
-/// The request's token: `?token=…`, else `Authorization: Bearer …`.
-fn token<'a>(query: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Option<&'a str> {
-    query.get("token").map(String::as_str).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-    })
-}
-
-/// Refuses (401, with the reason) a request whose token may not read `room`.
-fn authorize(
+/// The request's grant if it may read `room` (`None`: the room list, which any valid token
+/// may ask for, each answer filtered to the rooms it may read); else the refusal (401, 403).
+async fn authorize(
     app: &App,
-    room: &str,
+    room: Option<&str>,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<(), (StatusCode, String)> {
-    app.auth
-        .authenticate(room, token(query, headers))
-        .map(|_| ())
-        .map_err(|reason| {
-            tracing::info!(%room, %reason, "presence read refused: not authenticated");
-            (StatusCode::UNAUTHORIZED, reason)
-        })
+) -> Result<Grant, Response> {
+    let what = "presence read";
+    let label = room.unwrap_or("");
+    let grant = app
+        .auth
+        .authenticate(request_token(query, headers))
+        .await
+        .map_err(|refusal| refusal.respond(what, label))?;
+    if let Some(room) = room {
+        grant
+            .access(room)
+            .map_err(|refusal| refusal.respond(what, room))?;
+    }
+    Ok(grant)
 }
 
 /// A store error as a response: bad input is the caller's (400), the rest the server's (503).
@@ -71,9 +74,10 @@ pub(crate) async fn rooms(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&app, "", &query, &headers) {
-        return refused.into_response();
-    }
+    let grant = match authorize(&app, None, &query, &headers).await {
+        Ok(grant) => grant,
+        Err(refused) => return refused,
+    };
     let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
         None => DEFAULT_PAGE,
         Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
@@ -86,7 +90,7 @@ pub(crate) async fn rooms(
         .get("after")
         .map(String::as_str)
         .filter(|a| !a.is_empty());
-    match app.presence.store().rooms(after, limit).await {
+    match readable_rooms(app.presence.store().as_ref(), &grant.rooms, after, limit).await {
         Ok(rooms) => {
             let full = rooms.len() == usize::try_from(limit).unwrap_or(usize::MAX);
             let next = rooms.last().filter(|_| full).map(|r| r.document_id.clone());
@@ -103,8 +107,8 @@ pub(crate) async fn presence(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&app, &room, &query, &headers) {
-        return refused.into_response();
+    if let Err(refused) = authorize(&app, Some(&room), &query, &headers).await {
+        return refused;
     }
     match app.presence.store().get_all(&room).await {
         Ok(entries) => {
@@ -127,13 +131,22 @@ pub(crate) async fn presence(
 /// until the client goes away or the relay shuts down.
 pub(crate) async fn events(
     State(app): State<App>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&app, &room, &query, &headers) {
-        return refused.into_response();
-    }
+    let grant = match authorize(&app, Some(&room), &query, &headers).await {
+        Ok(grant) => grant,
+        Err(refused) => return refused,
+    };
+    let ticket = match app
+        .admission
+        .admit(Kind::Stream, grant.principal.as_deref(), address.ip())
+    {
+        Ok(ticket) => ticket,
+        Err(refusal) => return refusal.respond("event stream", &room),
+    };
     let Some(store) = app.presence.postgres() else {
         let reason = "presence events need the PostgreSQL store (DATABASE_URL)";
         return (StatusCode::NOT_IMPLEMENTED, reason).into_response();
@@ -150,8 +163,21 @@ pub(crate) async fn events(
         Err(error) => return failure(error),
     };
     let mut shutdown = app.shutdown.clone();
+    // Ends at shutdown, or when the token expires (the client reconnects with a fresh one).
+    let expires_in = grant.remaining();
     let stopping = async move {
-        let _ = shutdown.wait_for(|stopping| *stopping).await;
+        let expiry = async move {
+            match expires_in {
+                Some(remaining) => tokio::time::sleep(remaining).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+            () = expiry => {}
+        }
+        // The stream's place is given back when it ends.
+        drop(ticket);
     };
     let stream = events
         .take_until(stopping)

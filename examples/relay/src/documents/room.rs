@@ -107,6 +107,18 @@ impl Room {
         YMessage::Sync(SyncMessage::SyncStep2(update)).encode_v1()
     }
 
+    /// Whether `update` (v1) holds content the document lacks, or deletions (a read-only
+    /// client's answer to sync step 1 normally holds neither).
+    pub fn adds_to(&self, update: &[u8]) -> bool {
+        use yrs::updates::decoder::Decode;
+        let Ok(update) = yrs::Update::decode_v1(update) else {
+            return true;
+        };
+        let state = lock(&self.state);
+        let known = state.doc.transact().state_vector();
+        update.extends(&known)
+    }
+
     /// The whole document as one update message (for a connection that fell behind).
     pub fn full_update(&self) -> Vec<u8> {
         let state = lock(&self.state);
