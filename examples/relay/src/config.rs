@@ -179,21 +179,36 @@ pub(crate) struct AccessArgs {
     /// write (every room).
     #[arg(long, env = "SYNCKIT_RELAY_DEFAULT_ROOM_ACCESS", value_enum, default_value_t = RoomAccess::None)]
     pub(crate) default_room_access: RoomAccess,
-    /// Most WebSocket connections one principal (or, anonymous, one client address) holds at
-    /// once on this relay (0: no limit).
+    /// Most WebSocket connections one principal holds at once on this relay (0: no limit).
     #[arg(
         long,
         env = "SYNCKIT_RELAY_MAX_CONNECTIONS_PER_PRINCIPAL",
         default_value_t = 64
     )]
     pub(crate) max_connections_per_principal: usize,
-    /// Most presence event streams one principal (or client address) holds at once (0: no limit).
+    /// Most presence event streams one principal holds at once (0: no limit).
     #[arg(
         long,
         env = "SYNCKIT_RELAY_MAX_STREAMS_PER_PRINCIPAL",
         default_value_t = 8
     )]
     pub(crate) max_streams_per_principal: usize,
+    /// Most WebSocket connections one client address holds at once, for anonymous callers
+    /// (open mode; 0: no limit, the default: behind a proxy they all share its address).
+    #[arg(
+        long,
+        env = "SYNCKIT_RELAY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub(crate) max_connections_per_address: usize,
+    /// Most presence event streams one client address holds at once, for anonymous callers
+    /// (0: no limit, the default).
+    #[arg(
+        long,
+        env = "SYNCKIT_RELAY_MAX_STREAMS_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub(crate) max_streams_per_address: usize,
     /// Most WebSocket connections on this relay (about 20 KB each when idle; 0: no limit).
     #[arg(long, env = "SYNCKIT_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub(crate) max_connections: usize,

@@ -178,6 +178,8 @@ async fn run(args: Args) -> Result<(), Failure> {
     let admission = Admission::new(AdmissionLimits {
         connections_per_principal: a.max_connections_per_principal,
         streams_per_principal: a.max_streams_per_principal,
+        connections_per_address: a.max_connections_per_address,
+        streams_per_address: a.max_streams_per_address,
         connections: a.max_connections,
         streams: a.max_streams,
     });

@@ -4,7 +4,8 @@
 //! This test provides what they need: migrated databases from the shared harness (one for
 //! the instance pair with the default 30 s timeout, one for the pair whose instance is killed,
 //! with a 3 s timeout, one for the deployable pair, one for the documents' tests in
-//! `web/test/documents.test.mjs`, one for who is here in `web/test/who.test.mjs`), the
+//! `web/test/documents.test.mjs`, one for who is here in `web/test/who.test.mjs`, one for
+//! access in `web/test/access.test.mjs`), the
 //! binary's path, and where to put the reports and the
 //! screenshot. The documents' tests also need `psql` (they kill a listener's backend).
 //! The Node side starts the relays itself because it kills one with SIGKILL and restarts it on
@@ -43,6 +44,7 @@ async fn two_instances_real_clients_real_browser() {
     let deploy = common::TestDb::migrated().await;
     let docs = common::TestDb::migrated().await;
     let who = common::TestDb::migrated().await;
+    let access = common::TestDb::migrated().await;
     let report = target_dir().join("relay-e2e/report.json");
     let screenshot = target_dir().join("relay-e2e/relay-screenshot.png");
     let _ = std::fs::remove_file(&report);
@@ -52,6 +54,7 @@ async fn two_instances_real_clients_real_browser() {
             "test/relay.test.mjs",
             "test/documents.test.mjs",
             "test/who.test.mjs",
+            "test/access.test.mjs",
         ],
         &[
             ("RELAY_DB_URL", db.url.clone()),
@@ -59,6 +62,7 @@ async fn two_instances_real_clients_real_browser() {
             ("RELAY_DB_URL_DEPLOY", deploy.url.clone()),
             ("RELAY_DB_URL_DOCS", docs.url.clone()),
             ("RELAY_DB_URL_WHO", who.url.clone()),
+            ("RELAY_DB_URL_ACCESS", access.url.clone()),
             (
                 "RELAY_WHO_SCREENSHOT",
                 target_dir()

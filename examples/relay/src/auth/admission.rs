@@ -1,5 +1,6 @@
 //! How much one caller may hold: concurrent WebSocket connections and event streams per
-//! principal (per client address for anonymous callers), and a ceiling for the whole relay.
+//! principal, per client address for anonymous callers (off by default: behind a proxy every
+//! anonymous caller has the proxy's address), and a ceiling for the whole relay.
 //! A refusal is a 429 with the reason, counted in `synckit_relay_refusals_total`.
 
 use std::collections::HashMap;
@@ -31,10 +32,14 @@ impl Kind {
 /// The bounds (0: none).
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
-    /// Connections per principal (or client address).
+    /// Connections per principal.
     pub connections_per_principal: usize,
-    /// Event streams per principal (or client address).
+    /// Event streams per principal.
     pub streams_per_principal: usize,
+    /// Connections per client address, for anonymous callers.
+    pub connections_per_address: usize,
+    /// Event streams per client address, for anonymous callers.
+    pub streams_per_address: usize,
     /// Connections on this relay.
     pub connections: usize,
     /// Event streams on this relay.
@@ -82,12 +87,12 @@ impl Admission {
             Some(principal) => format!("principal:{principal}"),
             None => format!("address:{address}"),
         };
-        let (per_caller, total) = match kind {
-            Kind::Connection => (
-                self.limits.connections_per_principal,
-                self.limits.connections,
-            ),
-            Kind::Stream => (self.limits.streams_per_principal, self.limits.streams),
+        let limits = &self.limits;
+        let (per_caller, total) = match (kind, principal.is_some()) {
+            (Kind::Connection, true) => (limits.connections_per_principal, limits.connections),
+            (Kind::Connection, false) => (limits.connections_per_address, limits.connections),
+            (Kind::Stream, true) => (limits.streams_per_principal, limits.streams),
+            (Kind::Stream, false) => (limits.streams_per_address, limits.streams),
         };
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let all = counts.total.get(&kind).copied().unwrap_or(0);
@@ -152,7 +157,9 @@ mod tests {
         let admission = Admission::new(AdmissionLimits {
             connections_per_principal: 2,
             streams_per_principal: 1,
-            connections: 3,
+            connections_per_address: 1,
+            streams_per_address: 0,
+            connections: 5,
             streams: 0,
         });
         let here: IpAddr = [127, 0, 0, 1].into();
@@ -172,17 +179,32 @@ mod tests {
         );
         let _s = admission
             .admit(Kind::Stream, Some("a"), here)
-            .expect("a stream is counted apart");
+            .expect("streams count apart");
         let _b = admission
             .admit(Kind::Connection, Some("b"), here)
             .expect("another principal");
-        let full = admission
+        let _anon = admission
+            .admit(Kind::Connection, None, here)
+            .expect("anonymous");
+        let same_address = admission
             .admit(Kind::Connection, None, here)
             .err()
-            .expect("the relay is full");
+            .expect("address");
+        assert!(
+            same_address.reason.starts_with("this address"),
+            "{}",
+            same_address.reason
+        );
+        let _elsewhere = admission
+            .admit(Kind::Connection, None, [10, 0, 0, 1].into())
+            .expect("another address");
+        let full = admission
+            .admit(Kind::Connection, Some("c"), here)
+            .err()
+            .expect("full");
         assert_eq!(full.label, "relay_limit");
         drop(a1);
-        admission
+        let _again = admission
             .admit(Kind::Connection, Some("a"), here)
             .expect("a place came back");
     }

@@ -156,7 +156,13 @@ impl JwtAuth {
             }
         };
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation(alg))
-            .map_err(|e| refusal_reason(e.kind()))?
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidAudience if self.options.audience.is_none() => {
+                    "the token names an audience (aud) and this relay expects none (--jwt-audience)"
+                        .to_owned()
+                }
+                kind => refusal_reason(kind),
+            })?
             .claims;
         self.grant(&claims)
     }
@@ -176,7 +182,8 @@ impl JwtAuth {
                 validation.set_audience(&[audience]);
                 required.push("aud");
             }
-            None => validation.validate_aud = false,
+            // A token meant for another API of the same provider must not open this relay.
+            None => {}
         }
         validation.set_required_spec_claims(&required);
         validation

@@ -3,8 +3,8 @@
 import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeFileSync, mkdirSync, readFileSync } from 'node:fs'
-import { createHmac } from 'node:crypto'
 import { dirname } from 'node:path'
+import { hs256, tampered } from './tokens.mjs'
 import WebSocket from 'ws'
 import * as encoding from 'lib0/encoding'
 import { startRelay, connect, destroyAll, waitFor, withTimeout, health, percentile, env } from './harness.mjs'
@@ -378,16 +378,14 @@ describe('no DATABASE_URL: one instance on the memory store', () => {
 })
 
 describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate database)', () => {
-  const secret = 'e2e-secret-0123456789abcdef'
+  const secret = 'e2e-secret-0123456789abcdef-0123456789'
   const leaseMs = 3000
   const pruneMs = 250
   const auth = { SYNCKIT_RELAY_AUTH_SECRET: secret }
-  // The token format of README "Run a presence server", minted here as a login service would.
-  const token = (principal, ttlSeconds = 3600) => {
-    const signed = `${principal}.${Math.floor(Date.now() / 1000) + ttlSeconds}`
-    return `${signed}.${createHmac('sha256', secret).update(signed).digest('hex')}`
-  }
-  const as = (principal) => ({ params: { token: token(principal) } })
+  // HS256 JWTs minted with jose, as the application's login service would (README "Access").
+  const mint = hs256(secret)
+  const token = (principal, ttlSeconds = 3600) => mint(principal, { iss: undefined, aud: undefined }, { ttl: ttlSeconds })
+  const as = async (principal) => ({ params: { token: await token(principal) } })
   const start = (name, { port = 0, extra = [], env: extraEnv = auth } = {}) => startRelay({
     name,
     port,
@@ -412,12 +410,12 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     const P = await start('P')
     relays.push(P)
     assert.equal(await upgrade(`${P.ws}/secret-room`), 401, 'no token')
-    const forged = token('alice').replace(/.$/, (c) => (c === '0' ? '1' : '0'))
+    const forged = tampered(await token('bob'), 'alice')
     assert.equal(await upgrade(`${P.ws}/secret-room?token=${forged}`), 401, 'wrongly signed')
-    assert.equal(await upgrade(`${P.ws}/secret-room?token=${token('alice', -10)}`), 401, 'expired')
-    assert.equal(await upgrade(`${P.ws}/secret-room?token=${token('alice')}`), 101, 'valid')
-    const alice = connect(P, 'secret-room', { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(P, 'secret-room', { user: { name: 'bob' } }, as('bob'))
+    assert.equal(await upgrade(`${P.ws}/secret-room?token=${await token('alice', -10)}`), 401, 'expired')
+    assert.equal(await upgrade(`${P.ws}/secret-room?token=${await token('alice')}`), 101, 'valid')
+    const alice = connect(P, 'secret-room', { user: { name: 'alice' } }, await as('alice'))
+    const bob = connect(P, 'secret-room', { user: { name: 'bob' } }, await as('bob'))
     await waitFor(() => alice.sees(bob) && bob.sees(alice), 10000, 'alice and bob see each other')
     const metrics = await (await fetch(`${P.http}/metrics`)).text()
     for (const name of ['synckit_awareness_presence_connections', 'synckit_awareness_operations_total', 'synckit_awareness_presence_messages_sent_total']) {
@@ -435,25 +433,25 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     console.warn = (...args) => { warnings.push(args.join(' ')) }
     try {
       // An observer writes nothing (no local state): it shows what the room holds.
-      const observe = (relay, room) => {
-        const observer = connect(relay, room, undefined, as('observer'))
+      const observe = async (relay, room) => {
+        const observer = connect(relay, room, undefined, await as('observer'))
         observer.awareness.setLocalState(null)
         return observer
       }
-      const observer = observe(R, 'full-room')
-      const alice = connect(R, 'full-room', { user: { name: 'alice' } }, as('alice'))
+      const observer = await observe(R, 'full-room')
+      const alice = connect(R, 'full-room', { user: { name: 'alice' } }, await as('alice'))
       await waitFor(() => observer.sees(alice), 5000, 'alice is in')
-      const bob = connect(R, 'full-room', { user: { name: 'bob' } }, as('bob'))
+      const bob = connect(R, 'full-room', { user: { name: 'bob' } }, await as('bob'))
       await waitFor(() => warnings.some((w) => /document_full/.test(w)), 5000, () => `bob is told why: ${warnings}`)
       assert.equal(alice.sees(bob), false, 'bob is not shown')
       assert.ok(bob.connected(), 'bob stays connected (he still sees the room)')
       assert.ok(bob.sees(alice), 'bob sees alice')
       // Mallory, authenticated, announces alice's client id on another instance: the store
       // refuses it (another user's), and mallory is told why.
-      const elsewhere = observe(relays[0], 'other-room')
-      const owner = connect(R, 'other-room', { user: { name: 'alice' } }, as('alice'))
+      const elsewhere = await observe(relays[0], 'other-room')
+      const owner = connect(R, 'other-room', { user: { name: 'alice' } }, await as('alice'))
       await waitFor(() => elsewhere.sees(owner), 5000, 'alice is in the other room, seen on the other instance')
-      const mallory = new WebSocket(`${relays[0].ws}/other-room?token=${token('mallory')}`)
+      const mallory = new WebSocket(`${relays[0].ws}/other-room?token=${await token('mallory')}`)
       const denied = new Promise((resolve) => mallory.on('message', (data) => { if (data[0] === 2) resolve(Buffer.from(data).subarray(3).toString()) }))
       await new Promise((resolve) => mallory.once('open', resolve))
       await new Promise((resolve) => setTimeout(resolve, 200)) // the full state has arrived
@@ -485,10 +483,10 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   /** Alice and bob in `room` on `S`, and a third socket there that stopped reading (the kernel
    * buffers fill, then the relay's queue); `slowMetric`: slow consumers S disconnected. */
   const slowRoom = async (S, room) => {
-    const alice = connect(S, room, { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(S, room, { user: { name: 'bob' } }, as('bob'))
+    const alice = connect(S, room, { user: { name: 'alice' } }, await as('alice'))
+    const bob = connect(S, room, { user: { name: 'bob' } }, await as('bob'))
     await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other')
-    const slow = new WebSocket(`${S.ws}/${room}?token=${token('slow')}`)
+    const slow = new WebSocket(`${S.ws}/${room}?token=${await token('slow')}`)
     await new Promise((resolve) => slow.once('open', resolve))
     slow._socket.pause()
     const slowMetric = async () => {
@@ -518,9 +516,9 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     const P = await start('P2')
     const Q = await start('Q')
     relays.push(P)
-    const alice = connect(P, 'crash', { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(Q, 'crash', { user: { name: 'bob' } }, as('bob'))
-    const carol = connect(Q, 'crash', { user: { name: 'carol' } }, as('carol'))
+    const alice = connect(P, 'crash', { user: { name: 'alice' } }, await as('alice'))
+    const bob = connect(Q, 'crash', { user: { name: 'bob' } }, await as('bob'))
+    const carol = connect(Q, 'crash', { user: { name: 'carol' } }, await as('carol'))
     await waitFor(() => alice.sees(bob) && alice.sees(carol) && bob.sees(alice), 10000, 'everyone sees everyone')
     const { killedAt, acceptedMs, closesSinceReconnect } = await failOver({
       Q,
@@ -569,8 +567,8 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   test('11. two replicas started with identical environment and arguments share presence', async () => {
     const [R1, R2] = await Promise.all([start('replica'), start('replica')])
     relays.push(R1, R2)
-    const alice = connect(R1, 'replicas', { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(R2, 'replicas', { user: { name: 'bob' } }, as('bob'))
+    const alice = connect(R1, 'replicas', { user: { name: 'alice' } }, await as('alice'))
+    const bob = connect(R2, 'replicas', { user: { name: 'bob' } }, await as('bob'))
     await waitFor(() => alice.sees(bob) && bob.sees(alice), 5000, 'alice and bob see each other across identical replicas')
     const [h1, h2] = await Promise.all([health(R1), health(R2)])
     assert.notEqual(h1.instance_id, h2.instance_id, 'distinct instance ids')

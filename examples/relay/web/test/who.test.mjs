@@ -4,19 +4,17 @@
 // in a real browser.
 import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHmac } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { hs256, tampered } from './tokens.mjs'
 import { env, startRelay, connect, destroyAll, waitFor, withTimeout } from './harness.mjs'
 
-const secret = 'who-secret-0123456789abcdef'
+const secret = 'who-secret-0123456789abcdef-0123456789'
 const leaseMs = 3000
 const pruneMs = 250
-const token = (principal, ttlSeconds = 3600) => {
-  const signed = `${principal}.${Math.floor(Date.now() / 1000) + ttlSeconds}`
-  return `${signed}.${createHmac('sha256', secret).update(signed).digest('hex')}`
-}
-const as = (principal) => ({ params: { token: token(principal) } })
+const mint = hs256(secret)
+const token = (principal, ttlSeconds = 3600) => mint(principal, { iss: undefined, aud: undefined }, { ttl: ttlSeconds })
+const as = async (principal) => ({ params: { token: await token(principal) } })
 const start = (name, options = {}) => startRelay({
   name,
   databaseUrl: env('RELAY_DB_URL_WHO'),
@@ -27,7 +25,7 @@ const start = (name, options = {}) => startRelay({
 })
 
 const get = async (relay, path, { principal = 'reader', headers = {} } = {}) => {
-  const query = principal ? `${path.includes('?') ? '&' : '?'}token=${token(principal)}` : ''
+  const query = principal ? `${path.includes('?') ? '&' : '?'}token=${await token(principal)}` : ''
   const res = await fetch(`${relay.http}${path}${query}`, { headers })
   return { status: res.status, body: res.headers.get('content-type')?.includes('json') ? await res.json() : await res.text() }
 }
@@ -39,7 +37,7 @@ const roomCounts = async (relay) => Object.fromEntries((await get(relay, '/rooms
 const subscribe = async (relay, room, principal = 'watcher') => {
   const controller = new AbortController()
   const events = []
-  const res = await fetch(`${relay.http}/rooms/${encodeURIComponent(room)}/presence/events?token=${token(principal)}`, { signal: controller.signal })
+  const res = await fetch(`${relay.http}/rooms/${encodeURIComponent(room)}/presence/events?token=${await token(principal)}`, { signal: controller.signal })
   assert.equal(res.status, 200, `the event stream of ${room} opens`)
   assert.match(res.headers.get('content-type'), /text\/event-stream/)
   ;(async () => {
@@ -77,9 +75,9 @@ describe('who is here across two instances (signed tokens, 3 s lease, 250 ms pru
   })
 
   test('counts and participants agree on both instances, with principals and instances', async () => {
-    const alice = connect(A, 'who-1', { user: { name: 'alice' } }, as('alice'))
-    const bob = connect(B, 'who-1', { user: { name: 'bob' } }, as('bob'))
-    const carol = connect(B, 'who-2', { user: { name: 'carol' } }, as('carol'))
+    const alice = connect(A, 'who-1', { user: { name: 'alice' } }, await as('alice'))
+    const bob = connect(B, 'who-1', { user: { name: 'bob' } }, await as('bob'))
+    const carol = connect(B, 'who-2', { user: { name: 'carol' } }, await as('carol'))
     for (const relay of [A, B]) {
       await waitFor(async () => (await presence(relay, 'who-1')).count === 2, 10000, `${relay.name} counts 2 in who-1`)
       await waitFor(async () => (await roomCounts(relay))['who-2'] === 1, 10000, `${relay.name} lists who-2 with 1`)
@@ -108,13 +106,13 @@ describe('who is here across two instances (signed tokens, 3 s lease, 250 ms pru
   test('the event stream delivers a join and a leave on the other instance, each once, with the principal', async () => {
     const stream = await subscribe(A, 'who-3')
     try {
-      const dave = connect(B, 'who-3', { user: { name: 'dave' } }, as('dave'))
+      const dave = connect(B, 'who-3', { user: { name: 'dave' } }, await as('dave'))
       await waitFor(() => of(stream.events, 'joined', dave).length > 0, 10000, () => `dave joins: ${JSON.stringify(stream.events)}`)
       dave.awareness.setLocalStateField('cursor', 1)
       dave.destroy()
       await waitFor(() => of(stream.events, 'left', dave).length > 0, 10000, () => `dave leaves: ${JSON.stringify(stream.events)}`)
       // A marker after: nothing more about dave came before it.
-      const erin = connect(B, 'who-3', { user: { name: 'erin' } }, as('erin'))
+      const erin = connect(B, 'who-3', { user: { name: 'erin' } }, await as('erin'))
       await waitFor(() => of(stream.events, 'joined', erin).length > 0, 10000, 'erin joins')
       assert.equal(of(stream.events, 'joined', dave).length, 1, 'one join')
       assert.equal(of(stream.events, 'left', dave).length, 1, 'one leave')
@@ -129,7 +127,7 @@ describe('who is here across two instances (signed tokens, 3 s lease, 250 ms pru
 
   test('SIGKILL: the dead instance\'s clients leave the answers and the stream within lease + prune', async () => {
     const C = await start('WC')
-    const frank = connect(C, 'who-4', { user: { name: 'frank' } }, as('frank'))
+    const frank = connect(C, 'who-4', { user: { name: 'frank' } }, await as('frank'))
     await waitFor(async () => (await presence(A, 'who-4')).count === 1, 10000, 'A counts frank')
     const stream = await subscribe(A, 'who-4')
     try {
@@ -154,11 +152,11 @@ describe('who is here across two instances (signed tokens, 3 s lease, 250 ms pru
   test('unauthenticated, forged and expired reads are refused (401); bad input is a 400', async () => {
     for (const path of ['/rooms', '/rooms/who-1/presence', '/rooms/who-1/presence/events']) {
       assert.equal((await get(A, path, { principal: null })).status, 401, `${path} without a token`)
-      const forged = token('mallory').replace(/.$/, (c) => (c === '0' ? '1' : '0'))
+      const forged = tampered(await token('reader'), 'mallory')
       assert.equal((await fetch(`${A.http}${path}?token=${forged}`)).status, 401, `${path} with a forged token`)
-      assert.equal((await fetch(`${A.http}${path}?token=${token('mallory', -10)}`)).status, 401, `${path} with an expired token`)
+      assert.equal((await fetch(`${A.http}${path}?token=${await token('mallory', -10)}`)).status, 401, `${path} with an expired token`)
     }
-    const bearer = await get(A, '/rooms', { principal: null, headers: { authorization: `Bearer ${token('reader')}` } })
+    const bearer = await get(A, '/rooms', { principal: null, headers: { authorization: `Bearer ${await token('reader')}` } })
     assert.equal(bearer.status, 200, 'a bearer token is accepted too')
     assert.equal((await get(A, '/rooms?limit=0')).status, 400)
     assert.equal((await get(A, `/rooms/${'x'.repeat(300)}/presence`)).status, 400)
@@ -170,12 +168,12 @@ describe('who is here across two instances (signed tokens, 3 s lease, 250 ms pru
       executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-quic', '--disable-component-update', '--disable-sync']
     })
-    const guests = ['gina', 'hugo', 'ines'].map((name) => connect(B, 'who-5', { user: { name } }, as(name)))
+    const guests = await Promise.all(['gina', 'hugo', 'ines'].map(async (name) => connect(B, 'who-5', { user: { name } }, await as(name))))
     try {
       const page = await browser.newPage({ viewport: { width: 800, height: 760 } })
       const errors = []
       page.on('pageerror', (e) => errors.push(String(e)))
-      await page.goto(`${A.http}/who-page?name=Pat&token=${token('pat')}`)
+      await page.goto(`${A.http}/who-page?name=Pat&token=${await token('pat')}`)
       await page.waitForFunction(() => document.querySelector('#rooms li[data-room="who-5"]')?.dataset.count === '3', null, { timeout: 15000 })
       guests.pop().destroy()
       await page.waitForFunction(() => document.querySelector('#rooms li[data-room="who-5"]')?.dataset.count === '2', null, { timeout: 15000 })
