@@ -435,8 +435,9 @@ const makeClient = (kind, url, room, token = null) => {
   }
 }
 
-// The relay's signed tokens (examples/relay/src/auth.rs): `<principal>.<expires>.<hex
-// HMAC-SHA256 of "<principal>.<expires>" under the secret>`. The secret is the one the relays get:
+// The relay's HS256 JWTs (examples/relay/src/auth/, README "Access"): every room read-write, a
+// day long; HS256 is one HMAC, so the benchmark signs it with node:crypto (the relay's tests mint
+// theirs with jose). The secret is the one the relays get:
 // --auth-secret in RELAY_ARGS, else SYNCKIT_RELAY_AUTH_SECRET (the relays inherit this env).
 const relayAuthSecret = () => {
   const args = options.relayArgs
@@ -456,8 +457,10 @@ const relayToken = (principal) => {
   if (process.env.RELAY_TOKEN) return process.env.RELAY_TOKEN
   const secret = relayAuthSecret()
   if (!secret) return null
-  const signed = `${principal}.${Math.floor(Date.now() / 1000) + 24 * 3600}`
-  return `${signed}.${createHmac('sha256', secret).update(signed).digest('hex')}`
+  const part = (json) => Buffer.from(JSON.stringify(json)).toString('base64url')
+  const exp = Math.floor(Date.now() / 1000) + 24 * 3600
+  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub: principal, exp, rooms: { '*': 'write' } })}`
+  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`
 }
 
 const randomState = (name, t) => ({

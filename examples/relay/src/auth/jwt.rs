@@ -177,13 +177,11 @@ impl JwtAuth {
             validation.set_issuer(&[issuer]);
             required.push("iss");
         }
-        match &self.options.audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                required.push("aud");
-            }
-            // A token meant for another API of the same provider must not open this relay.
-            None => {}
+        // Without a configured audience, a token naming one is refused (jsonwebtoken's rule):
+        // a token meant for another API of the same provider must not open this relay.
+        if let Some(audience) = &self.options.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
         }
         validation.set_required_spec_claims(&required);
         validation
@@ -261,3 +259,7 @@ impl Authenticate for JwtAuth {
         self.verify(token).await.map_err(Refusal::unauthenticated)
     }
 }
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+mod tests;
