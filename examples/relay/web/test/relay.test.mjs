@@ -412,7 +412,7 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
     assert.equal(await upgrade(`${P.ws}/secret-room`), 401, 'no token')
     const forged = tampered(await token('bob'), 'alice')
     assert.equal(await upgrade(`${P.ws}/secret-room?token=${forged}`), 401, 'wrongly signed')
-    assert.equal(await upgrade(`${P.ws}/secret-room?token=${await token('alice', -10)}`), 401, 'expired')
+    assert.equal(await upgrade(`${P.ws}/secret-room?token=${await token('alice', -120)}`), 401, 'expired')
     assert.equal(await upgrade(`${P.ws}/secret-room?token=${await token('alice')}`), 101, 'valid')
     const alice = connect(P, 'secret-room', { user: { name: 'alice' } }, await as('alice'))
     const bob = connect(P, 'secret-room', { user: { name: 'bob' } }, await as('bob'))
