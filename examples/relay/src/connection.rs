@@ -15,10 +15,10 @@ use synckit_awareness::y_protocols::{
 };
 use synckit_relay::documents::{DocumentError, Documents, Room};
 use tokio::sync::{broadcast, watch};
-
-use crate::auth::Access;
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
+
+use crate::auth::{Access, REFUSALS};
 
 /// Close code for a message over the size limit (RFC 6455).
 const TOO_BIG: u16 = 1009;
@@ -310,7 +310,7 @@ async fn sync(
                 room = doc.name(),
                 "read-only: update refused"
             );
-            ::metrics::counter!("synckit_relay_refusals_total", "reason" => "read_only")
+            ::metrics::counter!(REFUSALS, "reason" => "read_only")
                 .increment(1);
             session.send(encode_permission_denied(&reason));
         }

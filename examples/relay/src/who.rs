@@ -15,7 +15,6 @@
 //! limit) and ends when the token expires.
 
 use std::collections::HashMap;
-
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, State};

@@ -133,7 +133,8 @@ impl Jwks {
         if let Some(key) = set.find(kid).filter(|_| fresh) {
             return Ok(key);
         }
-        if last.elapsed() >= self.refetch_interval || !fresh {
+        // Rate-limited either way: an identity provider that is down is not hammered.
+        if last.elapsed() >= self.refetch_interval {
             *last = Instant::now();
             match self.fetch().await {
                 Ok(set) => self.store(set),

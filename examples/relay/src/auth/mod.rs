@@ -26,6 +26,9 @@ pub use jwks::Jwks;
 pub use jwt::{JwtAuth, JwtOptions};
 pub use scope::{Access, Pattern, Scopes};
 
+/// The counter of refused requests and updates, by `reason` (README "Access").
+pub const REFUSALS: &str = "synckit_relay_refusals_total";
+
 /// What a request may do: who it is and which rooms it may open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
@@ -98,7 +101,7 @@ impl Refusal {
     /// Logs and counts it, and answers it (the reason in the body).
     pub fn respond(self, what: &str, room: &str) -> Response {
         tracing::info!(%room, status = self.status.as_u16(), reason = %self.reason, "{what} refused");
-        ::metrics::counter!("synckit_relay_refusals_total", "reason" => self.label).increment(1);
+        ::metrics::counter!(REFUSALS, "reason" => self.label).increment(1);
         (self.status, self.reason).into_response()
     }
 }
