@@ -310,8 +310,7 @@ async fn sync(
                 room = doc.name(),
                 "read-only: update refused"
             );
-            ::metrics::counter!(REFUSALS, "reason" => "read_only")
-                .increment(1);
+            ::metrics::counter!(REFUSALS, "reason" => "read_only").increment(1);
             session.send(encode_permission_denied(&reason));
         }
         SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
