@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 
-use crate::auth::{Access, REFUSALS};
+use crate::auth::{expiry, Access, REFUSALS};
 
 /// Close code for a message over the size limit (RFC 6455).
 const TOO_BIG: u16 = 1009;
@@ -103,12 +103,7 @@ pub async fn serve(
 
     let mut writer = tokio::spawn(write(sink, outbox, limits));
     // A token's lifetime is all a connection gets: revoking access takes at most that long.
-    let expiry = async move {
-        match expires_in {
-            Some(remaining) => tokio::time::sleep(remaining).await,
-            None => std::future::pending().await,
-        }
-    };
+    let expiry = expiry(expires_in);
     tokio::pin!(expiry);
     let mut deadline = tokio::time::Instant::now() + limits.pong_timeout;
     let mut stopping = false;

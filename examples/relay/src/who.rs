@@ -25,7 +25,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use synckit_awareness::{Error, Participant, PresenceFilter};
 
-use crate::auth::{request_token, Grant, Kind};
+use crate::auth::{expiry, request_token, Grant, Kind};
 use crate::rooms::readable_rooms;
 use crate::App;
 
@@ -165,15 +165,9 @@ pub(crate) async fn events(
     // Ends at shutdown, or when the token expires (the client reconnects with a fresh one).
     let expires_in = grant.remaining();
     let stopping = async move {
-        let expiry = async move {
-            match expires_in {
-                Some(remaining) => tokio::time::sleep(remaining).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = shutdown.wait_for(|stopping| *stopping) => {}
-            () = expiry => {}
+            () = expiry(expires_in) => {}
         }
         // The stream's place is given back when it ends.
         drop(ticket);

@@ -71,6 +71,15 @@ impl Grant {
     }
 }
 
+/// Resolves when a token with `remaining` lifetime expires (never for `None`): what ends a
+/// connection or an event stream.
+pub async fn expiry(remaining: Option<Duration>) {
+    match remaining {
+        Some(remaining) => tokio::time::sleep(remaining).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A refused request: the status, a short label (the refusal metric's `reason`), and a
 /// sentence for the client and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
