@@ -12,14 +12,14 @@ SCHEMA_DB ?= synckit_schema_check
 PG_ADMIN_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/test)
 TEST_CONTAINER_LABEL := synckit-awareness-tests
 
-.PHONY: bench-relay bench-relay-quick prerequisites test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick bench-pooler relay relay-web
+.PHONY: links bench-relay bench-relay-quick prerequisites test test-suite test-faults check fmt lint doc schema-check demo install clean-test-containers help bench bench-quick bench-pooler relay relay-web
 
 help:
 	@echo "make demo          run the quickstart (PostgreSQL when DATABASE_URL is set, else in memory)"
 	@echo "make relay         the y-websocket presence server on :1234 (PostgreSQL when DATABASE_URL is set; RELAY_ARGS=--help)"
 	@echo "make test          all tests (DATABASE_URL, else Docker, else a throwaway local cluster)"
 	@echo "make test-faults   PostgreSQL crash-restart and killed backends under load (needs initdb/pg_ctl)"
-	@echo "make check         fmt --check, clippy -D warnings, doc"
+	@echo "make check         fmt --check, clippy -D warnings, doc, links between the Markdown pages"
 	@echo "make schema-check  schema.rs equals diesel print-schema after the migrations"
 	@echo "make install       cargo install --path . --features cli (the operator CLI)"
 	@echo "make bench         benchmark vs pgbench and Redis (~10 min; docs/performance.md)"
@@ -79,7 +79,11 @@ test-faults:
 	$(CARGO) test $(FEATURES) --test faults -- --ignored --nocapture --test-threads=1 ; status=$$? ; \
 	  $(MAKE) --no-print-directory clean-test-containers ; exit $$status
 
-check: fmt lint doc
+check: fmt lint doc links
+
+# Links between the Markdown pages (relative files and #anchors; external ones are not fetched).
+links:
+	python3 tests/support/check-links.py
 
 fmt:
 	$(CARGO) fmt --all -- --check

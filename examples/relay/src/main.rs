@@ -8,43 +8,45 @@
 //!
 //! `ws://HOST:PORT/<room>[?token=…]` (the room is the document_id), `GET /` and `GET /<room>`
 //! the page, `GET /healthz` health as JSON, `GET /metrics` Prometheus metrics, `GET /rooms`
-//! and `GET /rooms/<room>/presence[/events]` who is here (`who.rs`). See README "Run a
-//! presence server".
+//! and `GET /rooms/<room>/presence[/events]` who is here (`who.rs`). The operator's guide is
+//! examples/relay/README.md.
+//!
+//! Files by concern: `config.rs` flags, `startup.rs` what they build, `routes.rs` the routes,
+//! `room.rs` + `connection.rs` a WebSocket, `who.rs` + `rooms.rs` who is here, `pages.rs` the
+//! page, health and metrics, `auth/` who may do what, `commands.rs` the subcommands,
+//! `shutdown.rs` the signal and the drain.
 #![forbid(unsafe_code)]
 
 mod auth;
+mod commands;
 mod config;
 mod connection;
 mod pages;
 mod room;
 mod rooms;
+mod routes;
+mod shutdown;
+mod startup;
 mod who;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::routing::get;
 use axum::serve::ListenerExt;
-use axum::Router;
 use clap::Parser;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use synckit_awareness::presence::{Presence, PresenceOptions};
-use synckit_awareness::y_protocols::DecodeLimits;
-use synckit_awareness::{
-    run_migrations_at, InstanceOptions, MemoryAwarenessStore, PostgresAwarenessStore,
-    PostgresOptions, StoreOptions,
-};
+use synckit_awareness::presence::Presence;
+use synckit_relay::documents::Documents;
 use tokio::sync::watch;
 
-use crate::auth::{
-    Access, Admission, AdmissionLimits, Authenticate, Jwks, JwtAuth, JwtOptions, Open,
-};
-use crate::config::{AccessArgs, Args, Command};
+use crate::auth::{Admission, Authenticate};
+use crate::commands::{compact, token};
+use crate::config::{Args, Command};
 use crate::connection::Limits;
-use synckit_relay::documents::{self, DocumentOptions, DocumentStore, Documents};
+use crate::startup::{admission, authentication, engines, Engines};
 
 #[derive(Clone)]
 struct App {
@@ -88,83 +90,6 @@ async fn main() {
     }
 }
 
-fn token(
-    args: &Args,
-    principal: &str,
-    rooms: &[(String, Access)],
-    user: Option<serde_json::Value>,
-    ttl: Duration,
-) -> Result<(), Failure> {
-    let secret = args
-        .access
-        .auth_secret
-        .as_deref()
-        .ok_or("set SYNCKIT_RELAY_AUTH_SECRET (or --auth-secret) to mint tokens")?;
-    let auth = JwtAuth::new(Some(secret.as_bytes()), None, jwt_options(&args.access))?;
-    println!("{}", auth.mint(principal, rooms, user, ttl)?);
-    Ok(())
-}
-
-fn jwt_options(access: &AccessArgs) -> JwtOptions {
-    JwtOptions {
-        issuer: access.jwt_issuer.clone(),
-        audience: access.jwt_audience.clone(),
-        leeway: access.jwt_leeway,
-        principal_claim: access.principal_claim.clone(),
-        rooms_claim: access.rooms_claim.clone(),
-        user_claim: access.user_claim.clone(),
-        default_access: access.default_room_access.access(),
-    }
-}
-
-/// JWTs when a secret or a JWKS is set, else open mode (said at start).
-async fn authentication(access: &AccessArgs) -> Result<Arc<dyn Authenticate>, Failure> {
-    let secret = access.auth_secret.as_deref().filter(|s| !s.is_empty());
-    let jwks = match access.jwks.as_deref().filter(|s| !s.is_empty()) {
-        Some(location) => {
-            Some(Jwks::load(location, access.jwks_refetch_interval, access.jwks_max_age).await?)
-        }
-        None => None,
-    };
-    if secret.is_none() && jwks.is_none() {
-        tracing::warn!("no SYNCKIT_RELAY_AUTH_SECRET or SYNCKIT_RELAY_JWKS: running open, every connection is anonymous and may write every room (anyone who can reach this port can)");
-        return Ok(Arc::new(Open));
-    }
-    let auth = JwtAuth::new(secret.map(str::as_bytes), jwks, jwt_options(access))?;
-    Ok(Arc::new(auth))
-}
-
-async fn compact(args: &Args) -> Result<(), Failure> {
-    let url = args
-        .database_url
-        .as_deref()
-        .filter(|u| !u.trim().is_empty())
-        .ok_or("set DATABASE_URL (or --database-url) to compact the documents in it")?;
-    let pool = synckit_awareness::build_pool(
-        url,
-        &PostgresOptions::default()
-            .with_pool_size(1)
-            .with_transaction_pooler(args.transaction_pooler),
-    )
-    .await?;
-    let store = DocumentStore::new(pool).with_transaction_pooler(args.transaction_pooler);
-    let (mut documents, mut rows, mut row_bytes, mut snapshot_bytes) = (0, 0, 0, 0);
-    for document in store.documents_with_rows().await? {
-        if let Some(done) = store.compact(&document).await? {
-            documents += 1;
-            rows += done.rows;
-            row_bytes += done.row_bytes;
-            snapshot_bytes += done.snapshot_bytes;
-        }
-    }
-    println!("compacted {documents} documents: {rows} rows ({row_bytes} bytes) into snapshots of {snapshot_bytes} bytes");
-    Ok(())
-}
-
-fn limit(value: u32) -> Option<u32> {
-    (value > 0).then_some(value)
-}
-
 async fn run(args: Args) -> Result<(), Failure> {
     let metrics = PrometheusBuilder::new().install_recorder()?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
@@ -174,99 +99,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| format!("relay-{}", address.port()));
     let auth = authentication(&args.access).await?;
-    let a = &args.access;
-    let admission = Admission::new(AdmissionLimits {
-        connections_per_principal: a.max_connections_per_principal,
-        streams_per_principal: a.max_streams_per_principal,
-        connections_per_address: a.max_connections_per_address,
-        streams_per_address: a.max_streams_per_address,
-        connections: a.max_connections,
-        streams: a.max_streams,
-    });
-    let store_options = StoreOptions::default()
-        .with_timeout(args.timeout)
-        .with_max_state_bytes(args.max_state_bytes)
-        .with_max_clients_per_document(limit(args.max_clients_per_document))
-        .with_max_clients_per_connection(limit(args.max_clients_per_connection));
-    let mut options = PresenceOptions::default();
-    options.change_feed = options.change_feed.with_publish_pace(args.publish_pace);
-    if let Some(url) = args.listen_url.as_deref().filter(|u| !u.trim().is_empty()) {
-        let change_feed = options.change_feed.clone().with_listen_url(url);
-        options = options.with_change_feed(change_feed);
-    }
-    let options = options
-        .with_decode_limits(DecodeLimits::default().with_max_state_bytes(args.max_state_bytes))
-        .with_queue_capacity(args.queue_capacity)
-        .with_queue_bytes(args.queue_bytes)
-        .with_prune_interval(args.prune_interval)
-        .with_persist_interval(args.persist_interval)
-        .with_instance(InstanceOptions::default().with_lease(args.lease));
-    // An empty DATABASE_URL counts as unset.
-    let database_url = args
-        .database_url
-        .as_deref()
-        .filter(|u| !u.trim().is_empty());
-    let document_options = DocumentOptions {
-        max_update_bytes: args.max_update_bytes,
-        max_document_bytes: args.max_document_bytes,
-        compact_after: args.compact_after,
-    };
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let (presence, store_kind, documents) = match database_url {
-        Some(url) => {
-            let store = PostgresAwarenessStore::connect(
-                url,
-                PostgresOptions::default()
-                    .with_store(store_options)
-                    .with_pool_size(args.pool_size)
-                    .with_validate_on_start(false)
-                    .with_transaction_pooler(args.transaction_pooler),
-            )
-            .await?;
-            if args.transaction_pooler {
-                // Migrations hold a session-level lock: on the direct URL.
-                let direct = args.listen_url.as_deref().ok_or(
-                    "--transaction-pooler needs --listen-url (a direct URL of the same database)",
-                )?;
-                run_migrations_at(direct, &[&documents::MIGRATIONS]).await?;
-            } else {
-                store.migrate(&[&documents::MIGRATIONS]).await?;
-            }
-            store.ensure_schema().await?;
-            let documents = Arc::new(Documents::on_postgres(
-                DocumentStore::new(store.pool().clone())
-                    .with_transaction_pooler(args.transaction_pooler)
-                    .with_statement_pool(store.statement_pool().cloned()),
-                document_options,
-            ));
-            // One listening session per instance for presence and documents alike, named
-            // after the instance (cut to PostgreSQL's 63 bytes: a long --instance still starts).
-            let mut listener_name = format!("synckit-relay-listener:{instance}");
-            while listener_name.len() > 63 {
-                listener_name.pop();
-            }
-            let change_feed = options
-                .change_feed
-                .clone()
-                .with_also_listen(documents::CHANNEL)
-                .with_listener_name(listener_name)
-                .with_reconnect_delay(args.listener_reconnect_delay);
-            let presence =
-                Presence::on_postgres(store, options.with_change_feed(change_feed)).await?;
-            let notifications = presence
-                .postgres()
-                .ok_or("the presence engine runs on PostgreSQL here")?
-                .subscribe_channel(documents::CHANNEL)
-                .await?;
-            documents::listen(documents.clone(), notifications, shutdown.clone());
-            (presence, "postgres", documents)
-        }
-        None => (
-            Presence::in_memory(MemoryAwarenessStore::with_options(store_options), options)?,
-            "memory",
-            Arc::new(Documents::in_memory(document_options)),
-        ),
-    };
+    let Engines {
+        presence,
+        store_kind,
+        documents,
+    } = engines(&args, &instance, &shutdown).await?;
+    let admission = admission(&args.access);
     // Histograms need upkeep (bucket draining) now and then.
     let upkeep = {
         let metrics = metrics.clone();
@@ -297,16 +136,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         metrics,
     };
     let active = app.active.clone();
-    let router = Router::new()
-        .route("/", get(pages::page))
-        .route("/healthz", get(pages::healthz))
-        .route("/metrics", get(pages::metrics_text))
-        .route("/page.js", get(pages::script))
-        .route("/rooms", get(who::rooms))
-        .route("/rooms/{room}/presence", get(who::presence))
-        .route("/rooms/{room}/presence/events", get(who::events))
-        .route("/{room}", get(room::room))
-        .with_state(app);
+    let router = routes::router(app);
 
     // Tests and scripts read this line for the port.
     println!(
@@ -327,49 +157,14 @@ async fn run(args: Args) -> Result<(), Failure> {
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move {
-        signal().await;
-        tracing::info!("shutting down: removing this instance's presence and closing connections");
-        let _ = shutdown_tx.send(true);
-        // Removes every entry of this instance in one statement and publishes it, so
-        // the other instances announce the leaves at once.
-        if let Err(error) = stopping.shutdown().await {
-            tracing::warn!(%error, "presence shutdown failed; the entries expire instead");
-        }
-    })
+    .with_graceful_shutdown(shutdown::stop(stopping, shutdown_tx))
     .await?;
 
-    // Upgraded connections run outside the server: wait for each to close.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shutdown::drain(&active).await;
     upkeep.abort();
     tracing::info!(
         remaining = active.load(Ordering::SeqCst),
         "stopped; change feed closed"
     );
     Ok(())
-}
-
-async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -1,5 +1,5 @@
-//! Every Rust snippet of the top-level README.md, compiled with only the dependencies README
-//! lists (see build.rs). Compiling this crate is the check; `tests/run.rs` runs the programs.
+//! Every Rust snippet of the Markdown pages (build.rs), compiled with only the dependencies
+//! README lists. Compiling this crate is the check; `tests/run.rs` runs the programs.
 #![allow(
     unused,
     dead_code,

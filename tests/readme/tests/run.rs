@@ -1,5 +1,6 @@
-//! Runs each README snippet that is a whole program against a fresh, empty database (the
-//! snippet migrates it itself), with `DATABASE_URL` pointing there as a user's would.
+//! Runs each Markdown snippet (README, docs/) that is a whole program against a fresh, empty
+//! database (the snippet migrates it itself), with `DATABASE_URL` pointing there as a user's
+//! would.
 
 #[path = "../../common/mod.rs"]
 mod common;
@@ -18,11 +19,11 @@ fn readme_programs_run() {
         let outcome = main();
         std::env::remove_var("DATABASE_URL");
         if let Err(e) = outcome {
-            panic!("README's {name} failed: {e}");
+            panic!("snippet {name} failed: {e}");
         }
         // It did its work on that database: the migrations it applied are recorded there.
         let applied =
             runtime.block_on(db.scalar("SELECT count(*) AS n FROM __diesel_schema_migrations"));
-        assert!(applied >= 1, "README's {name} applied no migration");
+        assert!(applied >= 1, "snippet {name} applied no migration");
     }
 }

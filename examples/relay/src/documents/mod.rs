@@ -5,8 +5,10 @@
 //! docs/NOTES.md "Documents in PostgreSQL" has the decisions and why.
 
 mod catch_up;
+mod fold;
 mod listener;
 mod room;
+mod sql;
 mod store;
 
 use std::collections::HashMap;
@@ -15,13 +17,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+pub use fold::fold;
 pub use listener::listen;
 use room::lock;
 pub use room::Room;
-pub use store::{
-    fold, Compacted, DocumentStats, DocumentStore, StoredUpdate, APPEND, CHANNEL, LOCK_CLASS,
-    MIGRATIONS,
-};
+pub use sql::{DocumentStats, StoredUpdate, APPEND, LOCK_CLASS};
+pub use store::{Compacted, DocumentStore, CHANNEL, MIGRATIONS};
 
 /// Why an update was not taken, or a room not opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
