@@ -1,6 +1,6 @@
 //! Every metric the crate records, through the [`metrics`] facade: install a recorder
 //! (`metrics-exporter-prometheus`, an OpenTelemetry bridge, …) in your server and they appear;
-//! without one, each call site costs a no-op call. README's "Metrics" section lists them.
+//! without one, each call site costs a no-op call. docs/metrics.md lists them.
 
 use std::time::Instant;
 

@@ -1,7 +1,8 @@
 //! Every write path under contention, mixed: no call fails (no deadlock reaches a caller), and
 //! every key ends at its highest clock. On PostgreSQL each path takes its row locks in key
-//! order (docs/NOTES.md, "Row locks"); a deadlock or serialization failure that still happens
-//! is retried by the store and counted (`synckit_awareness_write_retries_total`).
+//! order (docs/ARCHITECTURE.md, "Row locks in one order"); a deadlock or serialization
+//! failure that still happens is retried by the store and counted
+//! (`synckit_awareness_write_retries_total`).
 //!
 //! Issue 25's workload: 16 tasks on 20 keys of one document, 12 sending `set_many` batches of
 //! 1 to 16 updates of random keys (a batch may repeat a key), 4 sending single `set`s, 40

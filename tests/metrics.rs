@@ -1,6 +1,6 @@
 //! Metrics through the `metrics` facade: with a recorder installed, every store operation is
 //! counted with its outcome and timed, refused updates are counted by reason, the pool and the
-//! pruner report; README lists every metric name the crate records.
+//! pruner report; docs/metrics.md lists every metric name the crate records.
 
 mod common;
 
@@ -149,12 +149,15 @@ async fn operations_outcomes_pool_and_pruning_are_recorded() {
     }
 }
 
-/// README's metrics table names every metric, and nothing else by that prefix.
+/// docs/metrics.md names every metric, and nothing else by that prefix.
 #[test]
-fn readme_lists_every_metric() {
-    let readme = include_str!("../README.md");
+fn the_metrics_guide_lists_every_metric() {
+    let readme = include_str!("../docs/metrics.md");
     for name in synckit_awareness::metrics::ALL {
-        assert!(readme.contains(&format!("`{name}`")), "README lists {name}");
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "docs/metrics.md lists {name}"
+        );
     }
     let listed = readme
         .split('`')
@@ -163,6 +166,6 @@ fn readme_lists_every_metric() {
         .collect::<Vec<_>>();
     assert!(
         listed.is_empty(),
-        "README names unknown metrics: {listed:?}"
+        "docs/metrics.md names unknown metrics: {listed:?}"
     );
 }

@@ -129,7 +129,7 @@ async fn clock_zero_over_expired_is_stale(stores: common::Stores) {
     );
 }
 
-/// What README claims about re-encoded states: values equal on every store; the exact text
+/// What docs/y-protocols.md claims about re-encoded states: values equal on every store; the exact text
 /// (`JSON.stringify` of the client's object, insertion-ordered keys) only on the memory store,
 /// while PostgreSQL returns jsonb's key order (shorter keys first, then byte order).
 async fn re_encoded_states_are_equal_values(stores: common::Stores, expected_text: &str) {

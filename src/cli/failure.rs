@@ -80,7 +80,7 @@ impl From<Error> for Failure {
             Error::InvalidInput { .. } => Self::usage(message, Some("see --help")),
             Error::Config(_) => Self::usage(
                 message,
-                Some("fix the SYNCKIT__AWARENESS__* environment variables (see the README's configuration table)"),
+                Some("fix the SYNCKIT__AWARENESS__* environment variables (see docs/configuration.md)"),
             ),
             Error::Database(_) if message.contains("does not exist") => Self::new(
                 PROBLEM,

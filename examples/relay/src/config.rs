@@ -24,7 +24,7 @@ pub(crate) struct Args {
     /// PostgreSQL URL; without it (or empty) the relay runs alone on the in-memory store.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
-    /// Who may do what (README "Access"): tokens, rooms, limits per principal.
+    /// Who may do what (docs/access.md): tokens, rooms, limits per principal.
     #[command(flatten)]
     pub(crate) access: AccessArgs,
     /// Awareness timeout: an entry not refreshed for this long is gone (y-protocols: 30s;
@@ -107,7 +107,7 @@ pub(crate) struct Args {
     #[arg(long, env = "SYNCKIT_RELAY_POOL_SIZE", default_value_t = 8)]
     pub(crate) pool_size: u32,
     /// DATABASE_URL leads to a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy):
-    /// needs --listen-url (README "Behind PgBouncer / Supavisor / RDS Proxy").
+    /// needs --listen-url (docs/poolers.md).
     #[arg(long, env = "SYNCKIT_RELAY_TRANSACTION_POOLER")]
     pub(crate) transaction_pooler: bool,
     /// A direct (or session-mode) URL of the same database, for the change feed's listener and
@@ -140,7 +140,7 @@ pub(crate) enum Command {
     },
 }
 
-/// Tokens and limits (README "Access").
+/// Tokens and limits (docs/access.md).
 #[derive(Debug, clap::Args)]
 pub(crate) struct AccessArgs {
     /// Shared secret (at least 32 bytes) for HS256 JWTs. With it or --jwks every request needs

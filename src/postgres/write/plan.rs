@@ -1,6 +1,7 @@
 //! The write plan of `set_many` on PostgreSQL: a batch as statements whose rows are one per
 //! key, in key order, so every statement takes its row locks in the one order every write
-//! path uses (`document_id, client_id`, byte order; docs/NOTES.md "Row locks").
+//! path uses (`document_id, client_id`, byte order; docs/ARCHITECTURE.md "Row locks in one
+//! order").
 //!
 //! A batch of distinct keys is one statement. A batch that repeats a key goes in **rounds**:
 //! round *n* sends the *n*-th pending update of every key that still has one, as a batch of

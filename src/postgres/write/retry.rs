@@ -2,11 +2,11 @@
 //! statement (`40P01`, `40001`): the statement is sent again, a bounded number of times, and
 //! counted ([`WRITE_RETRIES`](crate::metrics::WRITE_RETRIES)).
 //!
-//! Every write path takes its row locks in key order (docs/NOTES.md, "Row locks"), so such a
-//! failure should not happen between this crate's own statements; this covers what is left
-//! (a writer outside the crate, a lock order PostgreSQL takes by itself). Sending a write again
-//! cannot apply an update twice: every write is conditional on the clock, and the failed
-//! statement wrote nothing.
+//! Every write path takes its row locks in key order (docs/ARCHITECTURE.md, "Row locks in one
+//! order"), so such a failure should not happen between this crate's own statements; this
+//! covers what is left (a writer outside the crate, a lock order PostgreSQL takes by itself).
+//! Sending a write again cannot apply an update twice: every write is conditional on the
+//! clock, and the failed statement wrote nothing.
 //!
 //! Where: each statement on its own ([`retry_statement!`]), since the statements of one
 //! operation commit one by one (a second attempt of the whole operation would find the first

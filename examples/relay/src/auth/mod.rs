@@ -26,7 +26,7 @@ pub use jwks::Jwks;
 pub use jwt::{JwtAuth, JwtOptions};
 pub use scope::{Access, Pattern, Scopes};
 
-/// The counter of refused requests and updates, by `reason` (README "Access").
+/// The counter of refused requests and updates, by `reason` (docs/access.md).
 pub const REFUSALS: &str = "synckit_relay_refusals_total";
 
 /// What a request may do: who it is and which rooms it may open.

@@ -2,7 +2,7 @@
 //! PostgreSQL when the relay has a database (every update appended before it is relayed, other
 //! instances told through LISTEN/NOTIFY, compaction into a snapshot), in memory only otherwise.
 //!
-//! docs/NOTES.md "Documents in PostgreSQL" has the decisions and why.
+//! docs/ARCHITECTURE.md ("The path of a document update", "Decisions") has the design and why.
 
 mod catch_up;
 mod fold;

@@ -12,7 +12,7 @@ pub const LOCK_CLASS: i32 = 0x7265_6c61;
 /// Appends updates (in order) under the document's lock and announces the last id, once per
 /// call; returns the ids. The lock makes appends to one document take turns, so within a
 /// document id order is commit order: a reader that saw id `n` has seen every smaller id of
-/// that document (docs/NOTES.md). One statement, one commit for many updates: an instance
+/// that document (docs/ARCHITECTURE.md). One statement, one commit for many updates: an instance
 /// sends the updates that queued up while its previous append was committing (group commit).
 pub const APPEND: &str = r#"WITH locked AS (
     SELECT pg_advisory_xact_lock($1, hashtext($2)), set_config('synchronous_commit', 'on', true)

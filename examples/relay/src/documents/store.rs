@@ -180,7 +180,7 @@ impl DocumentStore {
     /// snapshot, only if no other compaction wrote one meanwhile, and deletes the rows folded.
     /// Safe while others append: appends to a document take turns under its lock, so every row
     /// with an id up to the largest one read was in what was read, and every later row gets a
-    /// larger id (docs/NOTES.md). `None`: there were no rows, or another compaction won.
+    /// larger id (docs/ARCHITECTURE.md). `None`: there were no rows, or another compaction won.
     pub async fn compact(&self, document: &str) -> Result<Option<Compacted>, DocumentError> {
         let mut conn = self.conn().await?;
         self.begin(&mut conn).await?;
@@ -313,7 +313,7 @@ async fn append<C: AsyncConnectionCore<Backend = Pg> + Send>(
         // `load`, not `get_result`: diesel-async's `get_result` returns at the first row,
         // before the server's ReadyForQuery — before the implicit commit when no pooler
         // transaction is open — so the updates would be relayed before they are durable
-        // (the library's faults test caught the same trap for `set`; docs/NOTES.md).
+        // (the library's faults test caught the same trap for `set`; docs/ARCHITECTURE.md).
         .load::<Ids>(conn)
         .await
 }

@@ -172,7 +172,7 @@ describe('two relays sharing one PostgreSQL (30 s timeout)', () => {
     // instance, where her live connection holds her; the spoofing connection is not closed (a
     // reconnecting client must never loop on a close). On another instance open mode does as
     // y-protocols' servers do and relays a newer clock from any connection (so a client that
-    // fails over is relayed at once, test 10b); README's trust section says so, and signed
+    // fails over is relayed at once, test 10b); docs/store.md's trust section says so, and signed
     // tokens (tests 8-10) are what protects a client id everywhere.
     for (const [relay, own] of [[A, 4245]]) {
       const spoofer = new WebSocket(`${relay.ws}/guarded`)
@@ -382,7 +382,7 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   const leaseMs = 3000
   const pruneMs = 250
   const auth = { SYNCKIT_RELAY_AUTH_SECRET: secret }
-  // HS256 JWTs minted with jose, as the application's login service would (README "Access").
+  // HS256 JWTs minted with jose, as the application's login service would (docs/access.md).
   const mint = hs256(secret)
   const token = (principal, ttlSeconds = 3600) => mint(principal, { iss: undefined, aud: undefined }, { ttl: ttlSeconds })
   const as = async (principal) => ({ params: { token: await token(principal) } })
