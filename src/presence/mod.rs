@@ -40,6 +40,7 @@ mod leaving;
 mod options;
 mod outbox;
 mod room;
+mod route;
 mod session;
 mod unsaved;
 mod view;
