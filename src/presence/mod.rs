@@ -33,6 +33,7 @@
 //! It works on both stores: [`Presence::on_postgres`] (any number of instances on one database)
 //! and [`Presence::in_memory`] (one process).
 
+mod batch;
 mod engine;
 mod feed;
 mod identity;
@@ -42,6 +43,7 @@ mod outbox;
 mod room;
 mod route;
 mod session;
+mod tick;
 mod unsaved;
 mod view;
 
@@ -60,10 +62,11 @@ use engine::{lock, Engine};
 use feed::route_feed;
 pub use identity::{Identity, USER_FIELD};
 pub use options::{
-    close_code, Disconnect, PresenceOptions, DEFAULT_PERSIST_INTERVAL, DEFAULT_QUEUE_BYTES,
+    close_code, Disconnect, PresenceOptions, DEFAULT_AWARENESS_TICK, DEFAULT_AWARENESS_TICK_FROM,
+    DEFAULT_PERSIST_INTERVAL, DEFAULT_QUEUE_BYTES,
 };
 pub use outbox::{Outbox, Outgoing};
-use room::{Member, Room, RoomState};
+use room::{Member, Room};
 pub use session::{Received, Session};
 
 /// A presence engine: share it (it is a cheap clone) between the server's connections.
@@ -198,12 +201,7 @@ impl Presence {
             let mut rooms = lock(&self.engine.rooms);
             let room = rooms
                 .entry(room.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(Room {
-                        name: room.to_owned(),
-                        state: Mutex::new(RoomState::default()),
-                    })
-                })
+                .or_insert_with(|| Room::new(room, options.tick()))
                 .clone();
             room.lock().members.insert(
                 number,

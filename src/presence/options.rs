@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::tick::Tick;
 use crate::error::Error;
 use crate::postgres::{ChangeFeedOptions, InstanceOptions};
 use crate::y_protocols::DecodeLimits;
@@ -56,7 +57,26 @@ pub struct PresenceOptions {
     /// joining on another instance) may show a state up to this long behind. Joins, leaves and
     /// refusals are written as they happen. `Duration::ZERO` writes every move as it happens.
     pub persist_interval: Duration,
+    /// Coalescing for busy rooms (default 30 ms, [`DEFAULT_AWARENESS_TICK`]): in a room with
+    /// at least [`awareness_tick_from`](Self::awareness_tick_from) local connections, a move
+    /// that comes less than a tick after the room's last one is held until the tick and sent
+    /// with every other move of it, each client's latest state once, in one message per
+    /// connection. Joins and leaves go at once (with the moves held before them); a move after
+    /// a quiet tick goes at once. In every room, a connection that falls behind holds each
+    /// client's latest entry, not every move. `Duration::ZERO` turns coalescing off: every
+    /// change is its own message.
+    pub awareness_tick: Duration,
+    /// Local connections from which a room's moves wait for the tick (default 32,
+    /// [`DEFAULT_AWARENESS_TICK_FROM`]): below, a move costs a handful of frames and goes at
+    /// once.
+    pub awareness_tick_from: usize,
 }
+
+/// [`PresenceOptions::awareness_tick`]'s default.
+pub const DEFAULT_AWARENESS_TICK: Duration = Duration::from_millis(30);
+
+/// [`PresenceOptions::awareness_tick_from`]'s default.
+pub const DEFAULT_AWARENESS_TICK_FROM: usize = 32;
 
 /// [`PresenceOptions::persist_interval`]'s default.
 pub const DEFAULT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -71,6 +91,8 @@ impl Default for PresenceOptions {
             instance: InstanceOptions::default(),
             change_feed: ChangeFeedOptions::default().with_publish_delay(Duration::ZERO),
             persist_interval: DEFAULT_PERSIST_INTERVAL,
+            awareness_tick: DEFAULT_AWARENESS_TICK,
+            awareness_tick_from: DEFAULT_AWARENESS_TICK_FROM,
         }
     }
 }
@@ -111,6 +133,27 @@ impl PresenceOptions {
     pub fn with_persist_interval(mut self, interval: Duration) -> Self {
         self.persist_interval = interval;
         self
+    }
+
+    /// These options with another coalescing tick for busy rooms (`Duration::ZERO`: off).
+    pub fn with_awareness_tick(mut self, tick: Duration) -> Self {
+        self.awareness_tick = tick;
+        self
+    }
+
+    /// These options with another number of local connections from which a room's moves wait
+    /// for the tick.
+    pub fn with_awareness_tick_from(mut self, connections: usize) -> Self {
+        self.awareness_tick_from = connections;
+        self
+    }
+
+    /// The rooms' tick (`None`: coalescing off).
+    pub(super) fn tick(&self) -> Option<Tick> {
+        (!self.awareness_tick.is_zero()).then_some(Tick {
+            every: self.awareness_tick,
+            from_members: self.awareness_tick_from,
+        })
     }
 
     /// These options with other change-feed settings.

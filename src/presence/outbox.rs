@@ -6,12 +6,15 @@
 //! few dozen bytes, one awareness state may be 64 KiB and a document update 1 MiB, so a bound of
 //! 256 messages alone let one connection that stopped reading hold 256 MiB.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use super::batch::{Batch, Slot};
+use super::engine::lock;
 use super::options::{close_code, Disconnect};
 
 /// What the engine hands a connection.
@@ -23,10 +26,21 @@ pub enum Outgoing {
     Close(Disconnect),
 }
 
+/// What the queue holds: a message, or the place of the awareness in the connection's
+/// [`Slot`] (one place however many batches were merged there since).
+#[derive(Debug)]
+enum Item {
+    Message(Bytes),
+    Awareness,
+}
+
 /// The receiving side of a connection's queue: what to send it, in order.
 #[derive(Debug)]
 pub struct Outbox {
-    messages: mpsc::Receiver<Bytes>,
+    messages: mpsc::Receiver<Item>,
+    slot: Arc<Mutex<Slot>>,
+    /// Messages taken from the slot and not handed out yet.
+    ready: VecDeque<Bytes>,
     kick: watch::Receiver<Option<Disconnect>>,
     /// Bytes of the messages queued and not yet taken ([`next`](Self::next)).
     queued: Arc<AtomicUsize>,
@@ -39,15 +53,19 @@ pub(crate) fn queue(capacity: usize, max_bytes: usize) -> (Sender, Outbox) {
     let (messages_tx, messages) = mpsc::channel(capacity);
     let (kick_tx, kick) = watch::channel(None);
     let queued = Arc::new(AtomicUsize::new(0));
+    let slot = Arc::new(Mutex::new(Slot::default()));
     (
         Sender {
             messages: messages_tx,
+            slot: slot.clone(),
             kick: Arc::new(kick_tx),
             queued: queued.clone(),
             max_bytes,
         },
         Outbox {
             messages,
+            slot,
+            ready: VecDeque::new(),
             kick,
             queued,
             done: false,
@@ -59,29 +77,69 @@ impl Outbox {
     /// The next thing to send, or `None` once the connection is closed. A
     /// [`Outgoing::Close`] comes last.
     pub async fn next(&mut self) -> Option<Outgoing> {
-        if self.done {
-            return None;
-        }
-        tokio::select! {
-            biased;
-            kicked = self.kick.wait_for(Option::is_some) => {
-                self.done = true;
-                match kicked {
-                    Ok(reason) => reason.clone().map(Outgoing::Close),
-                    // Every sender is gone: the connection was released.
-                    Err(_) => None,
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.kick.borrow().is_none() {
+                if let Some(message) = self.ready.pop_front() {
+                    return Some(Outgoing::Message(message));
                 }
             }
-            message = self.messages.recv() => match message {
-                Some(message) => {
-                    self.queued.fetch_sub(message.len(), Ordering::Relaxed);
-                    Some(Outgoing::Message(message))
-                }
-                None => {
+            let item = tokio::select! {
+                biased;
+                kicked = self.kick.wait_for(Option::is_some) => {
                     self.done = true;
-                    None
+                    return match kicked {
+                        Ok(reason) => reason.clone().map(Outgoing::Close),
+                        // Every sender is gone: the connection was released.
+                        Err(_) => None,
+                    };
                 }
-            },
+                item = self.messages.recv() => item,
+            };
+            if let Some(outgoing) = self.take(item) {
+                return Some(outgoing);
+            }
+        }
+    }
+
+    /// The next thing to send if one is waiting now (a writer puts what is waiting on the
+    /// socket before flushing it once); `None` when nothing is, or the connection is closing
+    /// ([`next`](Self::next) then yields the close).
+    pub fn try_next(&mut self) -> Option<Outgoing> {
+        loop {
+            if self.done || self.kick.borrow().is_some() {
+                return None;
+            }
+            if let Some(message) = self.ready.pop_front() {
+                return Some(Outgoing::Message(message));
+            }
+            let item = self.messages.try_recv().ok()?;
+            if let Some(outgoing) = self.take(Some(item)) {
+                return Some(outgoing);
+            }
+        }
+    }
+
+    /// What an item of the queue gives: a message, or what the slot holds.
+    fn take(&mut self, item: Option<Item>) -> Option<Outgoing> {
+        match item {
+            Some(Item::Message(message)) => {
+                self.queued.fetch_sub(message.len(), Ordering::Relaxed);
+                Some(Outgoing::Message(message))
+            }
+            Some(Item::Awareness) => {
+                let mut slot = lock(&self.slot);
+                self.queued.fetch_sub(slot.bytes(), Ordering::Relaxed);
+                self.ready.extend(slot.take());
+                drop(slot);
+                self.ready.pop_front().map(Outgoing::Message)
+            }
+            None => {
+                self.done = true;
+                None
+            }
         }
     }
 
@@ -103,7 +161,8 @@ impl Outbox {
 /// The sending side of a connection's queue, and the engine's way to end it.
 #[derive(Debug, Clone)]
 pub(crate) struct Sender {
-    messages: mpsc::Sender<Bytes>,
+    messages: mpsc::Sender<Item>,
+    slot: Arc<Mutex<Slot>>,
     kick: Arc<watch::Sender<Option<Disconnect>>>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
@@ -128,17 +187,51 @@ impl Sender {
             self.too_slow("bytes");
             return false;
         }
-        match self.messages.try_send(message) {
+        match self.messages.try_send(Item::Message(message)) {
             Ok(()) => true,
             Err(error) => {
                 self.queued.fetch_sub(len, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Full(_) = error {
-                    self.too_slow("messages");
-                }
-                // Closed: the connection is gone; its session cleans up.
-                false
+                self.refused(error)
             }
         }
+    }
+
+    /// Adds `batch` to the connection's awareness not yet taken, each client's entry over the
+    /// one held of it; false when the connection is ended (a bound reached) or gone. Bytes
+    /// count as they are held after merging: a connection that falls behind holds at most
+    /// every client's last entry, not every move.
+    pub(crate) fn queue_batch(&self, batch: &Arc<Batch>) -> bool {
+        let mut slot = lock(&self.slot);
+        let was_empty = slot.is_empty();
+        let held = slot.bytes();
+        slot.add(batch);
+        let now = slot.bytes();
+        let before = if now >= held {
+            self.queued.fetch_add(now - held, Ordering::Relaxed)
+        } else {
+            self.queued.fetch_sub(held - now, Ordering::Relaxed)
+        };
+        if before > 0 && before + now > held + self.max_bytes {
+            drop(slot);
+            self.too_slow("bytes");
+            return false;
+        }
+        if !was_empty {
+            return true;
+        }
+        match self.messages.try_send(Item::Awareness) {
+            Ok(()) => true,
+            Err(error) => self.refused(error),
+        }
+    }
+
+    /// A message the channel did not take: the connection is too slow (full) or gone.
+    fn refused(&self, error: mpsc::error::TrySendError<Item>) -> bool {
+        if let mpsc::error::TrySendError::Full(_) = error {
+            self.too_slow("messages");
+        }
+        // Closed: the connection is gone; its session cleans up.
+        false
     }
 
     fn too_slow(&self, bound: &str) {

@@ -2,11 +2,12 @@
 //! client id (claims), and the view of what its clients were told; sending to every member.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
 use super::outbox::Sender;
+use super::tick::{Held, Tick};
 use super::view::{Verdict, View};
 use crate::entry::AwarenessUpdate;
 use crate::y_protocols::{
@@ -27,6 +28,12 @@ pub(super) struct RoomState {
     pub(super) claims: HashMap<u64, Claim>,
     /// Moves relayed but not written yet (`unsaved.rs`): clientID -> its latest.
     pub(super) unsaved: HashMap<u64, AwarenessUpdate>,
+    /// Coalescing (`tick.rs`): `None` sends every change as it comes, as its own message.
+    pub(super) tick: Option<Tick>,
+    /// Moves held for the room's next tick.
+    pub(super) held: Held,
+    /// The room itself, for its tick.
+    pub(super) me: Weak<Room>,
 }
 
 pub(super) struct Member {
@@ -41,6 +48,17 @@ pub(super) struct Claim {
 }
 
 impl Room {
+    pub(super) fn new(name: &str, tick: Option<Tick>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new_cyclic(|me| Self {
+            name: name.to_owned(),
+            state: Mutex::new(RoomState {
+                tick,
+                me: me.clone(),
+                ..RoomState::default()
+            }),
+        })
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, RoomState> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -65,20 +83,34 @@ impl RoomState {
     pub(super) fn forward(&mut self, updates: Vec<AwarenessClientUpdate>) -> Vec<(u64, u64)> {
         let mut accepted = Vec::new();
         let mut hidden = Vec::new();
+        // A join or a leave among them: nothing waits for a tick.
+        let mut urgent = false;
         for update in updates {
-            match self
-                .view
-                .observe(update.client_id, update.clock, update.state.is_some())
-            {
-                Verdict::Forward => accepted.push(update),
+            let present = update.state.is_some();
+            let was = self.view.seen(update.client_id).is_some_and(|s| s.present);
+            match self.view.observe(update.client_id, update.clock, present) {
+                Verdict::Forward => {
+                    urgent |= !(present && was);
+                    accepted.push(update);
+                }
                 Verdict::Ignore => {}
                 Verdict::Hidden { leave_clock } => hidden.push((update.client_id, leave_clock)),
             }
         }
-        if let Some(message) = awareness_message(&accepted) {
-            self.send_all(&message, None);
-        }
+        self.send_changes(accepted, urgent);
         hidden
+    }
+
+    /// Sends what the view accepted: coalesced when the room has a tick, else as one message.
+    fn send_changes(&mut self, accepted: Vec<AwarenessClientUpdate>, urgent: bool) {
+        match self.tick {
+            Some(tick) => self.deliver(tick, accepted, urgent),
+            None => {
+                if let Some(message) = awareness_message(&accepted) {
+                    self.send_all(&message, None);
+                }
+            }
+        }
     }
 
     /// Entries removed from the store (expired, a crashed or stopped instance's): no local
@@ -96,9 +128,7 @@ impl RoomState {
             .into_iter()
             .filter_map(|client_id| Some(leave(client_id, self.view.gone(client_id)?)))
             .collect();
-        if let Some(message) = awareness_message(&leaves) {
-            self.send_all(&message, None);
-        }
+        self.send_changes(leaves, true);
     }
 }
 

@@ -343,7 +343,11 @@ async fn a_closed_connection_leaves_once_and_a_rejoin_at_its_old_clock_is_told_t
 async fn a_slow_consumer_is_disconnected_and_the_others_are_not() {
     let presence = Presence::in_memory(
         MemoryAwarenessStore::default(),
-        PresenceOptions::default().with_queue_capacity(4),
+        // Coalescing off: each move is its own message (with it on, a connection behind
+        // holds each client's latest only: tick_tests.rs).
+        PresenceOptions::default()
+            .with_queue_capacity(4)
+            .with_awareness_tick(Duration::ZERO),
     )
     .expect("engine");
     let (alice, mut alice_out) = presence.join("doc", None).await.expect("join");
@@ -378,7 +382,8 @@ async fn a_consumer_behind_by_bytes_is_disconnected_within_the_bound() {
         MemoryAwarenessStore::default(),
         PresenceOptions::default()
             .with_queue_capacity(10_000)
-            .with_queue_bytes(BOUND),
+            .with_queue_bytes(BOUND)
+            .with_awareness_tick(Duration::ZERO),
     )
     .expect("engine");
     let (alice, mut alice_out) = presence.join("doc", None).await.expect("join");
@@ -530,3 +535,5 @@ fn the_clock_rule() {
     assert!(!supersedes(Some((3, false)), 3, false));
     assert!(!supersedes(Some((3, false)), 2, true));
 }
+
+mod tick;

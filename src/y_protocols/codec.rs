@@ -100,16 +100,45 @@ pub fn encode_awareness_update(clients: &[AwarenessClientUpdate]) -> Result<Vec<
     write_var_uint(&mut out, clients.len() as u64);
     let mut json = String::new();
     for client in clients {
-        write_var_uint(&mut out, check_safe(WireField::ClientId, client.client_id)?);
-        write_var_uint(&mut out, check_safe(WireField::Clock, client.clock)?);
-        json.clear();
-        match &client.state {
-            Some(state) => write_js_json(&mut json, state),
-            None => json.push_str("null"),
-        }
-        write_var_bytes(&mut out, json.as_bytes());
+        encode_client(&mut out, &mut json, client)?;
     }
     Ok(out)
+}
+
+/// One client's entry of an awareness update (its id, clock and JSON state), appended to `out`;
+/// `json` is scratch space. An update is the client count followed by such entries, so entries
+/// encoded once can be put together into many updates ([`awareness_message_of`]).
+pub(crate) fn encode_client(
+    out: &mut Vec<u8>,
+    json: &mut String,
+    client: &AwarenessClientUpdate,
+) -> Result<(), CodecError> {
+    write_var_uint(out, check_safe(WireField::ClientId, client.client_id)?);
+    write_var_uint(out, check_safe(WireField::Clock, client.clock)?);
+    json.clear();
+    match &client.state {
+        Some(state) => write_js_json(json, state),
+        None => json.push_str("null"),
+    }
+    write_var_bytes(out, json.as_bytes());
+    Ok(())
+}
+
+/// A y-websocket awareness message (type 1) holding `entries`, each made by [`encode_client`].
+pub(crate) fn awareness_message_of<'a>(entries: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let (count, bytes) = entries
+        .clone()
+        .fold((0u64, 0usize), |(n, b), e| (n + 1, b + e.len()));
+    let mut head = Vec::with_capacity(10);
+    write_var_uint(&mut head, count);
+    let mut out = Vec::with_capacity(bytes + head.len() + 11);
+    write_var_uint(&mut out, MESSAGE_AWARENESS);
+    write_var_uint(&mut out, (head.len() + bytes) as u64);
+    out.extend_from_slice(&head);
+    for entry in entries {
+        out.extend_from_slice(entry);
+    }
+    out
 }
 
 /// Decodes an awareness update produced by y-protocols' `encodeAwarenessUpdate`.

@@ -52,3 +52,30 @@ fn wire_example() {
     .expect("encodable");
     assert_eq!(bytes, b"\x01\xac\x02\x02\x07{\"a\":1}");
 }
+
+#[test]
+fn a_message_put_together_from_entries_equals_one_encoded_whole() {
+    let clients: Vec<AwarenessClientUpdate> = (0..200u64)
+        .map(|i| AwarenessClientUpdate {
+            client_id: i * 1000,
+            clock: i,
+            state: (i % 3 != 0).then(|| json!({ "cursor": i, "pad": "x".repeat(i as usize) })),
+        })
+        .collect();
+    let mut json = String::new();
+    let entries: Vec<Vec<u8>> = clients
+        .iter()
+        .map(|client| {
+            let mut out = Vec::new();
+            encode_client(&mut out, &mut json, client).expect("encodable");
+            out
+        })
+        .collect();
+    for n in [0, 1, 2, 127, 128, 200] {
+        let whole = encode_message(&AwarenessMessage::Update(
+            encode_awareness_update(&clients[..n]).expect("encodable"),
+        ));
+        let put_together = awareness_message_of(entries[..n].iter().map(Vec::as_slice));
+        assert_eq!(put_together, whole, "{n} clients");
+    }
+}

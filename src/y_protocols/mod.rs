@@ -18,7 +18,7 @@
 //! [`AwarenessStore`](crate::AwarenessStore): clientIDs become decimal `client_id` text.
 
 pub(crate) mod apply;
-mod codec;
+pub(crate) mod codec;
 pub(crate) mod error;
 mod varint;
 

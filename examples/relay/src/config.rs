@@ -80,6 +80,15 @@ pub(crate) struct Args {
     /// that come sooner wait for the rest of it and go together in one `NOTIFY`.
     #[arg(long, env = "SYNCKIT_RELAY_PUBLISH_PACE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub(crate) publish_pace: Duration,
+    /// Coalescing for busy rooms: in a room with at least `--awareness-tick-from` connections on
+    /// this instance, moves that come within this of the room's last one go out together at the
+    /// tick, each client's latest state once (0s: off, every move is its own message). Joins
+    /// and leaves never wait.
+    #[arg(long, env = "SYNCKIT_RELAY_AWARENESS_TICK", default_value = "30ms", value_parser = humantime::parse_duration)]
+    pub(crate) awareness_tick: Duration,
+    /// Connections on this instance from which a room's moves wait for the tick.
+    #[arg(long, env = "SYNCKIT_RELAY_AWARENESS_TICK_FROM", default_value_t = synckit_awareness::presence::DEFAULT_AWARENESS_TICK_FROM)]
+    pub(crate) awareness_tick_from: usize,
     /// How often idle connections are pinged.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) ping_interval: Duration,

@@ -212,8 +212,16 @@ async fn write(
             },
             _ = ping.tick() => Message::Ping(Default::default()),
         };
+        // What else is waiting goes with it, and the socket is flushed once.
+        let put = async {
+            sink.feed(message).await?;
+            while let Some(Outgoing::Message(bytes)) = outbox.try_next() {
+                sink.feed(Message::Binary(bytes)).await?;
+            }
+            sink.flush().await
+        };
         tokio::select! {
-            sent = tokio::time::timeout(limits.send_timeout, sink.send(message)) => {
+            sent = tokio::time::timeout(limits.send_timeout, put) => {
                 if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }

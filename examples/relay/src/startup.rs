@@ -91,6 +91,8 @@ pub(crate) async fn engines(
         .with_queue_bytes(args.queue_bytes)
         .with_prune_interval(args.prune_interval)
         .with_persist_interval(args.persist_interval)
+        .with_awareness_tick(args.awareness_tick)
+        .with_awareness_tick_from(args.awareness_tick_from)
         .with_instance(InstanceOptions::default().with_lease(args.lease));
     // An empty DATABASE_URL counts as unset.
     let database_url = args
