@@ -4,7 +4,6 @@
 
 use super::room::RoomState;
 use super::session::Session;
-use crate::y_protocols::AwarenessClientUpdate;
 
 /// What to do with one incoming client, decided from the room's state alone.
 pub(super) enum Route {
@@ -16,15 +15,22 @@ pub(super) enum Route {
 }
 
 impl Session {
-    pub(super) fn route(&self, state: &RoomState, client: &AwarenessClientUpdate) -> Route {
-        let seen = state.view.seen(client.client_id);
+    /// Where `client_id`'s state (`present`) or leave at `clock` goes.
+    pub(super) fn route(
+        &self,
+        state: &RoomState,
+        client_id: u64,
+        clock: u64,
+        present: bool,
+    ) -> Route {
+        let seen = state.view.seen(client_id);
         // Not newer than what the clients were told: an echo (every y-websocket client sends
         // back each change it accepts), or a timed-out peer's leave at its last clock.
-        let echo = seen.is_some_and(|s| client.clock <= s.clock);
-        if let Some(seen) = seen.filter(|s| echo && !s.present && client.state.is_some()) {
+        let echo = seen.is_some_and(|s| clock <= s.clock);
+        if let Some(seen) = seen.filter(|s| echo && !s.present && present) {
             return Route::Remedy(seen.clock);
         }
-        match state.claims.get(&client.client_id) {
+        match state.claims.get(&client_id) {
             Some(claim) if claim.connection == self.number => Route::Write,
             Some(claim) => {
                 // Held by another local connection: a newer update from the same
@@ -43,7 +49,7 @@ impl Session {
             }
             None if echo => Route::Drop,
             // A leave for a client never shown here: nothing to remove.
-            None if seen.is_none() && client.state.is_none() => Route::Drop,
+            None if seen.is_none() && !present => Route::Drop,
             // Held by no local connection and newer than what the room was told: written. A
             // client shown present is live on another instance, or on a dead one it is
             // failing over from. Open mode (no principal) cannot tell that client from a

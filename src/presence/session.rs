@@ -17,9 +17,10 @@ use super::route::Route;
 use crate::entry::{AwarenessEntry, SetOutcome};
 use crate::error::Result;
 use crate::y_protocols::apply::{apply_clients, awareness_clients, y_clock};
+use crate::y_protocols::codec::decode_awareness_raw;
 use crate::y_protocols::{
-    decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage,
+    decode_message, encode_awareness_update, encode_message, encode_permission_denied,
+    AwarenessClientUpdate, AwarenessMessage, CodecError,
 };
 
 /// What [`Session::receive`] did with an awareness message.
@@ -134,51 +135,63 @@ impl Session {
         &self,
         payload: &[u8],
     ) -> std::result::Result<Received, Disconnect> {
-        let mut clients = decode_awareness_update(payload, &self.engine.options.decode_limits)
-            .map_err(|e| {
-                Disconnect::new(
-                    close_code::INVALID_DATA,
-                    format!("malformed awareness update: {e}"),
-                )
-            })?;
-        // Before anything is routed, stored or relayed: others see the server's identity.
-        self.identity.stamp(&mut clients);
+        let malformed = |e: CodecError| {
+            Disconnect::new(
+                close_code::INVALID_DATA,
+                format!("malformed awareness update: {e}"),
+            )
+        };
+        // Framing, limits and JSON syntax are checked for every client; a state is built only
+        // for the clients that are written: most of what arrives is echoes (every y-websocket
+        // client sends back each change it accepts), dropped on their id and clock.
+        let raw =
+            decode_awareness_raw(payload, &self.engine.options.decode_limits).map_err(malformed)?;
+        let mut incoming = Vec::with_capacity(raw.len());
+        for client in raw {
+            incoming.push((client, client.check().map_err(malformed)?));
+        }
         let mut received = Received::default();
-        let mut writes = Vec::with_capacity(clients.len());
+        let mut writes = Vec::with_capacity(incoming.len());
         let mut remedies = Vec::new();
         {
             let mut state = self.room.lock();
             let mut moves = Vec::new();
-            for client in clients {
-                match self.route(&state, &client) {
-                    Route::Write => match self.defer(&state, &client) {
-                        Some(update) => {
-                            state.claims.insert(
-                                client.client_id,
-                                Claim {
-                                    connection: self.number,
-                                    clock: client.clock,
-                                },
-                            );
-                            state.unsaved.insert(client.client_id, update);
-                            received.applied.push(client.client_id);
-                            moves.push(client);
+            for (raw, present) in incoming {
+                let id = raw.client_id;
+                match self.route(&state, id, raw.clock, present) {
+                    Route::Write => {
+                        let mut client = raw.parse().map_err(malformed)?;
+                        // Before it is stored or relayed: others see the server's identity.
+                        self.identity.stamp(std::slice::from_mut(&mut client));
+                        match self.defer(&state, &client) {
+                            Some(update) => {
+                                state.claims.insert(
+                                    client.client_id,
+                                    Claim {
+                                        connection: self.number,
+                                        clock: client.clock,
+                                    },
+                                );
+                                state.unsaved.insert(client.client_id, update);
+                                received.applied.push(client.client_id);
+                                moves.push(client);
+                            }
+                            None => writes.push(client),
                         }
-                        None => writes.push(client),
-                    },
+                    }
                     Route::Remedy(leave_clock) => {
-                        received.dropped.push(client.client_id);
-                        remedies.push(leave(client.client_id, leave_clock));
+                        received.dropped.push(id);
+                        remedies.push(leave(id, leave_clock));
                     }
                     Route::Drop => {
-                        let reason = if state.claims.contains_key(&client.client_id) {
+                        let reason = if state.claims.contains_key(&id) {
                             "foreign"
                         } else {
                             "echo"
                         };
                         ::metrics::counter!(crate::metrics::PRESENCE_DROPPED, "reason" => reason)
                             .increment(1);
-                        received.dropped.push(client.client_id);
+                        received.dropped.push(id);
                     }
                 }
             }

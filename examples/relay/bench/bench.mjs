@@ -14,6 +14,7 @@ import { spawn, execFileSync } from 'node:child_process'
 import { createHmac } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { createServer, connect as tcpConnect } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
@@ -31,10 +32,11 @@ const OUT_DIR = join(REPO, 'target', 'bench-relay')
 // Options
 
 const ALL_SIDES = ['relay2', 'relay4', 'relay1', 'hocuspocus2', 'hocuspocus4', 'hocuspocus1', 'ywebsocket1']
-const MEMORY_SIDES = ['relay1', 'hocuspocus1', 'ywebsocket1']
+const MEMORY_SIDES = ['relay1', 'hocuspocus1', 'ywebsocket1', 'ysweet1']
 
 const usage = `usage: node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x8,16x16]
        [--sides ${ALL_SIDES.join(',')}] [--duration S] [--warmup S] [--drain S]
+       [--interval MS]  each client's time between moves (default 250: 4 Hz)
        [--memory] [--with-memory] [--no-memory] [--memory-connections N] [--memory-rooms N]
        [--documents] [--no-documents] [--doc-rooms N] [--doc-interval MS]
   --quick        2 rooms x 2 clients, 2 s (0.5 s warm-up), 1 round, no memory measurement
@@ -44,6 +46,22 @@ const usage = `usage: node bench.mjs [--quick] [--rounds N] [--workloads 8x8,16x
   --documents    only the documents step (cross-instance Y.Text edits, relay2 vs hocuspocus2)
   --no-documents leave the documents step out (it runs by default, tiny under --quick)
 env: RELAY_BIN, RELAY_ARGS, RELAY_TOKEN, RELAY_LOG, DATABASE_URL, REDIS_URL`
+
+/** y-sweet's binary: YSWEET_BIN, else y-sweet on PATH or in ~/.cargo/bin; null when absent. */
+const ysweetBin = () => {
+  if (process.env.YSWEET_BIN) return process.env.YSWEET_BIN
+  for (const dir of [...(process.env.PATH || '').split(':'), join(process.env.HOME || '/root', '.cargo', 'bin')]) {
+    if (dir && existsSync(join(dir, 'y-sweet'))) return join(dir, 'y-sweet')
+  }
+  return null
+}
+
+/** Every side, y-sweet's when it is installed (said when it is not). */
+const defaultSides = () => {
+  if (ysweetBin()) return [...ALL_SIDES, 'ysweet1']
+  console.log('y-sweet not found (cargo install --locked y-sweet --version 0.9.1, or YSWEET_BIN): its side is left out')
+  return ALL_SIDES
+}
 
 const parseArgs = (argv) => {
   const flags = {}
@@ -62,6 +80,7 @@ const parseArgs = (argv) => {
       case '--duration': flags.duration = Number(value()); break
       case '--warmup': flags.warmup = Number(value()); break
       case '--drain': flags.drain = Number(value()); break
+      case '--interval': flags.interval = Number(value()); break
       case '--memory': flags.memoryOnly = true; break
       case '--with-memory': flags.memory = true; break
       case '--no-memory': flags.memory = false; break
@@ -79,12 +98,13 @@ const parseArgs = (argv) => {
   const options = {
     quick,
     rounds: flags.rounds ?? (quick ? 1 : 3),
-    workloads: (flags.workloads ?? (quick ? '2x2' : '8x8,16x8,16x16')).split(',').map((w) => {
-      const m = w.trim().match(/^(\d+)x(\d+)$/)
-      if (!m || Number(m[1]) < 1 || Number(m[2]) < 2) throw new Error(`bad workload ${w}: ROOMSxCLIENTS, at least 2 clients a room`)
-      return { rooms: Number(m[1]), clients: Number(m[2]), name: `${m[1]}x${m[2]}` }
+    // ROOMSxCLIENTS[@MS]: MS each client's time between moves (default --interval).
+    workloads: (flags.workloads ?? (quick ? '2x2' : '8x8,16x8,16x16,1x150@1000')).split(',').map((w) => {
+      const m = w.trim().match(/^(\d+)x(\d+)(?:@(\d+))?$/)
+      if (!m || Number(m[1]) < 1 || Number(m[2]) < 2) throw new Error(`bad workload ${w}: ROOMSxCLIENTS[@MS], at least 2 clients a room`)
+      return { rooms: Number(m[1]), clients: Number(m[2]), intervalMs: m[3] ? Number(m[3]) : null, name: w.trim() }
     }),
-    sides: (flags.sides ?? ALL_SIDES.join(',')).split(',').map((s) => s.trim()).filter(Boolean),
+    sides: (flags.sides ?? defaultSides().join(',')).split(',').map((s) => s.trim()).filter(Boolean),
     duration: flags.duration ?? (quick ? 2 : 15),
     warmup: flags.warmup ?? (quick ? 0.5 : 2),
     drain: flags.drain ?? (quick ? 1 : 2),
@@ -95,13 +115,15 @@ const parseArgs = (argv) => {
     docIntervalMs: flags.docInterval ?? 20,
     memoryConnections: flags.memoryConnections ?? 1000,
     memoryRooms: flags.memoryRooms ?? 50,
-    intervalMs: 250,
+    intervalMs: flags.interval ?? 250,
     relayBin: process.env.RELAY_BIN || join(REPO, 'target', 'release', 'synckit-relay'),
     relayArgs: (process.env.RELAY_ARGS || '').split(/\s+/).filter(Boolean),
     databaseUrl: process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable',
     redisUrl: process.env.REDIS_URL || 'redis://127.0.0.1:6379'
   }
-  for (const side of options.sides) if (![...ALL_SIDES, 'relay2pooler'].includes(side)) throw new Error(`unknown side ${side} (known: ${ALL_SIDES.join(', ')}, relay2pooler)`)
+  const extra = ['relay2pooler', 'relay1notick', 'relay2notick', 'relay1w1', 'relay1w2', 'ysweet1']
+  for (const side of options.sides) if (![...ALL_SIDES, ...extra].includes(side)) throw new Error(`unknown side ${side} (known: ${[...ALL_SIDES, ...extra].join(', ')})`)
+  if (!(options.intervalMs >= 10)) throw new Error('--interval must be at least 10 (ms)')
   if (!(options.rounds >= 1)) throw new Error('--rounds must be at least 1')
   if (!(options.duration > options.warmup && options.warmup >= 0)) throw new Error('--duration must exceed --warmup')
   return options
@@ -261,7 +283,7 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
 }
 
 /** Starts a server process; resolves once it prints "listening on <host>:<port>". */
-const startProcess = async ({ label, command, args = [], env = {} }) => {
+const startProcess = async ({ label, command, args = [], env = {}, port: fixedPort = null }) => {
   const proc = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   children.add(proc)
   const exited = once(proc, 'exit').catch(() => {})
@@ -275,11 +297,12 @@ const startProcess = async ({ label, command, args = [], env = {} }) => {
     port = await withTimeout(new Promise((resolve, reject) => {
       proc.stdout.on('data', (data) => {
         keep(data)
-        if (out === null) return
+        if (out === null || fixedPort) return
         out += data.toString()
         const m = out.match(/listening on [^:\s]+:(\d+)/)
         if (m) { out = null; resolve(Number(m[1])) }
       })
+      if (fixedPort) portOpen(fixedPort, 60000).then(() => resolve(fixedPort), reject)
       proc.on('error', reject)
       proc.on('exit', (code, signal) => reject(new Error(`${label} exited (${code ?? signal}) before listening:\n${logs.join('')}`)))
     }), 60000, `${label} did not start`)
@@ -320,10 +343,52 @@ const SIDES = {
   // server (`--transaction-pooler`, the listener on the direct URL); its CPU counts with the
   // database's. Not in the default sides (it needs the PgBouncer: benches/pooler.sh's settings).
   relay2pooler: { kind: 'relay', instances: 2, pooler: true, client: 'y-websocket', store: 'PostgreSQL via PgBouncer', label: 'synckit-relay x2 (PostgreSQL through PgBouncer)' },
+  // The relay with coalescing off (`--awareness-tick 0s`): every move its own message, as
+  // before the tick. Not in the default sides; beside relay1/relay2 it shows what the tick does.
+  relay1notick: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, no tick', relayArgs: ['--awareness-tick', '0s'] },
+  relay2notick: { kind: 'relay', instances: 2, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x2, no tick', relayArgs: ['--awareness-tick', '0s'] },
+  // The relay on one worker thread (`--worker-threads 1`) and on one per core (2 here).
+  relay1w1: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, 1 worker thread', relayArgs: ['--worker-threads', '1'] },
+  relay1w2: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, 2 worker threads', relayArgs: ['--worker-threads', '2'] },
   hocuspocus2: { kind: 'hocuspocus', instances: 2, client: 'hocuspocus', store: 'Redis', label: 'Hocuspocus x2 (Redis)' },
   hocuspocus4: { kind: 'hocuspocus', instances: 4, client: 'hocuspocus', store: 'Redis', label: 'Hocuspocus x4 (Redis)' },
   hocuspocus1: { kind: 'hocuspocus', instances: 1, client: 'hocuspocus', store: 'memory', label: 'Hocuspocus x1 (memory)' },
-  ywebsocket1: { kind: 'ywebsocket', instances: 1, client: 'y-websocket', store: 'memory', label: 'y-websocket 1.5.4 server (memory)' }
+  ywebsocket1: { kind: 'ywebsocket', instances: 1, client: 'y-websocket', store: 'memory', label: 'y-websocket 1.5.4 server (memory)' },
+  // y-sweet 0.9.1, the Rust Yjs server (`cargo install --locked y-sweet --version 0.9.1`;
+  // YSWEET_BIN or y-sweet on PATH), documents in memory, driven by the y-websocket client at
+  // ws://…/d/{doc}/ws after `POST /doc/new`. Not in the default sides (it needs the install).
+  ysweet1: { kind: 'ysweet', instances: 1, client: 'y-sweet', store: 'memory', label: 'y-sweet 0.9.1 (memory)' }
+}
+
+/** A TCP port nobody listens on now. */
+const freePort = () => new Promise((resolve, reject) => {
+  const server = createServer()
+  server.on('error', reject)
+  server.listen(0, '127.0.0.1', () => { const { port } = server.address(); server.close(() => resolve(port)) })
+})
+
+/** Resolves once something accepts connections on 127.0.0.1:`port`. */
+const portOpen = (port, ms) => withTimeout((async () => {
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const socket = tcpConnect(port, '127.0.0.1')
+      socket.once('connect', () => { socket.destroy(); resolve(true) })
+      socket.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await sleep(50)
+  }
+})(), ms, `nothing listens on ${port}`)
+
+/** y-sweet serves only documents created first: one per room. */
+const prepareRooms = async (side, rooms) => {
+  if (side.spec.kind !== 'ysweet') return
+  for (const room of rooms) {
+    const res = await fetch(`http://127.0.0.1:${side.servers[0].port}/doc/new`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ docId: room })
+    })
+    if (!res.ok) throw new Error(`y-sweet: POST /doc/new ${room}: ${res.status} ${await res.text()}`)
+  }
 }
 
 let sequence = 0
@@ -362,7 +427,7 @@ const startSide = async (name, instances = SIDES[name].instances, extraRelayArgs
         servers.push(await startProcess({
           label: `${name}/${'ABCD'[i]}`,
           command: options.relayBin,
-          args: ['--port', '0', '--instance', `bench-${'abcd'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...poolerArgs, ...options.relayArgs, ...extraRelayArgs],
+          args: ['--port', '0', '--instance', `bench-${'abcd'[i]}`, '--timeout', '30s', '--prune-interval', '1s', ...poolerArgs, ...(spec.relayArgs ?? []), ...options.relayArgs, ...extraRelayArgs],
           env: { DATABASE_URL: relayUrl, RUST_LOG: process.env.RELAY_LOG || 'warn' }
         }))
       }
@@ -383,6 +448,15 @@ const startSide = async (name, instances = SIDES[name].instances, extraRelayArgs
           env: { ...env, PORT: '0', NAME: `bench-${'abcd'[i]}` }
         }))
       }
+    } else if (spec.kind === 'ysweet') {
+      const port = await freePort()
+      servers.push(await startProcess({
+        label: name,
+        command: ysweetBin() || 'y-sweet',
+        args: ['serve', '--host', '127.0.0.1', '--port', String(port)],
+        env: { RUST_LOG: 'warn' },
+        port
+      }))
     } else {
       servers.push(await startProcess({
         label: name,
@@ -404,8 +478,10 @@ process.setMaxListeners(0)
 /** One real client of the side's kind in `room` on the server at `url`. */
 const makeClient = (kind, url, room, token = null) => {
   const doc = new Y.Doc()
-  if (kind === 'y-websocket') {
-    const provider = new WebsocketProvider(url, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true, params: token ? { token } : {} })
+  if (kind === 'y-websocket' || kind === 'y-sweet') {
+    // y-sweet: the document's socket is ws://…/d/{doc}/ws/{doc} (server URL …/d/{doc}/ws, room {doc}).
+    const [base, name] = kind === 'y-sweet' ? [`${url}/d/${encodeURIComponent(room)}/ws`, room] : [url, room]
+    const provider = new WebsocketProvider(base, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, params: token ? { token } : {} })
     return {
       id: doc.clientID,
       room,
@@ -478,6 +554,7 @@ const runLatency = async (name, workload, roundIndex) => {
   const clients = []
   const intervals = new Set()
   try {
+    await prepareRooms(side, Array.from({ length: workload.rooms }, (_, r) => `bench-room-${r}`))
     for (let r = 0; r < workload.rooms; r++) {
       for (let c = 0; c < workload.clients; c++) {
         // A room's clients dealt round the instances: half on each of two, a quarter on each of four.
@@ -524,10 +601,10 @@ const runLatency = async (name, workload, roundIndex) => {
         if (t >= warmEnd) sentInWindow++
       }
       setTimeout(() => {
-        client.timer = setInterval(tick, options.intervalMs)
+        client.timer = setInterval(tick, workload.intervalMs ?? options.intervalMs)
         intervals.add(client.timer)
         tick()
-      }, Math.random() * options.intervalMs)
+      }, Math.random() * (workload.intervalMs ?? options.intervalMs))
     }
 
     const LOOP_RESOLUTION_MS = 5
@@ -752,6 +829,7 @@ const runMemory = async (name) => {
   const clients = []
   try {
     const server = side.servers[0]
+    await prepareRooms(side, Array.from({ length: options.memoryRooms }, (_, r) => `bench-room-${r}`))
     await sleep(1000)
     const before = rssKb(server.pid)
     const n = options.memoryConnections
@@ -844,7 +922,7 @@ const renderMarkdown = (report) => {
     for (const workload of o.workloads) {
       const rows = report.summary.filter((s) => s.workload === workload.name)
       if (!rows.length) continue
-      lines.push(`## ${workload.rooms} rooms x ${workload.clients} clients`, '')
+      lines.push(`## ${workload.rooms} rooms x ${workload.clients} clients, a move every ${workload.intervalMs ?? o.intervalMs} ms`, '')
       lines.push('| side | p50 ms | p50 spread | p99 ms | p99 spread | deliveries/round | missing | CPU ms/1k (server+db) | CPU spread | server | database | bench client CPU, loop lag p99 | rounds |')
       lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
       for (const s of rows) {

@@ -21,6 +21,11 @@ pub(crate) struct Args {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub(crate) host: IpAddr,
+    /// Threads that run the connections (0: one per core, or TOKIO_WORKER_THREADS). Fewer
+    /// threads wake each other less: on two cores one thread spent a quarter less CPU per
+    /// delivery at 8 rooms x 8 clients (docs/performance.md).
+    #[arg(long, env = "SYNCKIT_RELAY_WORKER_THREADS", default_value_t = 0)]
+    pub(crate) worker_threads: usize,
     /// PostgreSQL URL; without it (or empty) the relay runs alone on the in-memory store.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,

@@ -65,8 +65,7 @@ struct App {
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -74,16 +73,30 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let result = match &args.command {
-        Some(Command::Token {
-            principal,
-            rooms,
-            user,
-            ttl,
-        }) => token(&args, principal, rooms, user.clone(), *ttl),
-        Some(Command::Compact) => compact(&args).await,
-        None => run(args).await,
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "synckit-relay cannot start its runtime");
+            std::process::exit(1);
+        }
     };
+    let result = runtime.block_on(async move {
+        match &args.command {
+            Some(Command::Token {
+                principal,
+                rooms,
+                user,
+                ttl,
+            }) => token(&args, principal, rooms, user.clone(), *ttl),
+            Some(Command::Compact) => compact(&args).await,
+            None => run(args).await,
+        }
+    });
     if let Err(error) = result {
         tracing::error!(%error, "synckit-relay failed");
         std::process::exit(1);

@@ -5,7 +5,7 @@
 //! the instance pair with the default 30 s timeout, one for the pair whose instance is killed,
 //! with a 3 s timeout, one for the deployable pair, one for the documents' tests in
 //! `web/test/documents.test.mjs`, one for who is here in `web/test/who.test.mjs`, one for
-//! access in `web/test/access.test.mjs`), the
+//! access in `web/test/access.test.mjs`; coalescing on and off in `web/test/coalescing.test.mjs`), the
 //! binary's path, and where to put the reports and the
 //! screenshot. The documents' tests also need `psql` (they kill a listener's backend).
 //! The Node side starts the relays itself because it kills one with SIGKILL and restarts it on
@@ -55,6 +55,7 @@ async fn two_instances_real_clients_real_browser() {
             "test/documents.test.mjs",
             "test/who.test.mjs",
             "test/access.test.mjs",
+            "test/coalescing.test.mjs",
         ],
         &[
             ("RELAY_DB_URL", db.url.clone()),
@@ -80,6 +81,10 @@ async fn two_instances_real_clients_real_browser() {
             ("RELAY_REPORT", report.display().to_string()),
             ("RELAY_SCREENSHOT", screenshot.display().to_string()),
             ("CHROMIUM", chromium.clone()),
+            // Coalescing engaged in every room of two or more (the default starts at 32
+            // connections), so these tests run with moves waiting for the tick;
+            // coalescing.test.mjs runs it off as well.
+            ("SYNCKIT_RELAY_AWARENESS_TICK_FROM", "2".into()),
         ],
         DEADLINE,
     )

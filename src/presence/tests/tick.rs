@@ -42,21 +42,28 @@ fn state(v: u64) -> Option<serde_json::Value> {
     Some(json!({ "v": v }))
 }
 
-#[tokio::test]
-async fn a_client_moving_100_times_within_a_tick_is_delivered_once_with_its_last_state() {
-    let presence = ticked(Duration::from_secs(1), 2);
-    let (alice, _alice_out) = presence.join("doc", None).await.expect("join");
-    let (_bob, mut bob_out) = presence.join("doc", None).await.expect("join");
+/// Alice and bob in a room of `presence`; alice's client 1 has joined (clock 1) and bob was
+/// sent that join at once. Returns alice's session, her outbox, bob's session and his outbox.
+async fn joined(presence: &Presence) -> (Session, Outbox, Session, Outbox) {
+    let (alice, alice_out) = presence.join("doc", None).await.expect("join");
+    let (bob, mut bob_out) = presence.join("doc", None).await.expect("join");
     drain(&mut bob_out).await;
     alice
         .receive(&message(&[(1, 1, state(1))]))
         .await
         .expect("receive");
-    // A join goes at once.
     assert_eq!(
         next_entries(&mut bob_out, Duration::from_millis(200)).await,
-        Some(vec![(1, 1, state(1))])
+        Some(vec![(1, 1, state(1))]),
+        "a join goes at once"
     );
+    (alice, alice_out, bob, bob_out)
+}
+
+#[tokio::test]
+async fn a_client_moving_100_times_within_a_tick_is_delivered_once_with_its_last_state() {
+    let presence = ticked(Duration::from_secs(1), 2);
+    let (alice, _alice_out, _bob, mut bob_out) = joined(&presence).await;
     for clock in 2..=101 {
         alice
             .receive(&message(&[(1, clock, state(clock))]))
@@ -80,14 +87,7 @@ async fn a_client_moving_100_times_within_a_tick_is_delivered_once_with_its_last
 #[tokio::test]
 async fn joins_and_leaves_go_at_once_with_the_moves_held_before_them() {
     let presence = ticked(Duration::from_secs(1), 2);
-    let (alice, _alice_out) = presence.join("doc", None).await.expect("join");
-    let (_bob, mut bob_out) = presence.join("doc", None).await.expect("join");
-    drain(&mut bob_out).await;
-    alice
-        .receive(&message(&[(1, 1, state(1))]))
-        .await
-        .expect("receive");
-    next_entries(&mut bob_out, Duration::from_millis(200)).await;
+    let (alice, _alice_out, _bob, mut bob_out) = joined(&presence).await;
     // Held: the room sent something less than a tick ago.
     alice
         .receive(&message(&[(1, 2, state(2))]))
@@ -132,14 +132,7 @@ async fn joins_and_leaves_go_at_once_with_the_moves_held_before_them() {
 #[tokio::test]
 async fn a_move_after_a_quiet_tick_or_in_a_room_that_is_not_busy_goes_at_once() {
     let presence = ticked(Duration::from_millis(100), 2);
-    let (alice, _alice_out) = presence.join("doc", None).await.expect("join");
-    let (_bob, mut bob_out) = presence.join("doc", None).await.expect("join");
-    drain(&mut bob_out).await;
-    alice
-        .receive(&message(&[(1, 1, state(1))]))
-        .await
-        .expect("receive");
-    next_entries(&mut bob_out, Duration::from_millis(200)).await;
+    let (alice, _alice_out, _bob, mut bob_out) = joined(&presence).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     alice
         .receive(&message(&[(1, 2, state(2))]))

@@ -577,7 +577,10 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   })
 
   test('12. a slow consumer is disconnected; the others are unaffected', async () => {
-    const S = await start('S', { extra: ['--queue-capacity', '16', '--max-state-bytes', '65536'] })
+    // Coalescing off: with it on, a connection that stops reading holds alice's latest state
+    // only, never falls behind by moves, and is not disconnected (coalescing.test.mjs, and the
+    // engine's tests/tick.rs).
+    const S = await start('S', { extra: ['--queue-capacity', '16', '--max-state-bytes', '65536', '--awareness-tick', '0s'] })
     relays.push(S)
     const { alice, bob, slow, slowMetric } = await slowRoom(S, 'slow')
     const padding = 'x'.repeat(60000)
@@ -602,7 +605,7 @@ describe('deployable: signed tokens, 3 s lease, 250 ms prune interval (separate 
   test('13. a consumer behind by bytes is disconnected, and the relay\'s memory stays within the bound', async () => {
     const bound = 1 << 20
     // A message bound far above what 10 s of traffic needs: only the byte bound can end it.
-    const S = await start('S2', { extra: ['--queue-capacity', '100000', '--queue-bytes', String(bound), '--max-state-bytes', '65536'] })
+    const S = await start('S2', { extra: ['--queue-capacity', '100000', '--queue-bytes', String(bound), '--max-state-bytes', '65536', '--awareness-tick', '0s'] })
     relays.push(S)
     const rss = () => Number(readFileSync(`/proc/${S.proc.pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB/m)[1]) * 1024
     const { alice, bob, slow, slowMetric } = await slowRoom(S, 'slow-bytes')
