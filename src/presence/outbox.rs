@@ -14,7 +14,6 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::batch::{Batch, Slot};
-use super::engine::lock;
 use super::options::{close_code, Disconnect};
 
 /// What the engine hands a connection.
@@ -130,7 +129,7 @@ impl Outbox {
                 Some(Outgoing::Message(message))
             }
             Some(Item::Awareness) => {
-                let mut slot = lock(&self.slot);
+                let mut slot = held(&self.slot);
                 self.queued.fetch_sub(slot.bytes(), Ordering::Relaxed);
                 self.ready.extend(slot.take());
                 drop(slot);
@@ -201,7 +200,7 @@ impl Sender {
     /// count as they are held after merging: a connection that falls behind holds at most
     /// every client's last entry, not every move.
     pub(crate) fn queue_batch(&self, batch: &Arc<Batch>) -> bool {
-        let mut slot = lock(&self.slot);
+        let mut slot = held(&self.slot);
         let was_empty = slot.is_empty();
         let held = slot.bytes();
         slot.add(batch);
@@ -262,4 +261,9 @@ impl Sender {
                 .increment(1);
         }
     }
+}
+
+/// Locks a connection's slot, through a poisoned lock (plain data; keep serving).
+fn held(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -6,8 +6,9 @@ use std::sync::{Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
+use super::batch::Batch;
 use super::outbox::Sender;
-use super::tick::{Held, Tick};
+use super::tick::{Admit, Held, Tick};
 use super::view::{Verdict, View};
 use crate::entry::AwarenessUpdate;
 use crate::y_protocols::{
@@ -101,16 +102,45 @@ impl RoomState {
         hidden
     }
 
-    /// Sends what the view accepted: coalesced when the room has a tick, else as one message.
+    /// Sends what the view accepted: coalesced when the room has a tick (`tick.rs`), else as
+    /// one message.
     fn send_changes(&mut self, accepted: Vec<AwarenessClientUpdate>, urgent: bool) {
-        match self.tick {
-            Some(tick) => self.deliver(tick, accepted, urgent),
-            None => {
-                if let Some(message) = awareness_message(&accepted) {
-                    self.send_all(&message, None);
+        if accepted.is_empty() {
+            return;
+        }
+        let Some(tick) = self.tick else {
+            if let Some(message) = awareness_message(&accepted) {
+                self.send_all(&message, None);
+            }
+            return;
+        };
+        let runtime = tokio::runtime::Handle::try_current();
+        let members = self.members.len();
+        match self
+            .held
+            .admit(tick, members, accepted, urgent, runtime.is_ok())
+        {
+            Admit::Now(clients) => self.send_batch(&clients),
+            Admit::Held(Some(at)) => {
+                if let Ok(runtime) = runtime {
+                    runtime.spawn(flush_at(self.me.clone(), at));
                 }
             }
+            Admit::Held(None) => {}
         }
+    }
+
+    /// Queues `clients` for every local connection, encoded once.
+    fn send_batch(&self, clients: &[AwarenessClientUpdate]) {
+        let Some(batch) = Batch::encode(clients) else {
+            return;
+        };
+        let queued = self
+            .members
+            .values()
+            .filter(|member| member.sender.queue_batch(&batch))
+            .count();
+        ::metrics::counter!(crate::metrics::PRESENCE_SENT).increment(queued as u64);
     }
 
     /// Entries removed from the store (expired, a crashed or stopped instance's): no local
@@ -129,6 +159,17 @@ impl RoomState {
             .filter_map(|client_id| Some(leave(client_id, self.view.gone(client_id)?)))
             .collect();
         self.send_changes(leaves, true);
+    }
+}
+
+/// The room's tick: what was held goes out.
+async fn flush_at(room: Weak<Room>, at: tokio::time::Instant) {
+    tokio::time::sleep_until(at).await;
+    let Some(room) = room.upgrade() else { return };
+    let mut state = room.lock();
+    let clients = state.held.due();
+    if !clients.is_empty() {
+        state.send_batch(&clients);
     }
 }
 

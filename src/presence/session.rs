@@ -13,7 +13,7 @@ use super::leaving::{release, write_leaves};
 use super::options::{close_code, Disconnect};
 use super::outbox::Sender;
 use super::room::{awareness_message, leave, Claim, Room};
-use super::route::Route;
+use super::route::{route, Route};
 use crate::entry::{AwarenessEntry, SetOutcome};
 use crate::error::Result;
 use crate::y_protocols::apply::{apply_clients, awareness_clients, y_clock};
@@ -158,7 +158,13 @@ impl Session {
             let mut moves = Vec::new();
             for (raw, present) in incoming {
                 let id = raw.client_id;
-                match self.route(&state, id, raw.clock, present) {
+                match route(
+                    &state,
+                    (self.number, self.principal()),
+                    id,
+                    raw.clock,
+                    present,
+                ) {
                     Route::Write => {
                         let mut client = raw.parse().map_err(malformed)?;
                         // Before it is stored or relayed: others see the server's identity.

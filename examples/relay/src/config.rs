@@ -21,10 +21,12 @@ pub(crate) struct Args {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub(crate) host: IpAddr,
-    /// Threads that run the connections (0: one per core, or TOKIO_WORKER_THREADS). Fewer
-    /// threads wake each other less: on two cores one thread spent a quarter less CPU per
-    /// delivery at 8 rooms x 8 clients (docs/performance.md).
-    #[arg(long, env = "SYNCKIT_RELAY_WORKER_THREADS", default_value_t = 0)]
+    /// Threads that run the connections (0: one per core, or TOKIO_WORKER_THREADS). One thread
+    /// wakes no other: measured on two cores it spent 0.74x the CPU per delivery of two at 8
+    /// rooms x 8 clients, 0.86x at 16 x 16 and 0.79x in one room of 150, with the same p99
+    /// (docs/performance.md). Raise it when one instance must use more than a core; or run
+    /// more instances.
+    #[arg(long, env = "SYNCKIT_RELAY_WORKER_THREADS", default_value_t = 1)]
     pub(crate) worker_threads: usize,
     /// PostgreSQL URL; without it (or empty) the relay runs alone on the in-memory store.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
