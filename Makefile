@@ -25,7 +25,7 @@ help:
 	@echo "make bench         benchmark vs pgbench and Redis (~10 min; docs/performance.md)"
 	@echo "make bench-quick   the benchmark at tiny sizes (CI smoke test, judges no time)"
 	@echo "make bench-pooler  behind PgBouncer (transaction mode): the store vs pgbench -M extended through it (~4 min)"
-	@echo "make bench-relay   presence and documents side by side: this relay vs Hocuspocus + Redis vs y-websocket (~17 min)"
+	@echo "make bench-relay   presence and documents side by side: this relay vs Hocuspocus + Redis vs y-websocket vs y-sweet when installed (~17 min before the 150-client room and y-sweet were added; longer now)"
 
 # The y-protocols interop test runs the real npm packages pinned in tests/js/package-lock.json;
 # `npm ci` reinstalls them only when node_modules is missing or older than the lock file.
