@@ -202,15 +202,16 @@ impl Sender {
     pub(crate) fn queue_batch(&self, batch: &Arc<Batch>) -> bool {
         let mut slot = held(&self.slot);
         let was_empty = slot.is_empty();
-        let held = slot.bytes();
+        let had = slot.bytes();
         slot.add(batch);
-        let now = slot.bytes();
-        let before = if now >= held {
-            self.queued.fetch_add(now - held, Ordering::Relaxed)
+        let has = slot.bytes();
+        // The queue's bytes before this batch; after it, `before + has - had`.
+        let before = if has >= had {
+            self.queued.fetch_add(has - had, Ordering::Relaxed)
         } else {
-            self.queued.fetch_sub(held - now, Ordering::Relaxed)
+            self.queued.fetch_sub(had - has, Ordering::Relaxed)
         };
-        if before > 0 && before + now > held + self.max_bytes {
+        if before > 0 && before + has > had + self.max_bytes {
             drop(slot);
             self.too_slow("bytes");
             return false;
