@@ -17,7 +17,7 @@ use super::route::{route, Route};
 use crate::entry::{AwarenessEntry, SetOutcome};
 use crate::error::Result;
 use crate::y_protocols::apply::{apply_clients, awareness_clients, y_clock};
-use crate::y_protocols::codec::decode_awareness_raw;
+use crate::y_protocols::raw::decode_awareness_raw;
 use crate::y_protocols::{
     decode_message, encode_awareness_update, encode_message, encode_permission_denied,
     AwarenessClientUpdate, AwarenessMessage, CodecError,

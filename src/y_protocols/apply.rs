@@ -1,9 +1,8 @@
 //! Bridges y-protocols awareness updates and an [`AwarenessStore`]: what a y-websocket server
 //! does with an incoming awareness message, and what it sends a newly joined client.
 
-use super::codec::{
-    decode_awareness_update, encode_awareness_update, AwarenessClientUpdate, DecodeLimits,
-};
+use super::codec::{encode_awareness_update, AwarenessClientUpdate, DecodeLimits};
+use super::raw::decode_awareness_update;
 use super::varint::MAX_SAFE_INTEGER;
 use crate::entry::{supersedes, AwarenessUpdate, SetOutcome};
 use crate::error::Result;

@@ -20,14 +20,16 @@
 pub(crate) mod apply;
 pub(crate) mod codec;
 pub(crate) mod error;
+pub(crate) mod raw;
 mod varint;
 
 pub use apply::{apply_awareness_update, apply_awareness_update_as, encode_awareness_state};
 
 pub use codec::{
-    decode_awareness_update, decode_message, encode_awareness_update, encode_message,
-    encode_permission_denied, AwarenessClientUpdate, AwarenessMessage, DecodeLimits, MESSAGE_AUTH,
-    MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
+    decode_message, encode_awareness_update, encode_message, encode_permission_denied,
+    AwarenessClientUpdate, AwarenessMessage, DecodeLimits, MESSAGE_AUTH, MESSAGE_AWARENESS,
+    MESSAGE_QUERY_AWARENESS, MESSAGE_SYNC,
 };
 pub use error::{CodecError, WireField};
+pub use raw::decode_awareness_update;
 pub use varint::{MAX_SAFE_INTEGER, MAX_VAR_UINT_LEN};
