@@ -34,6 +34,9 @@ pub(crate) struct Args {
     /// Who may do what (docs/access.md): tokens, rooms, limits per principal.
     #[command(flatten)]
     pub(crate) access: AccessArgs,
+    /// Webhooks on joins and leaves (README "Webhooks").
+    #[command(flatten)]
+    pub(crate) webhooks: WebhookArgs,
     /// Awareness timeout: an entry not refreshed for this long is gone (y-protocols: 30s;
     /// Yjs clients refresh every 15s, so keep it above that).
     #[arg(long, env = "SYNCKIT_RELAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -267,4 +270,47 @@ impl RoomAccess {
             Self::Write => Some(Access::Write),
         }
     }
+}
+
+/// Webhooks: `presence.joined` / `presence.left` posted to each URL, signed as Standard Webhooks
+/// 1.0 says, once across every instance on the database, retried until delivered or dropped.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WebhookArgs {
+    /// A URL to post joins and leaves to (repeat the flag, or separate with commas). Needs
+    /// DATABASE_URL: the events wait in the database until delivered.
+    #[arg(
+        long = "webhook-url",
+        env = "SYNCKIT_RELAY_WEBHOOK_URL",
+        value_delimiter = ','
+    )]
+    pub(crate) urls: Vec<String>,
+    /// The signing secret, `whsec_` followed by base64 (receivers verify with the Standard
+    /// Webhooks libraries).
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub(crate) webhook_secret: Option<String>,
+    /// How long one attempt may take; a slower answer counts as a failure.
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) webhook_timeout: Duration,
+    /// Wait before the first retry; each further retry waits twice as long as the one before.
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_RETRY_MIN", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) webhook_retry_min: Duration,
+    /// The longest wait between two attempts.
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_RETRY_MAX", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) webhook_retry_max: Duration,
+    /// An event not delivered within this long is dropped (counted).
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) webhook_max_age: Duration,
+    /// Events waiting per URL at most; past it the oldest are dropped (counted).
+    #[arg(
+        long,
+        env = "SYNCKIT_RELAY_WEBHOOK_MAX_PENDING",
+        default_value_t = 10_000
+    )]
+    pub(crate) webhook_max_pending: u32,
+    /// How often each instance looks for events to send.
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_POLL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub(crate) webhook_poll: Duration,
+    /// Events of different rooms sent at once per URL (a room's events go one at a time).
+    #[arg(long, env = "SYNCKIT_RELAY_WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub(crate) webhook_concurrency: u32,
 }

@@ -27,6 +27,7 @@ mod rooms;
 mod routes;
 mod shutdown;
 mod startup;
+mod webhooks;
 mod who;
 
 use std::net::SocketAddr;

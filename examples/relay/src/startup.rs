@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Admission, AdmissionLimits, Authenticate, Jwks, JwtAuth, JwtOptions, Open};
 use crate::config::{AccessArgs, Args};
-use crate::Failure;
+use crate::{webhooks, Failure};
 
 /// The presence engine and the documents, and which store they are on.
 pub(crate) struct Engines {
@@ -125,6 +125,15 @@ pub(crate) async fn engines(
                 store.migrate(&[&documents::MIGRATIONS]).await?;
             }
             store.ensure_schema().await?;
+            // Registered before the first connection: every join is recorded.
+            webhooks::start(
+                &args.webhooks,
+                args.timeout,
+                store.pool().clone(),
+                store.statement_pool().cloned(),
+                shutdown.clone(),
+            )
+            .await?;
             let documents = Arc::new(Documents::on_postgres(
                 DocumentStore::new(store.pool().clone())
                     .with_transaction_pooler(args.transaction_pooler)
@@ -152,6 +161,12 @@ pub(crate) async fn engines(
                 .await?;
             documents::listen(documents.clone(), notifications, shutdown.clone());
             (presence, "postgres", documents)
+        }
+        None if webhooks::configured(&args.webhooks) => {
+            return Err(
+                "--webhook-url needs DATABASE_URL: events wait in PostgreSQL until delivered"
+                    .into(),
+            );
         }
         None => (
             Presence::in_memory(MemoryAwarenessStore::with_options(store_options), options)?,
