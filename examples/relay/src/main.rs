@@ -17,6 +17,7 @@
 //! `shutdown.rs` the signal and the drain.
 #![forbid(unsafe_code)]
 
+mod agents;
 mod auth;
 mod commands;
 mod config;
@@ -52,6 +53,7 @@ use crate::startup::{admission, authentication, engines, Engines};
 #[derive(Clone)]
 struct App {
     presence: Presence,
+    agents: Arc<agents::Agents>,
     documents: Arc<Documents>,
     auth: Arc<dyn Authenticate>,
     admission: Admission,
@@ -132,6 +134,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     };
 
     let app = App {
+        agents: agents::Agents::new(presence.clone(), shutdown.clone(), args.max_state_bytes),
         presence: presence.clone(),
         documents,
         auth,

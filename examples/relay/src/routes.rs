@@ -1,12 +1,13 @@
 //! Every route of the relay, and which module answers it.
 
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 
-use crate::{pages, room, who, App};
+use crate::{agents, pages, room, who, App};
 
 /// `/` and `/page.js` the page, `/healthz`, `/metrics`, who is here (`/rooms`,
-/// `/rooms/{room}/presence[/events]`), and `/{room}`: the WebSocket (or the page).
+/// `/rooms/{room}/presence[/events]`), agents (`PUT`/`DELETE
+/// /rooms/{room}/presence/{participant}`), and `/{room}`: the WebSocket (or the page).
 pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/", get(pages::page))
@@ -16,6 +17,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/rooms", get(who::rooms))
         .route("/rooms/{room}/presence", get(who::presence))
         .route("/rooms/{room}/presence/events", get(who::events))
+        .route(
+            "/rooms/{room}/presence/{participant}",
+            put(agents::put).delete(agents::delete),
+        )
         .route("/{room}", get(room::room))
         .with_state(app)
 }
