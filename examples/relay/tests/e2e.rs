@@ -45,6 +45,8 @@ async fn two_instances_real_clients_real_browser() {
     let docs = common::TestDb::migrated().await;
     let who = common::TestDb::migrated().await;
     let access = common::TestDb::migrated().await;
+    let hooks = common::TestDb::migrated().await;
+    let agents = common::TestDb::migrated().await;
     let report = target_dir().join("relay-e2e/report.json");
     let screenshot = target_dir().join("relay-e2e/relay-screenshot.png");
     let _ = std::fs::remove_file(&report);
@@ -56,6 +58,8 @@ async fn two_instances_real_clients_real_browser() {
             "test/who.test.mjs",
             "test/access.test.mjs",
             "test/coalescing.test.mjs",
+            "test/webhooks.test.mjs",
+            "test/agents.test.mjs",
         ],
         &[
             ("RELAY_DB_URL", db.url.clone()),
@@ -64,6 +68,8 @@ async fn two_instances_real_clients_real_browser() {
             ("RELAY_DB_URL_DOCS", docs.url.clone()),
             ("RELAY_DB_URL_WHO", who.url.clone()),
             ("RELAY_DB_URL_ACCESS", access.url.clone()),
+            ("RELAY_DB_URL_HOOKS", hooks.url.clone()),
+            ("RELAY_DB_URL_AGENTS", agents.url.clone()),
             (
                 "RELAY_WHO_SCREENSHOT",
                 target_dir()

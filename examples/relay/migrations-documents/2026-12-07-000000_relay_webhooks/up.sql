@@ -31,11 +31,14 @@ CREATE TABLE relay_webhook_deliveries (
 CREATE INDEX relay_webhook_deliveries_url_document_id ON relay_webhook_deliveries (url, document_id, id);
 
 -- A participant joined (a row with a state appears, or a tombstone gets one) or left (its state
--- goes, or its row with a state is deleted: a disconnect, pruning, a lapsed lease). The room's
--- advisory lock (class "rewh") is held to commit, so within a room id order is commit order
--- and the count is the room's after this event. Lock order: the entries' rows (taken by the
--- statement, in key order), then the rooms' advisory locks as the rows' triggers fire (the
--- same order).
+-- goes, or its row with a state is deleted: a disconnect, pruning, a lapsed lease). One
+-- advisory lock (class "rewh", key 0) is held from the first event of a transaction to its
+-- commit, so events are recorded in commit order (id order is commit order, within a room and
+-- across rooms) and each count is the room's after its event. One lock, not one per room:
+-- a statement's rows fire their triggers in the order it wrote them, which for a batch is its
+-- input order, so per-room locks would be taken in different orders by two batches and could
+-- deadlock (tests/webhook_trigger.rs found it). Lock order: the entries' rows (all taken by the
+-- statement before its triggers fire), then this lock.
 CREATE FUNCTION relay_webhook_record() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     entry awareness_entries;
@@ -55,7 +58,7 @@ BEGIN
     ELSE
         entry := NEW; was := NEW; kind := 'joined';
     END IF;
-    PERFORM pg_advisory_xact_lock(1919252328, hashtext(entry.document_id));
+    PERFORM pg_advisory_xact_lock(1919252328, 0);
     SELECT count(*) INTO room_count FROM awareness_entries
     WHERE document_id = entry.document_id AND state IS NOT NULL AND last_seen > now() - timeout;
     INSERT INTO relay_webhook_deliveries (url, document_id, payload)

@@ -6,7 +6,7 @@
 //! An agent is hosted by the instance that last received its `PUT`: a task holding an engine
 //! [`Session`] of its own, so every rule of the engine applies as to a WebSocket connection
 //! (the identity's `user`, ownership, the room's limits, leaves once). The task renews the
-//! state every [`REFRESH`] (y-protocols clients drop a peer silent for 30 s) and closes the
+//! state every 15 s (y-protocols clients drop a peer silent for 30 s) and closes the
 //! session when the TTL lapses. Its client id is derived from the room and the participant's
 //! name, at or above 2^32 — Yjs client ids are 32-bit, so it never collides with a browser's —
 //! and its clock is the time in milliseconds (above the last one used), so a renewal through
@@ -14,51 +14,23 @@
 //! entry gone or written by another connection (deleted, or taken over by another instance)
 //! stops without a leave.
 
+mod host;
+mod message;
 mod routes;
 
 pub(crate) use routes::{delete, put};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
-use synckit_awareness::presence::{Identity, Outbox, Presence, Received, Session};
-use synckit_awareness::y_protocols::{
-    encode_awareness_update, encode_message, AwarenessClientUpdate, AwarenessMessage,
-};
-use synckit_awareness::SetOutcome;
+use synckit_awareness::presence::{Identity, Presence};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-/// How often a hosted agent's state is sent again while its TTL runs (half y-protocols'
-/// 30-second timeout, as Yjs clients do).
-const REFRESH: Duration = Duration::from_secs(15);
-
-/// The first client id of agents: Yjs picks 32-bit ids, so none is at or above it.
-const FIRST_AGENT_ID: u64 = 1 << 32;
-/// Client ids stay at most 2^53 - 1, the largest a JavaScript peer represents.
-const AGENT_IDS: u64 = (1 << 53) - FIRST_AGENT_ID;
-
-/// The client id of `participant` in `room`: FNV-1a (64-bit) of both, at or above 2^32. The
-/// same on every instance and every version.
-pub(crate) fn client_id(room: &str, participant: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in room.bytes().chain([0]).chain(participant.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    FIRST_AGENT_ID + hash % AGENT_IDS
-}
-
-/// The clock of a new state: the time in milliseconds, above `last`.
-fn next_clock(last: u64) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default();
-    now.max(last + 1)
-}
+use host::{drain, Host};
+use message::{client_id, next_clock, publish};
 
 /// Why a set or a removal did not happen (the route's answer).
 #[derive(Debug)]
@@ -93,6 +65,8 @@ enum Command {
 
 struct Hosted {
     principal: Option<String>,
+    /// The connection id its session writes under.
+    connection: String,
     generation: u64,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -200,6 +174,7 @@ impl Agents {
             key.clone(),
             Hosted {
                 principal,
+                connection: session.connection_id().to_owned(),
                 generation,
                 commands,
             },
@@ -233,38 +208,47 @@ impl Agents {
         participant: &str,
         identity: Identity,
     ) -> Result<(), AgentError> {
-        let key = (room.to_owned(), participant.to_owned());
-        let local = self
-            .hosted()
-            .get(&key)
-            .map(|h| (h.principal == identity.principal, h.commands.clone()));
-        let mut removed_here = false;
-        if let Some((same, commands)) = local {
-            if !same {
-                return Err(AgentError::Forbidden);
-            }
-            let (reply, done) = oneshot::channel();
-            removed_here = commands.send(Command::Remove { reply }).is_ok() && done.await.is_ok();
-        }
-        // Hosted elsewhere as well (a renewal went to another instance), or only there: a
-        // leave written through a session of this instance, one clock above the stored entry.
         let id = client_id(room, participant);
         let entry = self
             .presence
             .store()
             .get(room, &id.to_string())
             .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
-        let Some(entry) = entry.filter(|e| e.state.is_some()) else {
-            return if removed_here {
-                Ok(())
-            } else {
-                Err(AgentError::NotFound)
-            };
-        };
-        if entry.owner != identity.principal {
+            .map_err(|e| AgentError::Unavailable(e.to_string()))?
+            .filter(|e| e.state.is_some());
+        if entry
+            .as_ref()
+            .is_some_and(|e| e.owner != identity.principal)
+        {
             return Err(AgentError::Forbidden);
         }
+        let key = (room.to_owned(), participant.to_owned());
+        let local = self.hosted().get(&key).map(|h| {
+            (
+                h.principal == identity.principal,
+                h.connection.clone(),
+                h.commands.clone(),
+            )
+        });
+        let mut closed_here = None;
+        if let Some((same, connection, commands)) = local {
+            if !same {
+                return Err(AgentError::Forbidden);
+            }
+            let (reply, done) = oneshot::channel();
+            if commands.send(Command::Remove { reply }).is_ok() && done.await.is_ok() {
+                closed_here = Some(connection);
+            }
+        }
+        let Some(entry) = entry else {
+            return Err(AgentError::NotFound);
+        };
+        if closed_here.as_deref() == Some(entry.connection_id.as_str()) {
+            // Its host here wrote it and closing the host's session removed it.
+            return Ok(());
+        }
+        // Hosted elsewhere (a renewal went to another instance): a leave written through a
+        // session of this instance, one clock above the stored entry.
         let (session, outbox) = self
             .presence
             .join_as(room, identity)
@@ -275,133 +259,5 @@ impl Agents {
         let result = publish(&session, id, clock, None).await;
         session.close().await;
         result.map(drop)
-    }
-}
-
-/// Discards what the room sends an agent (nobody reads it), so its queue never fills.
-async fn drain(mut outbox: Outbox) {
-    while outbox.next().await.is_some() {}
-}
-
-/// Sends `state` (`None`: a leave) of client `id` at `clock` through `session`.
-async fn publish(
-    session: &Session,
-    id: u64,
-    clock: u64,
-    state: Option<&Value>,
-) -> Result<Placed, AgentError> {
-    let client = AwarenessClientUpdate {
-        client_id: id,
-        clock,
-        state: state.cloned(),
-    };
-    let update =
-        encode_awareness_update(&[client]).map_err(|e| AgentError::Unavailable(e.to_string()))?;
-    let message = encode_message(&AwarenessMessage::Update(update));
-    let received: Received = session
-        .receive(&message)
-        .await
-        .map_err(|d| AgentError::Unavailable(d.reason))?;
-    if let Some((_, outcome)) = received.refused.first() {
-        return Err(match outcome {
-            SetOutcome::Forbidden => AgentError::Forbidden,
-            SetOutcome::DocumentFull => AgentError::Full("the room is full"),
-            _ => AgentError::Full("the limit of clients per connection is reached"),
-        });
-    }
-    if received.applied.contains(&id) {
-        Ok(Placed {
-            client_id: id,
-            clock,
-        })
-    } else {
-        Err(AgentError::Unavailable(
-            "a newer state of this participant is held: try again".into(),
-        ))
-    }
-}
-
-/// One hosted agent's task.
-struct Host {
-    agents: Arc<Agents>,
-    key: (String, String),
-    generation: u64,
-    id: u64,
-    clock: u64,
-    state: Value,
-    deadline: Instant,
-}
-
-impl Host {
-    async fn run(mut self, session: Session, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut shutdown = self.agents.shutdown.clone();
-        let stopping = async move {
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
-        };
-        tokio::pin!(stopping);
-        let mut refresh = Instant::now() + REFRESH;
-        let removed = loop {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Set { state, ttl, reply }) => {
-                        let clock = next_clock(self.clock);
-                        let result = publish(&session, self.id, clock, Some(&state)).await;
-                        if result.is_ok() {
-                            (self.clock, self.state) = (clock, state);
-                            self.deadline = Instant::now() + ttl;
-                            refresh = Instant::now() + REFRESH;
-                        }
-                        let _ = reply.send(result);
-                    }
-                    Some(Command::Remove { reply }) => break Some(reply),
-                    None => break None,
-                },
-                () = tokio::time::sleep_until(refresh) => {
-                    refresh = Instant::now() + REFRESH;
-                    if !self.still_hosted(&session).await {
-                        break None;
-                    }
-                    let clock = next_clock(self.clock);
-                    if publish(&session, self.id, clock, Some(&self.state)).await.is_ok() {
-                        self.clock = clock;
-                    }
-                }
-                () = tokio::time::sleep_until(self.deadline) => break None,
-                () = &mut stopping => break None,
-            }
-        };
-        {
-            let mut hosted = self.agents.hosted();
-            if hosted
-                .get(&self.key)
-                .is_some_and(|h| h.generation == self.generation)
-            {
-                hosted.remove(&self.key);
-            }
-        }
-        // The engine removes what the session wrote and tells everyone it left; an entry
-        // another connection wrote since (deleted, or hosted elsewhere now) is left alone.
-        session.close().await;
-        if let Some(reply) = removed {
-            let _ = reply.send(());
-        }
-    }
-
-    /// Whether the stored entry is still this session's (not deleted or taken over elsewhere).
-    async fn still_hosted(&self, session: &Session) -> bool {
-        match self
-            .agents
-            .presence
-            .store()
-            .get(&self.key.0, &self.id.to_string())
-            .await
-        {
-            Ok(Some(entry)) => {
-                entry.state.is_some() && entry.connection_id == session.connection_id()
-            }
-            Ok(None) => false,
-            // The store is unreachable: keep the agent; the next refresh asks again.
-            Err(_) => true,
-        }
     }
 }

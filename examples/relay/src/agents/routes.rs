@@ -56,7 +56,8 @@ async fn writer(
     Ok(identity)
 }
 
-fn check_participant(participant: &str) -> Result<(), Response> {
+/// Why `participant` is not a participant's name, if it is not.
+fn check_participant(participant: &str) -> Result<(), String> {
     let fine = (1..=MAX_PARTICIPANT).contains(&participant.len())
         && participant
             .bytes()
@@ -64,9 +65,9 @@ fn check_participant(participant: &str) -> Result<(), Response> {
     if fine {
         Ok(())
     } else {
-        Err(bad(format!(
+        Err(format!(
             "participant must be 1 to {MAX_PARTICIPANT} of A-Z a-z 0-9 . _ -"
-        )))
+        ))
     }
 }
 
@@ -131,8 +132,8 @@ pub(crate) async fn put(
         Ok(identity) => identity,
         Err(refused) => return refused,
     };
-    if let Err(refused) = check_participant(&participant) {
-        return refused;
+    if let Err(reason) = check_participant(&participant) {
+        return bad(reason);
     }
     let (state, ttl) = match read_body(body, app.agents.max_state_bytes).await {
         Ok(parsed) => parsed,
@@ -166,8 +167,8 @@ pub(crate) async fn delete(
         Ok(identity) => identity,
         Err(refused) => return refused,
     };
-    if let Err(refused) = check_participant(&participant) {
-        return refused;
+    if let Err(reason) = check_participant(&participant) {
+        return bad(reason);
     }
     match app.agents.remove(&room, &participant, identity).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
