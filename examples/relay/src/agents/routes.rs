@@ -56,6 +56,20 @@ async fn writer(
     Ok(identity)
 }
 
+/// The caller's identity when its token may write `room` and `participant` is a name; else
+/// the answer (401, 403, 400).
+async fn caller(
+    app: &App,
+    room: &str,
+    participant: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Identity, Response> {
+    let identity = writer(app, room, query, headers).await?;
+    check_participant(participant).map_err(bad)?;
+    Ok(identity)
+}
+
 /// Why `participant` is not a participant's name, if it is not.
 fn check_participant(participant: &str) -> Result<(), String> {
     let fine = (1..=MAX_PARTICIPANT).contains(&participant.len())
@@ -128,13 +142,10 @@ pub(crate) async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let identity = match writer(&app, &room, &query, &headers).await {
+    let identity = match caller(&app, &room, &participant, &query, &headers).await {
         Ok(identity) => identity,
         Err(refused) => return refused,
     };
-    if let Err(reason) = check_participant(&participant) {
-        return bad(reason);
-    }
     let (state, ttl) = match read_body(body, app.agents.max_state_bytes).await {
         Ok(parsed) => parsed,
         Err(refused) => return refused,
@@ -163,13 +174,10 @@ pub(crate) async fn delete(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = match writer(&app, &room, &query, &headers).await {
+    let identity = match caller(&app, &room, &participant, &query, &headers).await {
         Ok(identity) => identity,
         Err(refused) => return refused,
     };
-    if let Err(reason) = check_participant(&participant) {
-        return bad(reason);
-    }
     match app.agents.remove(&room, &participant, identity).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => failure(error),

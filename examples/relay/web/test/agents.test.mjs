@@ -7,7 +7,7 @@
 import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { hs256 } from './tokens.mjs'
-import { env, startRelay, connect, destroyAll, waitFor } from './harness.mjs'
+import { env, startRelay, connect, destroyAll, waitFor, subscribePresence } from './harness.mjs'
 
 // --- settings and helpers ------------------------------------------------------------------
 
@@ -69,33 +69,8 @@ const listed = async (relay, room, clientId) => (await presence(relay, room)).pa
 const snapshot = async (relay, room) => (await presence(relay, room)).participants
   .map((p) => [p.client_id, p.principal, p.state]).sort((a, b) => (a[0] < b[0] ? -1 : 1))
 
-/** The events of a room's SSE stream as they arrive (as in who.test.mjs); resolves once it is open. */
-const subscribe = async (relay, room) => {
-  const controller = new AbortController()
-  const events = []
-  const res = await fetch(`${relay.http}/rooms/${encodeURIComponent(room)}/presence/events?token=${await token('watcher')}`, { signal: controller.signal })
-  assert.equal(res.status, 200, `the event stream of ${room} opens`)
-  ;(async () => {
-    const decoder = new TextDecoder()
-    let buffer = ''
-    for await (const chunk of res.body) {
-      buffer += decoder.decode(chunk, { stream: true })
-      let end
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, end)
-        buffer = buffer.slice(end + 2)
-        let name = 'message'
-        let data = ''
-        for (const line of block.split('\n')) {
-          if (line.startsWith('event:')) name = line.slice(6).trim()
-          else if (line.startsWith('data:')) data += line.slice(5).trim()
-        }
-        if (data) events.push({ name, ...JSON.parse(data) })
-      }
-    }
-  })().catch((error) => { if (error.name !== 'AbortError') events.push({ name: 'error', error: String(error) }) })
-  return { events, close: () => controller.abort() }
-}
+/** The events of a room's SSE stream as they arrive; resolves once it is open. */
+const subscribe = async (relay, room) => subscribePresence(relay, room, await token('watcher'))
 
 /** A y-websocket client that also records the client ids its awareness saw removed. */
 const watch = async (relay, room, name) => {

@@ -104,3 +104,34 @@ export const metric = async (relay, name) => {
 export const health = async (relay) => (await fetch(`${relay.http}/healthz`)).json()
 
 export const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]
+
+/** The events of `room`'s SSE stream (`/rooms/<room>/presence/events`, read with `token`) as they
+ * arrive, parsed; resolves once the stream is open. */
+export const subscribePresence = async (relay, room, token) => {
+  const controller = new AbortController()
+  const events = []
+  const res = await fetch(`${relay.http}/rooms/${encodeURIComponent(room)}/presence/events?token=${token}`, { signal: controller.signal })
+  if (res.status !== 200 || !res.headers.get('content-type')?.includes('text/event-stream')) {
+    throw new Error(`the event stream of ${room} did not open: ${res.status} ${await res.text()}`)
+  }
+  ;(async () => {
+    const decoder = new TextDecoder()
+    let buffer = ''
+    for await (const chunk of res.body) {
+      buffer += decoder.decode(chunk, { stream: true })
+      let end
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end)
+        buffer = buffer.slice(end + 2)
+        let name = 'message'
+        let data = ''
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event:')) name = line.slice(6).trim()
+          else if (line.startsWith('data:')) data += line.slice(5).trim()
+        }
+        if (data) events.push({ name, ...JSON.parse(data) })
+      }
+    }
+  })().catch((error) => { if (error.name !== 'AbortError') events.push({ name: 'error', error: String(error) }) })
+  return { events, close: () => controller.abort() }
+}

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { hs256, tampered } from './tokens.mjs'
-import { env, startRelay, connect, destroyAll, waitFor, withTimeout } from './harness.mjs'
+import { env, startRelay, connect, destroyAll, waitFor, withTimeout, subscribePresence } from './harness.mjs'
 
 const secret = 'who-secret-0123456789abcdef-0123456789'
 const leaseMs = 3000
@@ -34,33 +34,7 @@ const presence = async (relay, room) => (await get(relay, `/rooms/${encodeURICom
 const roomCounts = async (relay) => Object.fromEntries((await get(relay, '/rooms')).body.rooms.map((r) => [r.document_id, r.participants]))
 
 /** The events of a room's SSE stream as they arrive; resolves once the stream is open. */
-const subscribe = async (relay, room, principal = 'watcher') => {
-  const controller = new AbortController()
-  const events = []
-  const res = await fetch(`${relay.http}/rooms/${encodeURIComponent(room)}/presence/events?token=${await token(principal)}`, { signal: controller.signal })
-  assert.equal(res.status, 200, `the event stream of ${room} opens`)
-  assert.match(res.headers.get('content-type'), /text\/event-stream/)
-  ;(async () => {
-    const decoder = new TextDecoder()
-    let buffer = ''
-    for await (const chunk of res.body) {
-      buffer += decoder.decode(chunk, { stream: true })
-      let end
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, end)
-        buffer = buffer.slice(end + 2)
-        let name = 'message'
-        let data = ''
-        for (const line of block.split('\n')) {
-          if (line.startsWith('event:')) name = line.slice(6).trim()
-          else if (line.startsWith('data:')) data += line.slice(5).trim()
-        }
-        if (data) events.push({ name, ...JSON.parse(data) })
-      }
-    }
-  })().catch((error) => { if (error.name !== 'AbortError') events.push({ name: 'error', error: String(error) }) })
-  return { events, close: () => controller.abort() }
-}
+const subscribe = async (relay, room, principal = 'watcher') => subscribePresence(relay, room, await token(principal))
 
 const of = (events, name, client) => events.filter((e) => e.name === name && e.client_id === String(client.id))
 
