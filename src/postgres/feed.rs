@@ -11,6 +11,7 @@
 //! unreachable when it publishes, the event is lost (subscribers' state then catches up on
 //! their next re-read or [`FeedEvent::Resync`]).
 
+mod company;
 mod listener;
 mod payload;
 pub(crate) mod publishing;
@@ -270,9 +271,17 @@ async fn publish_loop(
             }
         }
         let payloads = batch.into_payloads(&options.origin, &mut sequence);
+        // Alone (no other listener heard for a while): to this process's subscribers only.
+        let local = !options.notify_when_alone
+            && !payloads.is_empty()
+            && sink.slot.alone(options.quiet())
+            && sink.slot.deliver_locally(&payloads);
+        if local {
+            ::metrics::counter!(crate::metrics::FEED_LOCAL).increment(payloads.len() as u64);
+        }
         // One retry covers a pooled connection that died since its last use.
         for attempt in 1..=2 {
-            if payloads.is_empty() {
+            if payloads.is_empty() || local {
                 break;
             }
             last_sent = Some(tokio::time::Instant::now());

@@ -121,7 +121,7 @@ const parseArgs = (argv) => {
     databaseUrl: process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable',
     redisUrl: process.env.REDIS_URL || 'redis://127.0.0.1:6379'
   }
-  const extra = ['relay2pooler', 'relay1notick', 'relay2notick', 'relay1w1', 'relay1w2', 'ysweet1']
+  const extra = ['relay2pooler', 'relay1notify', 'relay1notick', 'relay2notick', 'relay1w1', 'relay1w2', 'ysweet1']
   for (const side of options.sides) if (![...ALL_SIDES, ...extra].includes(side)) throw new Error(`unknown side ${side} (known: ${[...ALL_SIDES, ...extra].join(', ')})`)
   if (!(options.intervalMs >= 10)) throw new Error('--interval must be at least 10 (ms)')
   if (!(options.rounds >= 1)) throw new Error('--rounds must be at least 1')
@@ -347,6 +347,10 @@ const SIDES = {
   // before the tick. Not in the default sides; beside relay1/relay2 it shows what the tick does.
   relay1notick: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, no tick', relayArgs: ['--awareness-tick', '0s'] },
   relay2notick: { kind: 'relay', instances: 2, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x2, no tick', relayArgs: ['--awareness-tick', '0s'] },
+  // One relay that notifies even alone (`--notify-when-alone`), as before: beside relay1 it
+  // shows what skipping the NOTIFY while alone saves (measure with --warmup above 5 s: an
+  // instance counts as alone 5 s after its listener starts).
+  relay1notify: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, NOTIFY when alone', relayArgs: ['--notify-when-alone'] },
   // The relay on one worker thread (`--worker-threads 1`) and on one per core (2 here).
   relay1w1: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, 1 worker thread', relayArgs: ['--worker-threads', '1'] },
   relay1w2: { kind: 'relay', instances: 1, client: 'y-websocket', store: 'PostgreSQL', label: 'synckit-relay x1, 2 worker threads', relayArgs: ['--worker-threads', '2'] },

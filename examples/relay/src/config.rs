@@ -90,6 +90,13 @@ pub(crate) struct Args {
     /// that come sooner wait for the rest of it and go together in one `NOTIFY`.
     #[arg(long, env = "SYNCKIT_RELAY_PUBLISH_PACE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub(crate) publish_pace: Duration,
+    /// Send presence notifications even while no other instance listens. Off by default: an
+    /// instance that has heard no other listener's hello for 5 s hands its changes to its
+    /// own subscribers without a `NOTIFY` (one instance alone costs PostgreSQL nothing per
+    /// move). Turn it on while a process of an older version listens to the channel (it says
+    /// no hello).
+    #[arg(long, env = "SYNCKIT_RELAY_NOTIFY_WHEN_ALONE")]
+    pub(crate) notify_when_alone: bool,
     /// Coalescing for busy rooms: in a room with at least `--awareness-tick-from` connections on
     /// this instance, moves that come within this of the room's last one go out together at the
     /// tick, each client's latest state once (0s: off, every move is its own message). Joins

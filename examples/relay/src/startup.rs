@@ -80,7 +80,10 @@ pub(crate) async fn engines(
         .with_max_clients_per_document(limit(args.max_clients_per_document))
         .with_max_clients_per_connection(limit(args.max_clients_per_connection));
     let mut options = PresenceOptions::default();
-    options.change_feed = options.change_feed.with_publish_pace(args.publish_pace);
+    options.change_feed = options
+        .change_feed
+        .with_publish_pace(args.publish_pace)
+        .with_notify_when_alone(args.notify_when_alone);
     if let Some(url) = args.listen_url.as_deref().filter(|u| !u.trim().is_empty()) {
         let change_feed = options.change_feed.clone().with_listen_url(url);
         options = options.with_change_feed(change_feed);

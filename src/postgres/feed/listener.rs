@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::company::Company;
 use super::payload;
 use super::types::{
     ChangeFeedOptions, ChangeFilter, ChangeStream, ChannelEvent, ChannelStream, FeedEvent,
@@ -35,6 +36,10 @@ pub(super) struct PublishSlot {
     sender: std::sync::OnceLock<mpsc::Sender<Publish>>,
     /// The listener is connected and listening.
     live: AtomicBool,
+    /// The listener's subscribers, for changes handed over without a `NOTIFY` (alone).
+    events: std::sync::OnceLock<broadcast::Sender<Arc<FeedEvent>>>,
+    /// Whom the listener hears.
+    company: Company,
 }
 
 /// Payloads to send through the listener's session, and where to say how it went.
@@ -44,6 +49,31 @@ struct Publish {
 }
 
 impl PublishSlot {
+    /// True when the listener listens and has heard no other listener or publisher for `quiet`.
+    pub(super) fn alone(&self, quiet: Duration) -> bool {
+        self.live.load(Ordering::Acquire) && self.company.alone(quiet)
+    }
+
+    /// Hands `payloads` to this process's subscribers as the listener would have received
+    /// them back from PostgreSQL. False when there is no listener (nothing handed over).
+    pub(super) fn deliver_locally(&self, payloads: &[String]) -> bool {
+        let Some(events) = self.events.get() else {
+            return false;
+        };
+        for parsed in payloads
+            .iter()
+            .filter_map(|p| payload::parse_with_origin(p))
+        {
+            let changes = parsed.changes;
+            ::metrics::counter!(crate::metrics::FEED_DELIVERED).increment(changes.len() as u64);
+            for change in changes {
+                // No subscriber at the moment is not an error.
+                let _ = events.send(Arc::new(FeedEvent::Change(change)));
+            }
+        }
+        true
+    }
+
     /// Sends `payloads` through the listener's session in one statement. `Err` when there is no
     /// listener, it is not connected, or the statement failed: the caller sends them through
     /// the pool instead.
@@ -118,6 +148,8 @@ impl Listener {
         let (requests_tx, requests) = mpsc::channel(1);
         // One listener per feed: the slot is set once.
         let _ = slot.sender.set(requests_tx);
+        let _ = slot.events.set(events.clone());
+        slot.company.listening();
         slot.live.store(true, Ordering::Release);
         let channels = Channels {
             options: options.clone(),
@@ -203,6 +235,7 @@ async fn run(source: Source, mut channels: Channels, mut conn: AsyncPgConnection
     loop {
         forward(&mut conn, &mut channels).await;
         channels.slot.live.store(false, Ordering::Release);
+        channels.slot.company.deaf();
         let channel = &channels.options.channel;
         tracing::warn!(%channel, "awareness change feed: listener connection lost; reconnecting");
         let mut delay = channels.options.reconnect_delay;
@@ -218,6 +251,7 @@ async fn run(source: Source, mut channels: Channels, mut conn: AsyncPgConnection
         };
         // Listening again: whatever subscribers re-read from now on is not older than the
         // events that follow.
+        channels.slot.company.listening();
         channels.slot.live.store(true, Ordering::Release);
         ::metrics::counter!(crate::metrics::FEED_RESYNCS).increment(1);
         let _ = channels.events.send(Arc::new(FeedEvent::Resync));
@@ -225,21 +259,49 @@ async fn run(source: Source, mut channels: Channels, mut conn: AsyncPgConnection
     }
 }
 
-/// Forwards notifications, and sends the publisher's, until the connection fails.
+/// What woke the listener.
+enum Heard<N> {
+    Notification(N),
+    Request(Publish),
+    HelloDue,
+}
+
+/// Forwards notifications, sends the publisher's and says hello every `hello_every`, until
+/// the connection fails.
 async fn forward(conn: &mut AsyncPgConnection, channels: &mut Channels) {
     // Here only: its `load` would shadow `AtomicBool::load` elsewhere in the file.
     use diesel_async::RunQueryDsl;
+    let hello = [payload::hello(
+        &channels.options.origin,
+        channels.options.hello_every,
+    )];
+    // Said at once: a publisher that thought itself alone notifies from now on.
+    let mut next_hello = tokio::time::Instant::now();
     loop {
         let next = {
             let mut notifications = std::pin::pin!(conn.notifications_stream());
             tokio::select! {
-                next = tokio::time::timeout(CHECK_IDLE_CONNECTION, notifications.next()) => Ok(next),
-                Some(request) = channels.requests.recv() => Err(request),
+                next = tokio::time::timeout(CHECK_IDLE_CONNECTION, notifications.next()) => Heard::Notification(next),
+                Some(request) = channels.requests.recv() => Heard::Request(request),
+                () = tokio::time::sleep_until(next_hello) => Heard::HelloDue,
             }
         };
         let next = match next {
-            Ok(next) => next,
-            Err(request) => {
+            Heard::Notification(next) => next,
+            Heard::HelloDue => {
+                next_hello = tokio::time::Instant::now() + channels.options.hello_every;
+                let said = crate::postgres::sql::session::Notify {
+                    channel: &channels.options.channel,
+                    payloads: &hello,
+                }
+                .execute(conn)
+                .await;
+                if said.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Heard::Request(request) => {
                 let result = crate::postgres::sql::session::Notify {
                     channel: &channels.options.channel,
                     payloads: &request.payloads,
@@ -268,8 +330,19 @@ async fn forward(conn: &mut AsyncPgConnection, channels: &mut Channels) {
                 }
             }
             Ok(Some(Ok(notification))) => {
-                match payload::parse(&notification.payload) {
-                    Some(changes) => {
+                match payload::parse_with_origin(&notification.payload) {
+                    Some(payload::Parsed {
+                        origin,
+                        changes,
+                        hello_every,
+                    }) => {
+                        if origin != channels.options.origin {
+                            // A hello says for how long; a change, for our own quiet time.
+                            let quiet = hello_every.map_or(channels.options.quiet(), |every| {
+                                every.mul_f64(super::company::QUIET_HELLOS)
+                            });
+                            channels.slot.company.heard_other(quiet);
+                        }
                         ::metrics::counter!(crate::metrics::FEED_DELIVERED)
                             .increment(changes.len() as u64);
                         for change in changes {

@@ -234,6 +234,9 @@ fn state_json(state: Option<&ChangedState>) -> String {
 struct Payload {
     o: String,
     e: Vec<Entry>,
+    /// A hello's period in milliseconds (older versions ignore the field, and send none).
+    #[serde(default)]
+    h: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -245,31 +248,58 @@ struct Entry(
 );
 
 /// The changes one payload carries; `None` when it is not one of ours.
+#[cfg(test)]
 pub(crate) fn parse(payload: &str) -> Option<Vec<AwarenessChange>> {
-    let payload: Payload = serde_json::from_str(payload).ok()?;
-    Some(
-        payload
-            .e
-            .into_iter()
-            .map(|Entry(kind, document_id, client_ids, states)| {
-                let states = if states.len() == client_ids.len() {
-                    states
-                        .into_iter()
-                        .map(|s| s.map(|(clock, state)| ChangedState { clock, state }))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                AwarenessChange {
-                    document_id,
-                    client_ids,
-                    kind,
-                    origin: payload.o.clone(),
-                    states,
-                }
-            })
-            .collect(),
+    parse_with_origin(payload).map(|parsed| parsed.changes)
+}
+
+/// One payload read: who sent it, what it carries, and for a hello, its sender's period.
+pub(crate) struct Parsed {
+    pub(crate) origin: String,
+    pub(crate) changes: Vec<AwarenessChange>,
+    pub(crate) hello_every: Option<std::time::Duration>,
+}
+
+/// A listener's hello (see `company.rs`): a payload of `origin` carrying no change and its
+/// period, which every version's listener reads as an empty one.
+pub(crate) fn hello(origin: &str, every: std::time::Duration) -> String {
+    format!(
+        "{{\"o\":{},\"s\":0,\"e\":[],\"h\":{}}}",
+        json(origin),
+        every.as_millis()
     )
+}
+
+/// The origin of one payload and the changes it carries (none for a hello); `None` when it is
+/// not one of ours.
+pub(crate) fn parse_with_origin(payload: &str) -> Option<Parsed> {
+    let payload: Payload = serde_json::from_str(payload).ok()?;
+    let changes = payload
+        .e
+        .into_iter()
+        .map(|Entry(kind, document_id, client_ids, states)| {
+            let states = if states.len() == client_ids.len() {
+                states
+                    .into_iter()
+                    .map(|s| s.map(|(clock, state)| ChangedState { clock, state }))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            AwarenessChange {
+                document_id,
+                client_ids,
+                kind,
+                origin: payload.o.clone(),
+                states,
+            }
+        })
+        .collect();
+    Some(Parsed {
+        origin: payload.o,
+        changes,
+        hello_every: payload.h.map(std::time::Duration::from_millis),
+    })
 }
 
 #[cfg(test)]

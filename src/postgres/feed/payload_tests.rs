@@ -171,3 +171,14 @@ fn carries_alone_agrees_with_the_payload() {
         }
     }
 }
+
+#[test]
+fn a_hello_carries_its_origin_and_no_change() {
+    let every = std::time::Duration::from_millis(5000);
+    let hello = super::hello("instance \"a\"", every);
+    let parsed = super::parse_with_origin(&hello).expect("a hello is one of ours");
+    assert_eq!(parsed.origin, "instance \"a\"");
+    assert!(parsed.changes.is_empty());
+    assert_eq!(parsed.hello_every, Some(every));
+    assert_eq!(super::parse(&hello), Some(Vec::new()));
+}

@@ -192,6 +192,19 @@ pub struct ChangeFeedOptions {
     /// How long the listener waits before its first attempt to reconnect (default 50 ms; then
     /// doubling up to 1 s).
     pub reconnect_delay: Duration,
+    /// Send a `NOTIFY` for every change even when no one else listens (default `true`). With
+    /// `false`, while this process's listener has heard no other listener's hello (nor any other
+    /// publisher) for 2.5 [`hello_every`](Self::hello_every), changes go to this process's own
+    /// subscribers only, with no `NOTIFY`: one instance alone costs the database nothing per
+    /// move. A listener that starts says hello at once, so it misses at most what was published
+    /// in the moment before its hello arrived (its subscribers re-read what they need, as after
+    /// a [`FeedEvent::Resync`]). Every listener of this version says hello, subscribers without
+    /// an instance included; a listener of an older version is heard only when it publishes.
+    pub notify_when_alone: bool,
+    /// How often the listener says hello on the channel (default 2 s): one small `NOTIFY` per
+    /// period per listening process, so that publishers with
+    /// [`notify_when_alone`](Self::notify_when_alone) off know they are not alone.
+    pub hello_every: Duration,
 }
 
 /// The listener's default `application_name` ([`ChangeFeedOptions::listener_name`]).
@@ -222,6 +235,8 @@ impl Default for ChangeFeedOptions {
             also_listen: Vec::new(),
             listener_name: LISTENER_APPLICATION_NAME.to_owned(),
             reconnect_delay: Duration::from_millis(50),
+            notify_when_alone: true,
+            hello_every: Duration::from_secs(2),
         }
     }
 }
@@ -293,6 +308,23 @@ impl ChangeFeedOptions {
         self
     }
 
+    /// These options sending a `NOTIFY` even when alone, or not ([`notify_when_alone`](Self::notify_when_alone)).
+    pub fn with_notify_when_alone(mut self, notify: bool) -> Self {
+        self.notify_when_alone = notify;
+        self
+    }
+
+    /// These options with another hello period ([`hello_every`](Self::hello_every)).
+    pub fn with_hello_every(mut self, every: Duration) -> Self {
+        self.hello_every = every;
+        self
+    }
+
+    /// How long no other listener must be heard before this one counts as alone.
+    pub(super) fn quiet(&self) -> Duration {
+        self.hello_every.mul_f64(super::company::QUIET_HELLOS)
+    }
+
     pub(super) fn check(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Config(format!("change feed: {what}")));
         let valid_channel = |c: &str| !c.is_empty() && c.len() <= 63 && !c.contains('\0');
@@ -313,6 +345,9 @@ impl ChangeFeedOptions {
         }
         if self.capacity == 0 {
             return bad("capacity must be at least 1");
+        }
+        if self.hello_every.is_zero() || self.hello_every > Duration::from_secs(3600) {
+            return bad("hello_every must be above zero and at most an hour");
         }
         Ok(())
     }
