@@ -235,7 +235,7 @@ pub(crate) struct AccessArgs {
         default_value_t = 0
     )]
     pub(crate) max_streams_per_address: usize,
-    /// Most WebSocket connections on this relay (about 20 KB each when idle; 0: no limit).
+    /// Most WebSocket connections on this relay (about 16 KB each when idle; 0: no limit).
     #[arg(long, env = "SYNCKIT_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub(crate) max_connections: usize,
     /// Most presence event streams on this relay (about 27 KB each; 0: no limit).
