@@ -32,8 +32,9 @@ pub const FEED_NOTIFICATIONS: &str = "synckit_awareness_feed_notifications_total
 /// Histogram, seconds: from a change being applied to its notification being committed (the
 /// publisher's batching window plus the `NOTIFY` round trip).
 pub const FEED_PUBLISH_LAG: &str = "synckit_awareness_feed_publish_lag_seconds";
-/// Counter: change-feed payloads handed to this process's own subscribers instead of being
-/// sent with `NOTIFY`, because no other listener was heard
+/// Counter: change-feed batches handed to this process's own subscribers instead of being sent
+/// with `NOTIFY` (each would have been one `NOTIFY` statement), because no other listener was
+/// heard
 /// ([`ChangeFeedOptions::notify_when_alone`](crate::ChangeFeedOptions::notify_when_alone) off).
 pub const FEED_LOCAL: &str = "synckit_awareness_feed_local_total";
 /// Counter: changes delivered by this process's listener (before subscriber filters).

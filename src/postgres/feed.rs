@@ -270,18 +270,23 @@ async fn publish_loop(
                 Err(_) => break,
             }
         }
-        let payloads = batch.into_payloads(&options.origin, &mut sequence);
-        // Alone (no other listener heard for a while): to this process's subscribers only.
+        // Alone (no other listener heard for a while): to this process's subscribers only,
+        // the batch as it is (no payload written, sent or parsed back).
         let local = !options.notify_when_alone
-            && !payloads.is_empty()
-            && sink.slot.alone(options.quiet())
-            && sink.slot.deliver_locally(&payloads);
-        if local {
-            ::metrics::counter!(crate::metrics::FEED_LOCAL).increment(payloads.len() as u64);
-        }
+            && batch.len() > 0
+            && sink.slot.has_listener()
+            && sink.slot.alone(options.quiet());
+        let payloads = if local {
+            sink.slot
+                .deliver_locally(batch.into_changes(&options.origin));
+            ::metrics::counter!(crate::metrics::FEED_LOCAL).increment(1);
+            Vec::new()
+        } else {
+            batch.into_payloads(&options.origin, &mut sequence)
+        };
         // One retry covers a pooled connection that died since its last use.
         for attempt in 1..=2 {
-            if payloads.is_empty() || local {
+            if payloads.is_empty() {
                 break;
             }
             last_sent = Some(tokio::time::Instant::now());

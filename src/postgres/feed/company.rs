@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 /// Hello periods of silence after which the others are taken to be gone (two and a half: one
 /// late hello is not mistaken for a departure).
-pub(super) const QUIET_HELLOS: f64 = 2.5;
+const QUIET_HELLOS: f64 = 2.5;
+
+/// How long a listener saying hello every `every` is taken to be there after each hello.
+pub(super) fn quiet_after(every: Duration) -> Duration {
+    every.mul_f64(QUIET_HELLOS)
+}
 
 /// What this process's listener heard, and since when it listens.
 #[derive(Debug, Default)]

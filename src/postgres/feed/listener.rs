@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 use super::company::Company;
 use super::payload;
 use super::types::{
-    ChangeFeedOptions, ChangeFilter, ChangeStream, ChannelEvent, ChannelStream, FeedEvent,
+    AwarenessChange, ChangeFeedOptions, ChangeFilter, ChangeStream, ChannelEvent, ChannelStream,
+    FeedEvent,
 };
 use crate::error::{Error, Result};
 use crate::postgres::pool::Connections;
@@ -54,24 +55,17 @@ impl PublishSlot {
         self.live.load(Ordering::Acquire) && self.company.alone(quiet)
     }
 
-    /// Hands `payloads` to this process's subscribers as the listener would have received
-    /// them back from PostgreSQL. False when there is no listener (nothing handed over).
-    pub(super) fn deliver_locally(&self, payloads: &[String]) -> bool {
-        let Some(events) = self.events.get() else {
-            return false;
-        };
-        for parsed in payloads
-            .iter()
-            .filter_map(|p| payload::parse_with_origin(p))
-        {
-            let changes = parsed.changes;
-            ::metrics::counter!(crate::metrics::FEED_DELIVERED).increment(changes.len() as u64);
-            for change in changes {
-                // No subscriber at the moment is not an error.
-                let _ = events.send(Arc::new(FeedEvent::Change(change)));
-            }
+    /// Hands `changes` to this process's subscribers as the listener would have received
+    /// them back from PostgreSQL (nothing when no listener started).
+    pub(super) fn deliver_locally(&self, changes: Vec<AwarenessChange>) {
+        if let Some(events) = self.events.get() {
+            fan_out(events, changes);
         }
-        true
+    }
+
+    /// True when a listener started: [`deliver_locally`](Self::deliver_locally) reaches it.
+    pub(super) fn has_listener(&self) -> bool {
+        self.events.get().is_some()
     }
 
     /// Sends `payloads` through the listener's session in one statement. `Err` when there is no
@@ -259,6 +253,15 @@ async fn run(source: Source, mut channels: Channels, mut conn: AsyncPgConnection
     }
 }
 
+/// `changes` to every subscriber (counted as delivered).
+fn fan_out(events: &broadcast::Sender<Arc<FeedEvent>>, changes: Vec<AwarenessChange>) {
+    ::metrics::counter!(crate::metrics::FEED_DELIVERED).increment(changes.len() as u64);
+    for change in changes {
+        // No subscriber at the moment is not an error.
+        let _ = events.send(Arc::new(FeedEvent::Change(change)));
+    }
+}
+
 /// What woke the listener.
 enum Heard<N> {
     Notification(N),
@@ -338,17 +341,11 @@ async fn forward(conn: &mut AsyncPgConnection, channels: &mut Channels) {
                     }) => {
                         if origin != channels.options.origin {
                             // A hello says for how long; a change, for our own quiet time.
-                            let quiet = hello_every.map_or(channels.options.quiet(), |every| {
-                                every.mul_f64(super::company::QUIET_HELLOS)
-                            });
+                            let quiet = hello_every
+                                .map_or(channels.options.quiet(), super::company::quiet_after);
                             channels.slot.company.heard_other(quiet);
                         }
-                        ::metrics::counter!(crate::metrics::FEED_DELIVERED)
-                            .increment(changes.len() as u64);
-                        for change in changes {
-                            // No subscriber at the moment is not an error.
-                            let _ = events.send(Arc::new(FeedEvent::Change(change)));
-                        }
+                        fan_out(events, changes);
                     }
                     None => tracing::warn!(
                         %channel,

@@ -81,6 +81,26 @@ impl Notifications {
         self.groups.iter().map(|g| g.client_ids.len()).sum()
     }
 
+    /// The changes of this batch as a listener would read them back from its payloads, for
+    /// this process's own subscribers (alone on the channel): no JSON written or parsed, and
+    /// every state carried whatever its size.
+    pub(crate) fn into_changes(self, origin: &str) -> Vec<AwarenessChange> {
+        self.groups
+            .into_iter()
+            .map(|group| AwarenessChange {
+                states: if group.states.iter().any(Option::is_some) {
+                    group.states
+                } else {
+                    Vec::new()
+                },
+                document_id: group.document_id,
+                client_ids: group.client_ids,
+                kind: group.kind,
+                origin: origin.to_owned(),
+            })
+            .collect()
+    }
+
     /// The payloads for this batch, in order, each under [`MAX_PAYLOAD_BYTES`]; numbers them
     /// from `*sequence` on. A state too large to fit in a payload of its own is left out
     /// (`null`: subscribers re-read it).

@@ -182,3 +182,32 @@ fn a_hello_carries_its_origin_and_no_change() {
     assert_eq!(parsed.hello_every, Some(every));
     assert_eq!(super::parse(&hello), Some(Vec::new()));
 }
+
+#[test]
+fn changes_handed_over_locally_equal_those_read_back_from_the_payloads() {
+    let batch = || {
+        let mut batch = Notifications::default();
+        let state = |clock| {
+            Some(ChangedState {
+                clock,
+                state: Some(serde_json::json!({ "x": clock })),
+            })
+        };
+        batch.add(
+            ChangeKind::Set,
+            "d1".into(),
+            ids(0..3),
+            vec![state(1), state(2), None],
+        );
+        batch.add(ChangeKind::Remove, "d1".into(), ids(3..5), Vec::new());
+        batch.add(ChangeKind::Set, "d2".into(), ids(0..1), vec![state(7)]);
+        batch
+    };
+    let mut sequence = 0;
+    let read_back: Vec<AwarenessChange> = batch()
+        .into_payloads("me", &mut sequence)
+        .iter()
+        .flat_map(|p| parse(p).expect("ours"))
+        .collect();
+    assert_eq!(batch().into_changes("me"), read_back);
+}

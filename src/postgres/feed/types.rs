@@ -322,7 +322,7 @@ impl ChangeFeedOptions {
 
     /// How long no other listener must be heard before this one counts as alone.
     pub(super) fn quiet(&self) -> Duration {
-        self.hello_every.mul_f64(super::company::QUIET_HELLOS)
+        super::company::quiet_after(self.hello_every)
     }
 
     pub(super) fn check(&self) -> Result<()> {

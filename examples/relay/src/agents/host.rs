@@ -94,13 +94,7 @@ impl Host {
 
     /// Whether the stored entry is still this session's (not deleted or taken over elsewhere).
     async fn still_hosted(&self, session: &Session) -> bool {
-        match self
-            .agents
-            .presence
-            .store()
-            .get(&self.key.0, &self.id.to_string())
-            .await
-        {
+        match self.agents.stored(&self.key.0, self.id).await {
             Ok(Some(entry)) => {
                 entry.state.is_some() && entry.connection_id == session.connection_id()
             }

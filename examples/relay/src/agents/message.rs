@@ -49,8 +49,7 @@ pub(super) async fn publish(
         clock,
         state: state.cloned(),
     };
-    let update =
-        encode_awareness_update(&[client]).map_err(|e| AgentError::Unavailable(e.to_string()))?;
+    let update = encode_awareness_update(&[client]).map_err(super::unavailable)?;
     let message = encode_message(&AwarenessMessage::Update(update));
     let received: Received = session
         .receive(&message)

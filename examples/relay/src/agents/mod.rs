@@ -45,6 +45,11 @@ pub(crate) enum AgentError {
     Unavailable(String),
 }
 
+/// The engine or the store failed.
+fn unavailable(error: impl std::fmt::Display) -> AgentError {
+    AgentError::Unavailable(error.to_string())
+}
+
 /// What a set did.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Placed {
@@ -94,6 +99,15 @@ impl Agents {
             generations: std::sync::atomic::AtomicU64::new(0),
             shutdown,
         })
+    }
+
+    /// The stored entry of agent `id` in `room` (the truth across instances).
+    async fn stored(
+        &self,
+        room: &str,
+        id: u64,
+    ) -> synckit_awareness::Result<Option<synckit_awareness::AwarenessEntry>> {
+        self.presence.store().get(room, &id.to_string()).await
     }
 
     fn hosted(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Hosted>> {
@@ -152,14 +166,12 @@ impl Agents {
             .presence
             .join_as(&key.0, identity)
             .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         // After a host elsewhere, the stored clock may be ahead of this instance's time.
         let stored = self
-            .presence
-            .store()
-            .get(&key.0, &id.to_string())
+            .stored(&key.0, id)
             .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))?
+            .map_err(unavailable)?
             .map_or(0, |entry| u64::try_from(entry.clock).unwrap_or(0));
         let clock = next_clock(stored);
         if let Err(error) = publish(&session, id, clock, Some(&state)).await {
@@ -210,11 +222,9 @@ impl Agents {
     ) -> Result<(), AgentError> {
         let id = client_id(room, participant);
         let entry = self
-            .presence
-            .store()
-            .get(room, &id.to_string())
+            .stored(room, id)
             .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))?
+            .map_err(unavailable)?
             .filter(|e| e.state.is_some());
         if entry
             .as_ref()
@@ -253,7 +263,7 @@ impl Agents {
             .presence
             .join_as(room, identity)
             .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         drop(outbox);
         let clock = next_clock(u64::try_from(entry.clock).unwrap_or(0));
         let result = publish(&session, id, clock, None).await;

@@ -69,7 +69,7 @@ impl Policy {
 
 /// Checks the flags; `None` when no URL is configured.
 fn policy(args: &WebhookArgs, entry_timeout: Duration) -> Result<Option<Policy>, Failure> {
-    if args.urls.iter().all(|u| u.trim().is_empty()) {
+    if !configured(args) {
         return Ok(None);
     }
     for url in &args.urls {
